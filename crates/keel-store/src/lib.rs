@@ -1,0 +1,43 @@
+//! The store boundary: one `Db` handle over SQLite or PostgreSQL, the migration planner, and
+//! the record and system-table operations both backends share.
+
+pub mod cell;
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod postgres;
+pub mod records;
+pub mod sqlite;
+pub mod system;
+
+use std::time::Duration;
+
+pub use cell::{Cell, Row};
+pub use db::{Db, Location, Tx};
+pub use error::StoreError;
+
+/// Connection-pool settings (D1). For SQLite, `max_connections` is the number of readers;
+/// writes always go through the single writer.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2);
+        PoolConfig {
+            max_connections: (cores * 4).clamp(4, 64),
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}

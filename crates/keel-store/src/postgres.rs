@@ -1,0 +1,161 @@
+//! The PostgreSQL backend: a sqlx pool with acquire, idle and lifetime limits, UTC sessions,
+//! and a server-side statement timeout.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keel_query::{Sql, SqlValue};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Column, Postgres, Row as _, TypeInfo, ValueRef};
+
+use crate::cell::{Cell, Row};
+use crate::error::StoreError;
+use crate::PoolConfig;
+
+pub struct PgDb {
+    pool: PgPool,
+    statements: Arc<AtomicU64>,
+    max_connections: u32,
+}
+
+fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<'q, Postgres, PgArguments> {
+    match value {
+        SqlValue::Null => query.bind(None::<String>),
+        SqlValue::Int(i) => query.bind(*i),
+        SqlValue::Float(f) => query.bind(*f),
+        SqlValue::Text(s) => query.bind(s.clone()),
+        SqlValue::Bool(b) => query.bind(*b),
+        SqlValue::Uuid(u) => query.bind(*u),
+        SqlValue::Date(d) => query.bind(*d),
+        SqlValue::Datetime(d) => query.bind(*d),
+        SqlValue::Json(j) => query.bind(sqlx::types::Json(j.clone())),
+    }
+}
+
+fn build(sql: &Sql) -> Query<'_, Postgres, PgArguments> {
+    let mut query = sqlx::query(AssertSqlSafe(sql.text.clone()));
+    for value in &sql.params {
+        query = bind(query, value);
+    }
+    query
+}
+
+fn cells(row: &PgRow) -> Result<Row, StoreError> {
+    let mut out = Vec::with_capacity(row.columns().len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Cell::Null);
+            continue;
+        }
+        let cell = match column.type_info().name() {
+            "INT8" => Cell::Int(row.try_get::<i64, _>(i)?),
+            "INT4" => Cell::Int(i64::from(row.try_get::<i32, _>(i)?)),
+            "INT2" => Cell::Int(i64::from(row.try_get::<i16, _>(i)?)),
+            "FLOAT8" => Cell::Float(row.try_get::<f64, _>(i)?),
+            "FLOAT4" => Cell::Float(f64::from(row.try_get::<f32, _>(i)?)),
+            "BOOL" => Cell::Bool(row.try_get::<bool, _>(i)?),
+            "UUID" => Cell::Uuid(row.try_get::<uuid::Uuid, _>(i)?),
+            "TIMESTAMPTZ" => Cell::Datetime(row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)?),
+            "DATE" => Cell::Text(row.try_get::<chrono::NaiveDate, _>(i)?.format("%Y-%m-%d").to_string()),
+            "JSON" | "JSONB" => Cell::Text(row.try_get::<serde_json::Value, _>(i)?.to_string()),
+            _ => Cell::Text(row.try_get::<String, _>(i)?),
+        };
+        out.push(cell);
+    }
+    Ok(out)
+}
+
+impl PgDb {
+    pub async fn connect(url: &str, schema: Option<&str>, pool: &PoolConfig) -> Result<PgDb, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?
+            .application_name("keel")
+            .statement_cache_capacity(256);
+        let timeout_ms = pool.statement_timeout.as_millis().to_string();
+        let mut settings = vec![("timezone", "UTC".to_string()), ("statement_timeout", timeout_ms)];
+        if let Some(schema) = schema {
+            settings.push(("search_path", schema.to_string()));
+        }
+        options = options.options(settings);
+        let pool_handle = PgPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(Some(pool.idle_timeout))
+            .max_lifetime(Some(pool.max_lifetime))
+            .connect_with(options)
+            .await?;
+        Ok(PgDb {
+            pool: pool_handle,
+            statements: Arc::new(AtomicU64::new(0)),
+            max_connections: pool.max_connections,
+        })
+    }
+
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    pub fn pool_state(&self) -> (usize, usize) {
+        let size = self.pool.size() as usize;
+        let idle = self.pool.num_idle();
+        let _ = self.max_connections;
+        (size.saturating_sub(idle), idle)
+    }
+
+    pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = build(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(cells).collect()
+    }
+
+    pub async fn begin(&self) -> Result<PgTx, StoreError> {
+        let transaction = self.pool.begin().await?;
+        Ok(PgTx {
+            transaction,
+            statements: self.statements.clone(),
+        })
+    }
+
+    pub async fn execute_script(&self, script: &str) -> Result<(), StoreError> {
+        sqlx::raw_sql(AssertSqlSafe(script.to_string())).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub struct PgTx {
+    transaction: sqlx::Transaction<'static, Postgres>,
+    statements: Arc<AtomicU64>,
+}
+
+impl PgTx {
+    pub async fn query(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = build(sql).fetch_all(&mut *self.transaction).await?;
+        rows.iter().map(cells).collect()
+    }
+
+    pub async fn execute(&mut self, sql: &Sql) -> Result<u64, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        Ok(build(sql).execute(&mut *self.transaction).await?.rows_affected())
+    }
+
+    pub async fn execute_script(&mut self, script: &str) -> Result<(), StoreError> {
+        sqlx::raw_sql(AssertSqlSafe(script.to_string()))
+            .execute(&mut *self.transaction)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        Ok(())
+    }
+}

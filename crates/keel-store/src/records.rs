@@ -1,0 +1,245 @@
+//! Record operations: each write runs in one transaction with its activity-log row
+//! (S11, D8), so a write and its audit entry commit or roll back together.
+
+use chrono::Utc;
+use keel_query::value::truncate_micros;
+use keel_query::{Builder, ListSpec, SqlValue, encode_cursor};
+use keel_spec::Action;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::db::{Db, Tx};
+use crate::error::StoreError;
+
+/// Who writes, for the activity log.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub request_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record not found")]
+    NotFound,
+    #[error("the access rule does not allow this")]
+    Forbidden,
+    #[error("the record is at version {current}")]
+    VersionMismatch { current: i64 },
+    #[error("related records not found: {0:?}")]
+    InvalidRelation(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One page of a list: raw JSON records and the cursor of the next page.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub next: Option<String>,
+}
+
+pub async fn list(db: &Db, builder: &Builder<'_>, spec: &ListSpec) -> Result<Page, StoreError> {
+    let rows = db.query(&builder.list(spec)).await?;
+    let has_more = rows.len() > spec.limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(spec.limit as usize));
+    let mut last_key = None;
+    for row in rows.into_iter().take(spec.limit as usize) {
+        let mut cells = row.into_iter();
+        items.push(cells.next().and_then(|c| c.into_text()).unwrap_or_default());
+        last_key = cells.next().and_then(|c| c.into_text());
+    }
+    let next = match (has_more, last_key) {
+        (true, Some(key)) => Some(encode_cursor(&spec.sort, &key)),
+        _ => None,
+    };
+    Ok(Page { items, next })
+}
+
+pub async fn count(db: &Db, builder: &Builder<'_>, spec: &ListSpec, cap: Option<u64>) -> Result<i64, StoreError> {
+    let row = db.query_one(&builder.count(spec, cap)).await?;
+    Ok(row.and_then(|r| r[0].int()).unwrap_or(0))
+}
+
+pub async fn get(db: &Db, builder: &Builder<'_>, id: Uuid, expand: &[String], fields: Option<&[String]>) -> Result<Option<String>, StoreError> {
+    let row = db.query_one(&builder.get(id, Action::View, expand, fields, false)).await?;
+    Ok(row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()))
+}
+
+pub async fn aggregate(db: &Db, builder: &Builder<'_>, spec: &keel_query::AggregateSpec) -> Result<Vec<String>, StoreError> {
+    let rows = db.query(&builder.aggregate(spec)).await?;
+    Ok(rows.into_iter().filter_map(|r| r.into_iter().next().and_then(|c| c.into_text())).collect())
+}
+
+fn parse_object(json: &str) -> Map<String, Value> {
+    match serde_json::from_str(json) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+async fn check_relations(tx: &mut Tx, builder: &Builder<'_>, relations: &[(String, Uuid)]) -> Result<(), RecordError> {
+    let Some(sql) = builder.relations_exist(relations) else {
+        return Ok(());
+    };
+    let row = tx.query_one(&sql).await?;
+    let found = row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()).unwrap_or_default();
+    let found = parse_object(&found);
+    let missing: Vec<String> = relations
+        .iter()
+        .filter(|(field, _)| found.get(field) != Some(&Value::Bool(true)))
+        .map(|(field, _)| field.clone())
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(RecordError::InvalidRelation(missing)) }
+}
+
+async fn log_activity(
+    tx: &mut Tx,
+    builder: &Builder<'_>,
+    actor: &Actor,
+    org: Option<Uuid>,
+    record: &str,
+    action: &str,
+    changes: Value,
+    count: i64,
+) -> Result<(), StoreError> {
+    // Global collections have no org; their writes are the superuser's and are not logged per org.
+    let Some(org) = org else { return Ok(()) };
+    let mut params = vec![
+        SqlValue::Uuid(Uuid::now_v7()),
+        SqlValue::Uuid(org),
+        SqlValue::Datetime(truncate_micros(Utc::now())),
+        SqlValue::Text(builder.collection.name.clone()),
+        SqlValue::Text(record.to_string()),
+        SqlValue::Text(action.to_string()),
+        SqlValue::Json(changes),
+        SqlValue::Text(actor.request_id.clone()),
+        SqlValue::Int(count),
+    ];
+    let mut optional = |value: Option<Uuid>, text: bool| match value {
+        Some(v) => {
+            params.push(if text { SqlValue::Text(v.to_string()) } else { SqlValue::Uuid(v) });
+            format!("${}", params.len())
+        }
+        None => "NULL".to_string(),
+    };
+    let user = optional(actor.user, false);
+    let key = optional(actor.api_key, true);
+    let sql = tx.portable(
+        &format!("INSERT INTO keel_activity (id, org, created_at, collection, record, action, changes, request_id, count, actor, api_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {user}, {key})"),
+        params,
+    );
+    tx.execute(&sql).await?;
+    Ok(())
+}
+
+/// Creates a record: relation check, insert, create-rule check, activity row — one transaction.
+pub async fn create(
+    db: &Db,
+    builder: &Builder<'_>,
+    org: Option<Uuid>,
+    mut values: Vec<(String, SqlValue)>,
+    relations: &[(String, Uuid)],
+    actor: &Actor,
+) -> Result<String, RecordError> {
+    let id = Uuid::now_v7();
+    let at = truncate_micros(Utc::now());
+    let mut columns = vec![("id".to_string(), SqlValue::Uuid(id))];
+    if let Some(org) = org {
+        columns.push(("org".to_string(), SqlValue::Uuid(org)));
+    }
+    columns.push(("created_at".to_string(), SqlValue::Datetime(at)));
+    columns.push(("updated_at".to_string(), SqlValue::Datetime(at)));
+    columns.push(("version".to_string(), SqlValue::Int(1)));
+    columns.append(&mut values);
+    let mut tx = db.begin().await?;
+    check_relations(&mut tx, builder, relations).await?;
+    let row = tx.query_one(&builder.insert(&columns)).await?;
+    let json = row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()).ok_or(StoreError::NotFound)?;
+    if let Some(check) = builder.satisfies(id, Action::Create)
+        && tx.query(&check).await?.is_empty()
+    {
+        return Err(RecordError::Forbidden);
+    }
+    let after = serde_json::from_str::<Value>(&json).unwrap_or(Value::Null);
+    log_activity(&mut tx, builder, actor, org, &id.to_string(), "create", serde_json::json!({ "after": after }), 1).await?;
+    tx.commit().await?;
+    Ok(json)
+}
+
+fn version_of(record: &Map<String, Value>) -> i64 {
+    record.get("version").and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// Updates a record the update rule lets the caller touch; `if_match` makes it conditional.
+pub async fn update(
+    db: &Db,
+    builder: &Builder<'_>,
+    org: Option<Uuid>,
+    id: Uuid,
+    if_match: Option<i64>,
+    values: Vec<(String, SqlValue)>,
+    relations: &[(String, Uuid)],
+    actor: &Actor,
+) -> Result<String, RecordError> {
+    let mut tx = db.begin().await?;
+    let before = tx
+        .query_one(&builder.get(id, Action::Update, &[], None, true))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or(RecordError::NotFound)?;
+    let before = parse_object(&before);
+    let current = version_of(&before);
+    if let Some(expected) = if_match
+        && expected != current
+    {
+        return Err(RecordError::VersionMismatch { current });
+    }
+    check_relations(&mut tx, builder, relations).await?;
+    let mut columns = values;
+    columns.push(("updated_at".to_string(), SqlValue::Datetime(truncate_micros(Utc::now()))));
+    let json = tx
+        .query_one(&builder.update(id, current, &columns))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or(RecordError::VersionMismatch { current })?;
+    let after = parse_object(&json);
+    let mut changed = Map::new();
+    for (key, new_value) in &after {
+        if matches!(key.as_str(), "updated_at" | "version") {
+            continue;
+        }
+        let old_value = before.get(key).cloned().unwrap_or(Value::Null);
+        if &old_value != new_value {
+            changed.insert(key.clone(), serde_json::json!({ "old": old_value, "new": new_value }));
+        }
+    }
+    log_activity(&mut tx, builder, actor, org, &id.to_string(), "update", serde_json::json!({ "changed": changed }), 1).await?;
+    tx.commit().await?;
+    Ok(json)
+}
+
+/// Deletes a record the delete rule lets the caller touch.
+pub async fn delete(db: &Db, builder: &Builder<'_>, org: Option<Uuid>, id: Uuid, if_match: Option<i64>, actor: &Actor) -> Result<(), RecordError> {
+    let mut tx = db.begin().await?;
+    let before = tx
+        .query_one(&builder.get(id, Action::Delete, &[], None, true))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or(RecordError::NotFound)?;
+    let before: Value = serde_json::from_str(&before).unwrap_or(Value::Null);
+    if let Some(expected) = if_match {
+        let current = before.get("version").and_then(Value::as_i64).unwrap_or(0);
+        if expected != current {
+            return Err(RecordError::VersionMismatch { current });
+        }
+    }
+    tx.execute(&builder.delete(id)).await?;
+    log_activity(&mut tx, builder, actor, org, &id.to_string(), "delete", serde_json::json!({ "before": before }), 1).await?;
+    tx.commit().await?;
+    Ok(())
+}

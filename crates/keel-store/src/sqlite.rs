@@ -1,0 +1,246 @@
+//! The SQLite backend: one file in WAL mode, one writer connection and a pool of readers.
+//!
+//! rusqlite calls are synchronous; they run under `block_in_place` so the async runtime keeps
+//! serving while a statement works. Statements past their timeout are interrupted by a
+//! progress handler, which leaves the connection healthy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_query::{Sql, SqlValue};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+
+use crate::cell::{Cell, Row};
+use crate::error::StoreError;
+use crate::PoolConfig;
+
+pub struct SqliteDb {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: std::sync::Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    reader_count: usize,
+    pool: PoolConfig,
+    statements: Arc<AtomicU64>,
+}
+
+/// Runs blocking SQLite work without stalling the async runtime's other tasks.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !read_only {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let connection = Connection::open_with_flags(path, flags)?;
+    connection.execute_batch(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32000;
+         PRAGMA mmap_size = 268435456;",
+    )?;
+    if read_only {
+        connection.execute_batch("PRAGMA query_only = ON;")?;
+    } else {
+        let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Other(format!("could not enable WAL mode (got {mode})")));
+        }
+    }
+    connection.set_prepared_statement_cache_capacity(256);
+    Ok(connection)
+}
+
+fn to_sqlite(value: &SqlValue) -> Value {
+    match value {
+        SqlValue::Null => Value::Null,
+        SqlValue::Int(i) => Value::Integer(*i),
+        SqlValue::Float(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::Bool(b) => Value::Integer(i64::from(*b)),
+        SqlValue::Uuid(u) => Value::Text(u.to_string()),
+        SqlValue::Date(d) => Value::Text(d.format("%Y-%m-%d").to_string()),
+        SqlValue::Datetime(d) => Value::Text(keel_query::value::format_datetime(d)),
+        SqlValue::Json(j) => Value::Text(j.to_string()),
+    }
+}
+
+/// Arms the progress handler so a statement running past `timeout` is interrupted.
+fn arm_timeout(connection: &Connection, timeout: Duration) -> Result<(), StoreError> {
+    let deadline = Instant::now() + timeout;
+    connection.progress_handler(4_000, Some(move || Instant::now() > deadline))?;
+    Ok(())
+}
+
+fn run_query(connection: &Connection, sql: &Sql, timeout: Duration) -> Result<Vec<Row>, StoreError> {
+    arm_timeout(connection, timeout)?;
+    let result = (|| {
+        let mut statement = connection.prepare_cached(&sql.text)?;
+        let columns = statement.column_count();
+        let mut rows = statement.query(rusqlite::params_from_iter(sql.params.iter().map(to_sqlite)))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut cells = Vec::with_capacity(columns);
+            for i in 0..columns {
+                cells.push(match row.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(i) => Cell::Int(i),
+                    ValueRef::Real(f) => Cell::Float(f),
+                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Cell::Text(String::from_utf8_lossy(b).into_owned()),
+                });
+            }
+            out.push(cells);
+        }
+        Ok::<_, rusqlite::Error>(out)
+    })();
+    connection.progress_handler(0, None::<fn() -> bool>)?;
+    Ok(result?)
+}
+
+fn run_execute(connection: &Connection, sql: &Sql, timeout: Duration) -> Result<u64, StoreError> {
+    arm_timeout(connection, timeout)?;
+    let result = (|| {
+        let mut statement = connection.prepare_cached(&sql.text)?;
+        statement.execute(rusqlite::params_from_iter(sql.params.iter().map(to_sqlite)))
+    })();
+    connection.progress_handler(0, None::<fn() -> bool>)?;
+    Ok(result? as u64)
+}
+
+impl SqliteDb {
+    pub fn open(path: &Path, pool: PoolConfig) -> Result<SqliteDb, StoreError> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let writer = open(path, false)?;
+        let reader_count = pool.max_connections.max(1) as usize;
+        let mut readers = Vec::with_capacity(reader_count);
+        for _ in 0..reader_count {
+            readers.push(open(path, true)?);
+        }
+        Ok(SqliteDb {
+            path: path.to_path_buf(),
+            writer: Arc::new(Mutex::new(writer)),
+            readers: std::sync::Mutex::new(readers),
+            reader_permits: Semaphore::new(reader_count),
+            reader_count,
+            pool,
+            statements: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    pub fn pool_state(&self) -> (usize, usize) {
+        let idle = self.reader_permits.available_permits();
+        (self.reader_count - idle, idle)
+    }
+
+    /// Runs a read on a reader connection.
+    pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        let permit = tokio::time::timeout(self.pool.acquire_timeout, self.reader_permits.acquire())
+            .await
+            .map_err(|_| StoreError::Busy)?
+            .map_err(|_| StoreError::Unavailable("the reader pool is closed".into()))?;
+        let connection = self
+            .readers
+            .lock()
+            .expect("reader pool lock")
+            .pop()
+            .expect("a permit guarantees a connection");
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let result = blocking(|| run_query(&connection, sql, self.pool.statement_timeout));
+        self.readers.lock().expect("reader pool lock").push(connection);
+        drop(permit);
+        result
+    }
+
+    /// Starts a write transaction on the single writer (`BEGIN IMMEDIATE`).
+    pub async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        let guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        blocking(|| guard.execute_batch("BEGIN IMMEDIATE"))?;
+        Ok(SqliteTx {
+            connection: guard,
+            finished: false,
+            timeout: self.pool.statement_timeout,
+            statements: self.statements.clone(),
+        })
+    }
+
+    /// Runs work on the writer outside a transaction (PRAGMAs, VACUUM, checks).
+    pub async fn with_writer<R>(&self, work: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        blocking(|| work(&guard))
+    }
+}
+
+/// A write transaction holding the writer connection; rolls back if dropped unfinished.
+pub struct SqliteTx {
+    connection: OwnedMutexGuard<Connection>,
+    finished: bool,
+    timeout: Duration,
+    statements: Arc<AtomicU64>,
+}
+
+impl SqliteTx {
+    pub fn query(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        blocking(|| run_query(&self.connection, sql, self.timeout))
+    }
+
+    pub fn execute(&mut self, sql: &Sql) -> Result<u64, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        blocking(|| run_execute(&self.connection, sql, self.timeout))
+    }
+
+    /// Runs several statements of trusted SQL (DDL from the migration planner).
+    pub fn execute_script(&mut self, script: &str) -> Result<(), StoreError> {
+        blocking(|| self.connection.execute_batch(script))?;
+        Ok(())
+    }
+
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        blocking(|| self.connection.execute_batch("COMMIT"))?;
+        Ok(())
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Users, sessions, orgs, memberships and API keys: the system tables behind auth and tenancy.
+
+use chrono::{DateTime, Utc};
+use keel_query::SqlValue;
+use keel_query::value::truncate_micros;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::cell::{Cell, Row};
+use crate::db::Db;
+use crate::error::StoreError;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub superuser: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Org {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Member {
+    pub user: User,
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub org: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Who a bearer token stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    User { user: User, session: Uuid },
+    ApiKey(ApiKey),
+}
+
+fn now() -> DateTime<Utc> {
+    truncate_micros(Utc::now())
+}
+
+fn bad_row(what: &str) -> StoreError {
+    StoreError::Other(format!("unexpected {what} row shape"))
+}
+
+const USER_COLUMNS: &str = "u.id, u.email, u.name, u.superuser, u.created_at";
+
+fn user_from(cells: &[Cell]) -> Result<User, StoreError> {
+    Ok(User {
+        id: cells[0].uuid().ok_or_else(|| bad_row("user"))?,
+        email: cells[1].text().ok_or_else(|| bad_row("user"))?.to_string(),
+        name: cells[2].text().map(str::to_string),
+        superuser: cells[3].bool().unwrap_or(false),
+        created_at: cells[4].datetime().ok_or_else(|| bad_row("user"))?,
+    })
+}
+
+fn org_from(cells: &[Cell]) -> Result<Org, StoreError> {
+    Ok(Org {
+        id: cells[0].uuid().ok_or_else(|| bad_row("org"))?,
+        slug: cells[1].text().ok_or_else(|| bad_row("org"))?.to_string(),
+        name: cells[2].text().ok_or_else(|| bad_row("org"))?.to_string(),
+        created_at: cells[3].datetime().ok_or_else(|| bad_row("org"))?,
+    })
+}
+
+const KEY_COLUMNS: &str = "k.id, k.org_id, k.name, k.role, k.created_by, k.created_at, k.expires_at";
+
+fn key_from(cells: &[Cell]) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
+        id: cells[0].uuid().ok_or_else(|| bad_row("api key"))?,
+        org: cells[1].uuid().ok_or_else(|| bad_row("api key"))?,
+        name: cells[2].text().unwrap_or_default().to_string(),
+        role: cells[3].text().unwrap_or_default().to_string(),
+        created_by: cells[4].uuid(),
+        created_at: cells[5].datetime().ok_or_else(|| bad_row("api key"))?,
+        expires_at: cells[6].datetime(),
+    })
+}
+
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub name: Option<&'a str>,
+    pub password_hash: &'a str,
+    pub superuser: bool,
+}
+
+pub async fn user_insert(db: &Db, new: NewUser<'_>) -> Result<User, StoreError> {
+    let id = Uuid::now_v7();
+    let at = now();
+    let name = new.name.map(|n| SqlValue::Text(n.to_string())).unwrap_or(SqlValue::Null);
+    let mut tx = db.begin().await?;
+    let sql = match name {
+        SqlValue::Null => tx.portable(
+            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at) VALUES ($1, $2, NULL, $3, $4, $5, $5)",
+            vec![SqlValue::Uuid(id), SqlValue::Text(new.email.to_string()), SqlValue::Text(new.password_hash.to_string()), SqlValue::Bool(new.superuser), SqlValue::Datetime(at)],
+        ),
+        name => tx.portable(
+            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at) VALUES ($1, $2, $6, $3, $4, $5, $5)",
+            vec![SqlValue::Uuid(id), SqlValue::Text(new.email.to_string()), SqlValue::Text(new.password_hash.to_string()), SqlValue::Bool(new.superuser), SqlValue::Datetime(at), name],
+        ),
+    };
+    tx.execute(&sql).await?;
+    tx.commit().await?;
+    Ok(User {
+        id,
+        email: new.email.to_string(),
+        name: new.name.map(str::to_string),
+        superuser: new.superuser,
+        created_at: at,
+    })
+}
+
+/// A user and their password hash, for login.
+pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)>, StoreError> {
+    let sql = db.portable(
+        &format!("SELECT {USER_COLUMNS}, u.password_hash FROM keel_users u WHERE u.email = $1"),
+        vec![SqlValue::Text(email.to_string())],
+    );
+    match db.query_one(&sql).await? {
+        None => Ok(None),
+        Some(row) => {
+            let user = user_from(&row)?;
+            let hash = row[5].text().unwrap_or_default().to_string();
+            Ok(Some((user, hash)))
+        }
+    }
+}
+
+pub async fn user_by_id(db: &Db, id: Uuid) -> Result<Option<User>, StoreError> {
+    let sql = db.portable(&format!("SELECT {USER_COLUMNS} FROM keel_users u WHERE u.id = $1"), vec![SqlValue::Uuid(id)]);
+    db.query_one(&sql).await?.map(|row| user_from(&row)).transpose()
+}
+
+pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
+    let mut tx = db.begin().await?;
+    let n = tx
+        .execute(&tx.portable("UPDATE keel_users SET superuser = $1, updated_at = $2 WHERE id = $3", vec![SqlValue::Bool(superuser), SqlValue::Datetime(now()), SqlValue::Uuid(id)]))
+        .await?;
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+pub async fn session_insert(db: &Db, user: Uuid, token_hash: &str, expires_at: DateTime<Utc>) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable(
+        "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        vec![SqlValue::Uuid(id), SqlValue::Text(token_hash.to_string()), SqlValue::Uuid(user), SqlValue::Datetime(now()), SqlValue::Datetime(truncate_micros(expires_at))],
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// The principal behind a token hash: a live session, else a live API key.
+pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+    let at = SqlValue::Datetime(now());
+    let session = db.portable(
+        &format!("SELECT {USER_COLUMNS}, s.id FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
+        vec![SqlValue::Text(token_hash.to_string()), at.clone()],
+    );
+    if let Some(row) = db.query_one(&session).await? {
+        let user = user_from(&row)?;
+        let session = row[5].uuid().ok_or_else(|| bad_row("session"))?;
+        return Ok(Some(Principal::User { user, session }));
+    }
+    let key = db.portable(
+        &format!("SELECT {KEY_COLUMNS} FROM keel_api_keys k WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)"),
+        vec![SqlValue::Text(token_hash.to_string()), at],
+    );
+    match db.query_one(&key).await? {
+        Some(row) => Ok(Some(Principal::ApiKey(key_from(&row)?))),
+        None => Ok(None),
+    }
+}
+
+pub async fn session_revoke(db: &Db, session: Uuid) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable("UPDATE keel_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", vec![SqlValue::Datetime(now()), SqlValue::Uuid(session)]))
+        .await?;
+    tx.commit().await
+}
+
+/// Revokes every session of a user ("log out everywhere"); returns how many.
+pub async fn sessions_revoke_all(db: &Db, user: Uuid) -> Result<u64, StoreError> {
+    let mut tx = db.begin().await?;
+    let n = tx
+        .execute(&tx.portable("UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL", vec![SqlValue::Datetime(now()), SqlValue::Uuid(user)]))
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Creates an org with its creator as a member with `role`.
+pub async fn org_insert(db: &Db, slug: &str, name: &str, creator: Option<Uuid>, role: &str) -> Result<Org, StoreError> {
+    let id = Uuid::now_v7();
+    let at = now();
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable(
+        "INSERT INTO keel_orgs (id, slug, name, created_at) VALUES ($1, $2, $3, $4)",
+        vec![SqlValue::Uuid(id), SqlValue::Text(slug.to_string()), SqlValue::Text(name.to_string()), SqlValue::Datetime(at)],
+    ))
+    .await?;
+    if let Some(user) = creator {
+        tx.execute(&tx.portable(
+            "INSERT INTO keel_memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+            vec![SqlValue::Uuid(id), SqlValue::Uuid(user), SqlValue::Text(role.to_string()), SqlValue::Datetime(at)],
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Org {
+        id,
+        slug: slug.to_string(),
+        name: name.to_string(),
+        created_at: at,
+    })
+}
+
+/// An org by slug and the caller's role in it (`None` when not a member), in one query.
+pub async fn org_with_role(db: &Db, slug: &str, user: Option<Uuid>) -> Result<Option<(Org, Option<String>)>, StoreError> {
+    let sql = match user {
+        Some(user) => db.portable(
+            "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_orgs o LEFT JOIN keel_memberships m ON m.org_id = o.id AND m.user_id = $2 WHERE o.slug = $1",
+            vec![SqlValue::Text(slug.to_string()), SqlValue::Uuid(user)],
+        ),
+        None => db.portable("SELECT o.id, o.slug, o.name, o.created_at, NULL FROM keel_orgs o WHERE o.slug = $1", vec![SqlValue::Text(slug.to_string())]),
+    };
+    match db.query_one(&sql).await? {
+        None => Ok(None),
+        Some(row) => Ok(Some((org_from(&row)?, row[4].text().map(str::to_string)))),
+    }
+}
+
+/// The orgs a user belongs to, with the role in each (at most `limit`, by slug).
+pub async fn orgs_of_user(db: &Db, user: Uuid, after_slug: Option<&str>, limit: u32) -> Result<Vec<(Org, String)>, StoreError> {
+    let sql = db.portable(
+        &format!(
+            "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_memberships m JOIN keel_orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.slug > $2 ORDER BY o.slug LIMIT {}",
+            limit
+        ),
+        vec![SqlValue::Uuid(user), SqlValue::Text(after_slug.unwrap_or("").to_string())],
+    );
+    db.query(&sql)
+        .await?
+        .into_iter()
+        .map(|row| Ok((org_from(&row)?, row[4].text().unwrap_or_default().to_string())))
+        .collect()
+}
+
+/// Every org (for the superuser), by slug.
+pub async fn orgs_all(db: &Db, after_slug: Option<&str>, limit: u32) -> Result<Vec<Org>, StoreError> {
+    let sql = db.portable(
+        &format!("SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.slug > $1 ORDER BY o.slug LIMIT {limit}"),
+        vec![SqlValue::Text(after_slug.unwrap_or("").to_string())],
+    );
+    db.query(&sql).await?.iter().map(|row| org_from(row)).collect()
+}
+
+fn member_from(row: &Row) -> Result<Member, StoreError> {
+    Ok(Member {
+        user: user_from(row)?,
+        role: row[5].text().unwrap_or_default().to_string(),
+        joined_at: row[6].datetime().ok_or_else(|| bad_row("member"))?,
+    })
+}
+
+/// Members of an org, ordered by user id, after a user id (keyset), at most `limit`.
+pub async fn members(db: &Db, org: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<Member>, StoreError> {
+    let sql = match after {
+        Some(after) => db.portable(
+            &format!("SELECT {USER_COLUMNS}, m.role, m.created_at FROM keel_memberships m JOIN keel_users u ON u.id = m.user_id WHERE m.org_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT {limit}"),
+            vec![SqlValue::Uuid(org), SqlValue::Uuid(after)],
+        ),
+        None => db.portable(
+            &format!("SELECT {USER_COLUMNS}, m.role, m.created_at FROM keel_memberships m JOIN keel_users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY m.user_id LIMIT {limit}"),
+            vec![SqlValue::Uuid(org)],
+        ),
+    };
+    db.query(&sql).await?.iter().map(member_from).collect()
+}
+
+pub async fn member(db: &Db, org: Uuid, user: Uuid) -> Result<Option<Member>, StoreError> {
+    let sql = db.portable(
+        &format!("SELECT {USER_COLUMNS}, m.role, m.created_at FROM keel_memberships m JOIN keel_users u ON u.id = m.user_id WHERE m.org_id = $1 AND m.user_id = $2"),
+        vec![SqlValue::Uuid(org), SqlValue::Uuid(user)],
+    );
+    db.query_one(&sql).await?.as_ref().map(member_from).transpose()
+}
+
+pub async fn member_insert(db: &Db, org: Uuid, user: Uuid, role: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable(
+        "INSERT INTO keel_memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+        vec![SqlValue::Uuid(org), SqlValue::Uuid(user), SqlValue::Text(role.to_string()), SqlValue::Datetime(now())],
+    ))
+    .await?;
+    tx.commit().await
+}
+
+/// Outcome of a change that must keep at least one member with the top role.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    Done,
+    NotFound,
+    LastOwner,
+}
+
+/// Changes a member's role (`Some`) or removes them (`None`), refusing to leave the org
+/// without a member holding `top_role`.
+pub async fn member_change(db: &Db, org: Uuid, user: Uuid, role: Option<&str>, top_role: &str) -> Result<MemberChange, StoreError> {
+    let mut tx = db.begin().await?;
+    let current = tx
+        .query_one(&tx.portable(
+            &format!("SELECT role FROM keel_memberships WHERE org_id = $1 AND user_id = $2{}", if tx.dialect() == keel_query::Dialect::Postgres { " FOR UPDATE" } else { "" }),
+            vec![SqlValue::Uuid(org), SqlValue::Uuid(user)],
+        ))
+        .await?;
+    let Some(current) = current.and_then(|row| row[0].text().map(str::to_string)) else {
+        return Ok(MemberChange::NotFound);
+    };
+    if current == top_role && role != Some(top_role) {
+        let owners = tx
+            .query_one(&tx.portable("SELECT count(*) FROM keel_memberships WHERE org_id = $1 AND role = $2", vec![SqlValue::Uuid(org), SqlValue::Text(top_role.to_string())]))
+            .await?
+            .and_then(|row| row[0].int())
+            .unwrap_or(0);
+        if owners <= 1 {
+            return Ok(MemberChange::LastOwner);
+        }
+    }
+    let sql = match role {
+        Some(role) => tx.portable(
+            "UPDATE keel_memberships SET role = $1 WHERE org_id = $2 AND user_id = $3",
+            vec![SqlValue::Text(role.to_string()), SqlValue::Uuid(org), SqlValue::Uuid(user)],
+        ),
+        None => tx.portable("DELETE FROM keel_memberships WHERE org_id = $1 AND user_id = $2", vec![SqlValue::Uuid(org), SqlValue::Uuid(user)]),
+    };
+    tx.execute(&sql).await?;
+    tx.commit().await?;
+    Ok(MemberChange::Done)
+}
+
+pub struct NewApiKey<'a> {
+    pub org: Uuid,
+    pub name: &'a str,
+    pub role: &'a str,
+    pub created_by: Option<Uuid>,
+    pub token_hash: &'a str,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn api_key_insert(db: &Db, new: NewApiKey<'_>) -> Result<ApiKey, StoreError> {
+    let id = Uuid::now_v7();
+    let at = now();
+    let mut tx = db.begin().await?;
+    let mut params = vec![
+        SqlValue::Uuid(id),
+        SqlValue::Text(new.token_hash.to_string()),
+        SqlValue::Uuid(new.org),
+        SqlValue::Text(new.role.to_string()),
+        SqlValue::Text(new.name.to_string()),
+        SqlValue::Datetime(at),
+    ];
+    let created_by = match new.created_by {
+        Some(user) => {
+            params.push(SqlValue::Uuid(user));
+            format!("${}", params.len())
+        }
+        None => "NULL".to_string(),
+    };
+    let expires = match new.expires_at {
+        Some(at) => {
+            params.push(SqlValue::Datetime(truncate_micros(at)));
+            format!("${}", params.len())
+        }
+        None => "NULL".to_string(),
+    };
+    tx.execute(&tx.portable(
+        &format!("INSERT INTO keel_api_keys (id, token_hash, org_id, role, name, created_at, created_by, expires_at) VALUES ($1, $2, $3, $4, $5, $6, {created_by}, {expires})"),
+        params,
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(ApiKey {
+        id,
+        org: new.org,
+        name: new.name.to_string(),
+        role: new.role.to_string(),
+        created_by: new.created_by,
+        created_at: at,
+        expires_at: new.expires_at.map(truncate_micros),
+    })
+}
+
+pub async fn api_keys(db: &Db, org: Uuid, limit: u32) -> Result<Vec<ApiKey>, StoreError> {
+    let sql = db.portable(
+        &format!("SELECT {KEY_COLUMNS} FROM keel_api_keys k WHERE k.org_id = $1 AND k.revoked_at IS NULL ORDER BY k.id DESC LIMIT {limit}"),
+        vec![SqlValue::Uuid(org)],
+    );
+    db.query(&sql).await?.iter().map(|row| key_from(row)).collect()
+}
+
+pub async fn api_key_revoke(db: &Db, org: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    let mut tx = db.begin().await?;
+    let n = tx
+        .execute(&tx.portable(
+            "UPDATE keel_api_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL",
+            vec![SqlValue::Datetime(now()), SqlValue::Uuid(org), SqlValue::Uuid(id)],
+        ))
+        .await?;
+    tx.commit().await?;
+    Ok(n == 1)
+}
