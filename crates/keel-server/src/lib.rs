@@ -1,1 +1,213 @@
-//! placeholder
+//! The Keel server: configuration, the axum router and middleware, auth and tenancy, the
+//! records API, health and metrics, and the OpenAPI document.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use keel_query::{Patterns, Schema};
+use keel_store::Db;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use config::Config;
+pub use state::{AppState, Metrics};
+
+/// Loads and checks a spec file: spec problems and rule problems together, with lines.
+pub fn load_schema(source: &str) -> Result<Schema, Vec<String>> {
+    let app = keel_spec::parse_app(source).map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    Schema::new(app).map_err(|problems| problems.iter().map(|p| p.to_string()).collect())
+}
+
+/// Builds the router for a state.
+pub fn router(state: AppState) -> Router {
+    use routes::{auth, ops, orgs, records};
+    let api = Router::new()
+        .route("/auth/signup", post(auth::signup))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/logout-all", post(auth::logout_all))
+        .route("/auth/me", get(auth::me))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/orgs", get(orgs::list).post(orgs::create))
+        .route("/orgs/{org}/members", get(orgs::members).post(orgs::add_member))
+        .route("/orgs/{org}/members/{user}", axum::routing::patch(orgs::update_member).delete(orgs::remove_member))
+        .route("/orgs/{org}/api_keys", get(orgs::list_keys).post(orgs::create_key))
+        .route("/orgs/{org}/api_keys/{id}", axum::routing::delete(orgs::revoke_key))
+        .route("/orgs/{org}/{collection}", get(records::org_list).post(records::org_create))
+        .route("/orgs/{org}/{collection}/aggregate", get(records::org_aggregate))
+        .route(
+            "/orgs/{org}/{collection}/{id}",
+            get(records::org_get).patch(records::org_update).delete(records::org_delete),
+        )
+        .route("/global/{collection}", get(records::global_list).post(records::global_create))
+        .route("/global/{collection}/aggregate", get(records::global_aggregate))
+        .route(
+            "/global/{collection}/{id}",
+            get(records::global_get).patch(records::global_update).delete(records::global_delete),
+        );
+    let body_limit = state.config.server.body_limit_bytes;
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::request_context))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the spec {path}: {message}")]
+    SpecFile { path: String, message: String },
+    #[error("the spec has problems:\n{}", .0.join("\n"))]
+    Spec(Vec<String>),
+    #[error("cannot open the database: {0}")]
+    Database(#[from] keel_store::StoreError),
+    #[error("the database needs migrations before Keel can serve (run `keel migrate plan`, then `keel migrate apply`, or start with --migrate):\n{0}")]
+    PendingMigrations(String),
+    #[error(transparent)]
+    Migrate(#[from] keel_store::migrate::MigrateError),
+    #[error("cannot listen on {address}: {message}")]
+    Bind { address: String, message: String },
+}
+
+/// Opens the database for a config and schema, applying or refusing pending migrations.
+pub async fn open_database(config: &Config, schema: &Schema) -> Result<Db, StartError> {
+    let db = Db::connect(&config.location(), &config.pool()).await?;
+    let plan = keel_store::migrate::plan_for(&db, schema).await?;
+    if !plan.is_empty() {
+        if config.app.migrate_on_start {
+            keel_store::migrate::apply(&db, schema, config.app.allow_destructive).await?;
+        } else {
+            let steps: Vec<String> = plan.steps.iter().map(|s| format!("  - {}", s.description)).collect();
+            return Err(StartError::PendingMigrations(steps.join("\n")));
+        }
+    }
+    Ok(db)
+}
+
+/// A built app, bound to its listener (port 0 works), ready to serve.
+pub struct App {
+    pub state: AppState,
+    listener: TcpListener,
+    pub address: SocketAddr,
+}
+
+impl App {
+    /// Reads the spec, opens (and if configured migrates) the database, binds the listener.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let source = std::fs::read_to_string(&config.app.spec).map_err(|e| StartError::SpecFile {
+            path: config.app.spec.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let schema = load_schema(&source).map_err(StartError::Spec)?;
+        let db = open_database(&config, &schema).await?;
+        App::with_parts(config, schema, db).await
+    }
+
+    pub async fn with_parts(config: Config, schema: Schema, db: Db) -> Result<App, StartError> {
+        let address = format!("{}:{}", config.server.host, config.server.port);
+        let listener = TcpListener::bind(&address).await.map_err(|e| StartError::Bind {
+            address: address.clone(),
+            message: e.to_string(),
+        })?;
+        let bound = listener.local_addr().map_err(|e| StartError::Bind {
+            address,
+            message: e.to_string(),
+        })?;
+        Ok(App {
+            state: state(config, schema, db),
+            listener,
+            address: bound,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// (up to `server.shutdown_grace_seconds`), and closes the database.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let grace = Duration::from_secs(self.state.config.server.shutdown_grace_seconds);
+        let state = self.state.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, router(self.state.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            let _ = stopped_tx.send(());
+        });
+        let serving = tokio::spawn(async move { server.await });
+        let result = tokio::select! {
+            result = serving => result.map_err(std::io::Error::other)?,
+            _ = async {
+                let _ = stopped_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("in-flight requests outlived the shutdown grace period");
+                Ok(())
+            }
+        };
+        state.db.close().await;
+        result
+    }
+}
+
+pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
+    AppState {
+        inner: Arc::new(state::Inner {
+            patterns: Patterns::new(&schema.app.collections),
+            schema,
+            db,
+            config,
+            metrics: Metrics::new(),
+            started: Instant::now(),
+        }),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}
+
+/// Sets up logging: JSON lines (with the request span's fields) or pretty text.
+pub fn init_logging(config: &config::LogSection) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.format == "json" {
+        builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -266,6 +266,11 @@ pub async fn orgs_of_user(db: &Db, user: Uuid, after_slug: Option<&str>, limit: 
         .collect()
 }
 
+pub async fn org_by_id(db: &Db, id: Uuid) -> Result<Option<Org>, StoreError> {
+    let sql = db.portable("SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.id = $1", vec![SqlValue::Uuid(id)]);
+    db.query_one(&sql).await?.as_ref().map(|row| org_from(row)).transpose()
+}
+
 /// Every org (for the superuser), by slug.
 pub async fn orgs_all(db: &Db, after_slug: Option<&str>, limit: u32) -> Result<Vec<Org>, StoreError> {
     let sql = db.portable(

@@ -1,1 +1,261 @@
-fn main() {}
+//! The `keel` binary: serve an app, run the demo, check specs, plan and apply migrations,
+//! manage users, and benchmark.
+
+mod bench;
+mod demo;
+mod examples;
+mod http_client;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use keel_server::{App, Config, load_schema};
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "A production-ready multi-tenant backend from one keel.toml")]
+struct Cli {
+    /// A configuration file (TOML); every key can also be set as KEEL_SECTION__KEY.
+    #[arg(long, global = true, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct Common {
+    /// The app spec (default: keel.toml).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// The data directory (the SQLite file lives here).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL (postgres://…); without it Keel uses the embedded SQLite file.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app's API.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// Apply pending migrations before serving instead of refusing to start.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Run an example app with generated data on embedded SQLite (pms by default).
+    Demo {
+        /// One of: fleet-compliance, pms, hoa, schedules, ge-metrics.
+        #[arg(default_value = "pms")]
+        app: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Throw away earlier demo data and generate it again.
+        #[arg(long)]
+        fresh: bool,
+        /// Generate the data, print the logins, and exit without serving.
+        #[arg(long)]
+        no_serve: bool,
+        /// Scale every collection's row count by this factor (e.g. 0.1 for a quick look).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// Check a spec and report every problem with its line.
+    Check { file: PathBuf },
+    /// Plan or apply migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Benchmarks (see docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Print the DDL that brings the database to the spec.
+    Plan {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Apply the plan in one transaction and record it.
+    Apply {
+        #[command(flatten)]
+        common: Common,
+        /// Allow steps that drop collections or fields or narrow types.
+        #[arg(long)]
+        allow_destructive: bool,
+    },
+    /// List applied migrations.
+    History {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Create a user (reads the password from KEEL_PASSWORD or --password).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Make the user the instance superuser.
+        #[arg(long)]
+        superuser: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the default configuration as TOML.
+    PrintDefault,
+}
+
+fn overrides(common: &Common) -> Vec<(String, toml::Value)> {
+    let mut out = vec![];
+    if let Some(spec) = &common.spec {
+        out.push(("app.spec".into(), toml::Value::String(spec.display().to_string())));
+    }
+    if let Some(dir) = &common.data_dir {
+        out.push(("app.data_dir".into(), toml::Value::String(dir.display().to_string())));
+    }
+    if let Some(url) = &common.database_url {
+        out.push(("database.url".into(), toml::Value::String(url.clone())));
+    }
+    out
+}
+
+fn load_config(file: Option<&PathBuf>, overrides: Vec<(String, toml::Value)>) -> Result<Config> {
+    Ok(Config::load(file.map(|p| p.as_path()), std::env::vars(), overrides)?)
+}
+
+fn read_schema(config: &Config) -> Result<keel_query::Schema> {
+    let source = std::fs::read_to_string(&config.app.spec)
+        .with_context(|| format!("cannot read the spec {}", config.app.spec.display()))?;
+    load_schema(&source).map_err(|problems| anyhow::anyhow!("{} has problems:\n{}", config.app.spec.display(), problems.join("\n")))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { common, host, port, migrate } => {
+            let mut extra = overrides(&common);
+            if let Some(host) = host {
+                extra.push(("server.host".into(), toml::Value::String(host)));
+            }
+            if let Some(port) = port {
+                extra.push(("server.port".into(), toml::Value::Integer(i64::from(port))));
+            }
+            if migrate {
+                extra.push(("app.migrate_on_start".into(), toml::Value::Boolean(true)));
+            }
+            let config = load_config(cli.config.as_ref(), extra)?;
+            keel_server::init_logging(&config.log);
+            let app = App::build(config).await?;
+            tracing::info!(address = %app.address, "keel is serving");
+            eprintln!("keel: serving on http://{}", app.address);
+            app.run_until(keel_server::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Demo { app, port, data_dir, fresh, no_serve, scale } => {
+            demo::run(demo::DemoArgs { app, port, data_dir, fresh, serve: !no_serve, scale }).await
+        }
+        Command::Check { file } => {
+            let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            match load_schema(&source) {
+                Ok(schema) => {
+                    let app = &schema.app;
+                    let user_collections = app.collections.iter().filter(|c| !c.system).count();
+                    println!("{}: ok ({} collections, {} roles)", file.display(), user_collections, app.roles.len());
+                    Ok(())
+                }
+                Err(problems) => {
+                    for problem in &problems {
+                        eprintln!("{}: {problem}", file.display());
+                    }
+                    bail!("{} problem(s) in {}", problems.len(), file.display())
+                }
+            }
+        }
+        Command::Migrate { action } => {
+            let (common, apply, allow_destructive, history) = match action {
+                MigrateAction::Plan { common } => (common, false, false, false),
+                MigrateAction::Apply { common, allow_destructive } => (common, true, allow_destructive, false),
+                MigrateAction::History { common } => (common, false, false, true),
+            };
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let db = keel_store::Db::connect(&config.location(), &config.pool()).await?;
+            if history {
+                for (version, at, description) in keel_store::migrate::history(&db).await? {
+                    println!("{version:>4}  {at}  {description}");
+                }
+                return Ok(());
+            }
+            let schema = read_schema(&config)?;
+            let plan = keel_store::migrate::plan_for(&db, &schema).await?;
+            if plan.is_empty() {
+                println!("-- the database is up to date (version {})", plan.from_version);
+                return Ok(());
+            }
+            if !apply {
+                print!("{}", plan.to_sql());
+                let destructive = plan.destructive_steps().len();
+                if destructive > 0 {
+                    eprintln!("{destructive} destructive step(s): `keel migrate apply --allow-destructive` is needed");
+                }
+                return Ok(());
+            }
+            let applied = keel_store::migrate::apply(&db, &schema, allow_destructive).await?;
+            println!("applied migration {} ({} step(s))", applied.from_version + 1, applied.steps.len());
+            Ok(())
+        }
+        Command::Users { action } => match action {
+            UsersAction::Create { common, email, password, name, superuser } => {
+                let config = load_config(cli.config.as_ref(), overrides(&common))?;
+                let schema = read_schema(&config)?;
+                let db = keel_server::open_database(&config, &schema).await?;
+                let email = keel_server::routes::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+                keel_server::routes::auth::check_password(&password, &email, config.auth.min_password_length)
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                let hash = keel_server::routes::auth::hash_password(password).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                let user = keel_store::system::user_insert(
+                    &db,
+                    keel_store::system::NewUser { email: &email, name: name.as_deref(), password_hash: &hash, superuser },
+                )
+                .await?;
+                println!("created user {} ({}){}", user.email, user.id, if superuser { " as superuser" } else { "" });
+                Ok(())
+            }
+        },
+        Command::Config { action: ConfigAction::PrintDefault } => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -1,0 +1,321 @@
+//! Configuration: defaults → config file → `KEEL_SECTION__KEY` environment → CLI flags,
+//! each later layer winning; then `validate()` turns raw settings into the config in use.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret string (a database URL may hold a password): `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub app: AppSection,
+    pub server: ServerSection,
+    pub database: DatabaseSection,
+    pub auth: AuthSection,
+    pub limits: LimitsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppSection {
+    /// The app spec.
+    pub spec: PathBuf,
+    /// Where the SQLite file (and later, files and backups) live.
+    pub data_dir: PathBuf,
+    /// Apply pending migrations at start instead of refusing to start.
+    pub migrate_on_start: bool,
+    /// Allow destructive migrations at start (only with `migrate_on_start`).
+    pub allow_destructive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    /// A request that takes longer is answered 503 `request_timeout`.
+    pub request_timeout_ms: u64,
+    /// The largest JSON body accepted.
+    pub body_limit_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://…` for PostgreSQL; empty for the embedded SQLite file `<data_dir>/keel.db`.
+    pub url: Option<Secret>,
+    /// PostgreSQL schema (search_path); tests use one schema per test.
+    pub schema: Option<String>,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub idle_timeout_seconds: u64,
+    pub max_lifetime_seconds: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Whether anyone may sign up (otherwise users are created with `keel users create`).
+    pub signup: bool,
+    pub session_ttl_hours: u64,
+    pub min_password_length: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    /// `count=estimate` counts at most this many rows.
+    pub estimate_count_cap: u64,
+    pub max_expand: usize,
+    pub max_aggregate_groups: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `json` (one object per line) or `pretty`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `keel_server=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            app: AppSection::default(),
+            server: ServerSection::default(),
+            database: DatabaseSection::default(),
+            auth: AuthSection::default(),
+            limits: LimitsSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for AppSection {
+    fn default() -> Self {
+        AppSection {
+            spec: PathBuf::from("keel.toml"),
+            data_dir: PathBuf::from("keel-data"),
+            migrate_on_start: false,
+            allow_destructive: false,
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        let pool = keel_store::PoolConfig::default();
+        DatabaseSection {
+            url: None,
+            schema: None,
+            max_connections: pool.max_connections,
+            min_connections: pool.min_connections,
+            acquire_timeout_ms: pool.acquire_timeout.as_millis() as u64,
+            idle_timeout_seconds: pool.idle_timeout.as_secs(),
+            max_lifetime_seconds: pool.max_lifetime.as_secs(),
+            statement_timeout_ms: pool.statement_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            signup: true,
+            session_ttl_hours: 24 * 30,
+            min_password_length: 10,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            default_page_size: 50,
+            max_page_size: 500,
+            estimate_count_cap: 100_000,
+            max_expand: 8,
+            max_aggregate_groups: 1_000,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Merges `overlay` into `base` recursively (tables merge, other values replace).
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => merge(existing, incoming),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses an environment value as TOML (numbers, bools, arrays), falling back to a string.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl Config {
+    /// Builds the config from its layers. `env` is the process environment (tests pass their own);
+    /// `overrides` are `section.key = value` pairs from CLI flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Vec<(String, toml::Value)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, overlay);
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("KEEL_") else { continue };
+            let Some((section, key)) = rest.split_once("__") else { continue };
+            if section.starts_with("TEST") {
+                continue;
+            }
+            let mut overlay = toml::Table::new();
+            let mut inner = toml::Table::new();
+            inner.insert(key.to_lowercase(), env_value(&raw));
+            overlay.insert(section.to_lowercase(), toml::Value::Table(inner));
+            merge(&mut table, overlay);
+        }
+        for (path, value) in overrides {
+            let (section, key) = path.split_once('.').ok_or_else(|| ConfigError::Invalid(format!("override '{path}' is not section.key")))?;
+            let mut overlay = toml::Table::new();
+            let mut inner = toml::Table::new();
+            inner.insert(key.to_string(), value);
+            overlay.insert(section.to_string(), toml::Value::Table(inner));
+            merge(&mut table, overlay);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: &str| Err(ConfigError::Invalid(format!("{key}: {message}")));
+        if self.limits.max_page_size == 0 || self.limits.max_page_size > 10_000 {
+            return fail("limits.max_page_size", "must be between 1 and 10000");
+        }
+        if self.limits.default_page_size == 0 || self.limits.default_page_size > self.limits.max_page_size {
+            return fail("limits.default_page_size", "must be between 1 and limits.max_page_size");
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections", "must be at least 1");
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return fail("database.min_connections", "must not exceed database.max_connections");
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return fail("server.body_limit_bytes", "must be at least 1024");
+        }
+        if !matches!(self.log.format.as_str(), "json" | "pretty") {
+            return fail("log.format", "must be json or pretty");
+        }
+        if self.auth.min_password_length < 8 {
+            return fail("auth.min_password_length", "must be at least 8");
+        }
+        if let Some(url) = &self.database.url
+            && !url.0.is_empty()
+            && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://") || url.0.starts_with("sqlite:"))
+        {
+            return fail("database.url", "must start with postgres://, postgresql:// or sqlite:");
+        }
+        Ok(())
+    }
+
+    /// Where the data lives, derived from `database.url` and `app.data_dir`.
+    pub fn location(&self) -> keel_store::Location {
+        match self.database.url.as_ref().map(|s| s.0.as_str()) {
+            Some(url) if url.starts_with("postgres") => keel_store::Location::Postgres {
+                url: url.to_string(),
+                schema: self.database.schema.clone(),
+            },
+            Some(url) if url.starts_with("sqlite:") => {
+                keel_store::Location::Sqlite(PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:")))
+            }
+            _ => keel_store::Location::Sqlite(self.app.data_dir.join("keel.db")),
+        }
+    }
+
+    pub fn pool(&self) -> keel_store::PoolConfig {
+        keel_store::PoolConfig {
+            max_connections: self.database.max_connections,
+            min_connections: self.database.min_connections,
+            acquire_timeout: Duration::from_millis(self.database.acquire_timeout_ms),
+            idle_timeout: Duration::from_secs(self.database.idle_timeout_seconds),
+            max_lifetime: Duration::from_secs(self.database.max_lifetime_seconds),
+            statement_timeout: Duration::from_millis(self.database.statement_timeout_ms),
+        }
+    }
+
+    /// The default configuration as a documented TOML file (`keel config print-default`).
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).expect("the default config serialises")
+    }
+}

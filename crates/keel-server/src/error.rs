@@ -1,0 +1,178 @@
+//! `ApiError` and the one table of error codes (invariant 7). Codes are snake_case and are
+//! never renamed or reused; `docs/ERRORS.md` is generated from `CODES` and kept fresh by a test.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Every error code with its HTTP status and meaning.
+pub const CODES: &[(&str, u16, &str)] = &[
+    ("bad_request", 400, "The request is malformed in a way no more specific code covers."),
+    ("invalid_json", 400, "The body is not valid JSON, or not the JSON object expected."),
+    ("invalid_query", 400, "A query-string parameter is unknown, repeated or malformed."),
+    ("validation_failed", 400, "One or more fields failed validation; `details` lists each field with its own code."),
+    ("invalid_filter", 400, "The filter expression cannot be parsed."),
+    ("unknown_field", 400, "A filter, sort, projection or expand names a field the collection does not have; `details.field` names it."),
+    ("invalid_value", 400, "A filter compares a field with a value of the wrong type; `details.field` names it."),
+    ("invalid_sort", 400, "The sort parameter is malformed."),
+    ("invalid_cursor", 400, "The `after` cursor was not made by this server for this sort order."),
+    ("invalid_aggregate", 400, "The aggregate's group or measures are malformed."),
+    ("limit_too_large", 400, "`limit` exceeds the maximum page size; nothing is silently capped."),
+    ("search_not_enabled", 400, "`q` was given for a collection with no `search` fields."),
+    ("weak_password", 400, "The password does not meet the password policy."),
+    ("invalid_role", 400, "The role is not one of the app's roles, or is above the caller's own."),
+    ("unauthenticated", 401, "No valid session token or API key was sent."),
+    ("invalid_credentials", 401, "The email or password is wrong."),
+    ("forbidden", 403, "The caller may not do this (role or access rule)."),
+    ("signup_closed", 403, "Self sign-up is disabled on this server."),
+    ("not_found", 404, "No such record, org or resource, or it belongs to an org the caller cannot see."),
+    ("route_not_found", 404, "No such route."),
+    ("collection_not_found", 404, "The app has no collection of that name."),
+    ("method_not_allowed", 405, "The route exists but not with this method."),
+    ("read_only_collection", 405, "The collection (e.g. the activity log) cannot be written through the API."),
+    ("unique_violation", 409, "A unique field or index already has this value; `details.fields` names the fields."),
+    ("still_referenced", 409, "Other records still point at this one (on_delete = restrict)."),
+    ("email_taken", 409, "A user with this email exists."),
+    ("slug_taken", 409, "An org with this slug exists."),
+    ("already_member", 409, "The user is already a member of the org."),
+    ("last_owner", 409, "The change would leave the org without a member in the top role."),
+    ("version_mismatch", 412, "`If-Match` does not match the record's current version; `details.current_version` has it."),
+    ("payload_too_large", 413, "The body exceeds the configured limit."),
+    ("unsupported_media_type", 415, "The body must be `application/json`."),
+    ("database_busy", 503, "No database connection became free in time; retry after `Retry-After` seconds."),
+    ("database_timeout", 503, "A database statement ran past its timeout and was cancelled."),
+    ("request_timeout", 503, "The request ran past the server's request timeout."),
+    ("unavailable", 503, "A dependency is unavailable."),
+    ("internal", 500, "An unexpected error; the response says nothing more, the log has the cause with the request id."),
+];
+
+/// An error answered to the client in the standard envelope.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    /// Logged with the request id, never sent.
+    pub cause: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub fn status_of(code: &str) -> StatusCode {
+    let status = CODES.iter().find(|(c, _, _)| *c == code).map(|(_, s, _)| *s).unwrap_or(500);
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+impl ApiError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+        debug_assert!(CODES.iter().any(|(c, _, _)| *c == code), "unknown error code {code}");
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+            cause: None,
+            retry_after: None,
+        }
+    }
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+    pub fn not_found() -> ApiError {
+        ApiError::new("not_found", "not found")
+    }
+    pub fn forbidden() -> ApiError {
+        ApiError::new("forbidden", "you may not do this")
+    }
+    /// An unexpected failure: the client sees a generic message, the log sees `cause`.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            code: "internal",
+            message: "internal error".into(),
+            details: None,
+            cause: Some(cause.to_string()),
+            retry_after: None,
+        }
+    }
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+}
+
+/// The cause of an error response, for the request middleware to log with the request id.
+#[derive(Clone, Debug)]
+pub struct ErrorCause(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({
+            "error": {
+                "code": self.code,
+                "message": if self.code == "internal" { "internal error".to_string() } else { self.message.clone() },
+                "request_id": crate::middleware::current_request_id(),
+                "details": self.details,
+            }
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        let cause = self.cause.unwrap_or(self.message);
+        response.extensions_mut().insert(ErrorCause(format!("{}: {cause}", self.code)));
+        response
+    }
+}
+
+impl From<keel_store::StoreError> for ApiError {
+    fn from(error: keel_store::StoreError) -> ApiError {
+        use keel_store::StoreError;
+        match error {
+            StoreError::NotFound => ApiError::not_found(),
+            StoreError::Busy => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new("database_busy", "the database is busy; retry shortly")
+            },
+            StoreError::Timeout => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new("database_timeout", "the query took too long and was cancelled")
+            },
+            StoreError::Unavailable(cause) => ApiError {
+                cause: Some(cause),
+                retry_after: Some(5),
+                ..ApiError::new("unavailable", "the database is unavailable")
+            },
+            StoreError::ForeignKey(constraint) => ApiError {
+                cause: constraint,
+                ..ApiError::new("still_referenced", "other records still refer to this one")
+            },
+            StoreError::Unique { constraint, columns } => ApiError {
+                cause: Some(format!("{constraint:?} {columns:?}")),
+                ..ApiError::new("unique_violation", "a record with this value already exists")
+            },
+            StoreError::Other(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+impl From<keel_query::QueryError> for ApiError {
+    fn from(error: keel_query::QueryError) -> ApiError {
+        let details = match &error.field {
+            Some(field) => json!({ "field": field, "position": error.position }),
+            None => json!({ "position": error.position }),
+        };
+        ApiError::new(error.code, error.message).with_details(details)
+    }
+}
+
+/// `docs/ERRORS.md`, generated from [`CODES`].
+pub fn errors_markdown() -> String {
+    let mut out = String::from(
+        "# Error codes\n\nEvery error answers with the same envelope:\n\n```json\n{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", \"request_id\": \"…\", \"details\": null}}\n```\n\nCodes are stable: never renamed, never reused.\n5xx bodies say nothing internal; the log line with the same `request_id` has the cause.\nThis file is generated from `crates/keel-server/src/error.rs` (a test fails when it is stale).\n\n| code | status | meaning |\n| --- | --- | --- |\n",
+    );
+    for (code, status, meaning) in CODES {
+        out.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
+    }
+    out
+}

@@ -1,0 +1,184 @@
+//! Extractors whose rejections are `ApiError`s, so every failure uses the same envelope:
+//! JSON bodies, query strings, the caller (from the bearer token) and the org of the path.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use keel_store::system::{self, Org, Principal};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON body. Malformed JSON, a wrong content type or an oversized body are 4xx with codes.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let is_json = content_type
+            .split(';')
+            .next()
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new("unsupported_media_type", "send the body as application/json"));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new("payload_too_large", "the body is larger than the server accepts")
+            } else {
+                ApiError::new("bad_request", rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::new("invalid_json", format!("the body is not valid JSON for this request: {e}")))
+    }
+}
+
+/// Query-string parameters: each at most once, and only the names a route accepts.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        if query.len() > 16 * 1024 {
+            return Err(ApiError::new("invalid_query", "the query string is longer than 16 KiB"));
+        }
+        let mut params = HashMap::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if params.insert(key.to_string(), value.to_string()).is_some() {
+                return Err(ApiError::new("invalid_query", format!("parameter '{key}' is given twice")));
+            }
+        }
+        Ok(Params(params))
+    }
+}
+
+impl Params {
+    /// Rejects any parameter not in `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for key in self.0.keys() {
+            if !allowed.contains(&key.as_str()) {
+                return Err(ApiError::new(
+                    "invalid_query",
+                    format!("unknown parameter '{key}'; this route accepts: {}", allowed.join(", ")),
+                )
+                .with_details(serde_json::json!({ "parameter": key })));
+            }
+        }
+        Ok(())
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// Hashes a bearer token for lookup: tokens are stored only as SHA-256 hashes.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The authenticated caller. Rejects with 401 when there is no valid token.
+pub struct Auth(pub Principal);
+
+/// The caller if a valid token was sent; `None` for anonymous requests.
+pub struct MaybeAuth(pub Option<Principal>);
+
+async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?;
+    match system::principal_by_token(&state.db, &token_hash(token)).await? {
+        Some(principal) => Ok(Some(principal)),
+        None => Err(ApiError::new("unauthenticated", "the token is unknown, expired or revoked")),
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            Some(p) => Ok(Auth(p)),
+            None => Err(ApiError::new("unauthenticated", "sign in and send 'Authorization: Bearer <token>'")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeAuth(principal(parts, state).await?))
+    }
+}
+
+/// The caller as rules see it.
+#[derive(Debug, Clone)]
+pub struct CallerInfo {
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub superuser: bool,
+}
+
+impl CallerInfo {
+    pub fn of(principal: &Principal) -> CallerInfo {
+        match principal {
+            Principal::User { user, .. } => CallerInfo {
+                user: Some(user.id),
+                api_key: None,
+                superuser: user.superuser,
+            },
+            Principal::ApiKey(key) => CallerInfo {
+                user: None,
+                api_key: Some(key.id),
+                superuser: false,
+            },
+        }
+    }
+}
+
+/// Resolves `{org}` for the caller: the org and the caller's role in it. Non-members get
+/// 404, so other orgs' existence does not leak; the superuser sees every org.
+pub async fn org_access(state: &AppState, principal: &Principal, slug: &str) -> Result<(Org, Option<String>), ApiError> {
+    if slug.len() > 64 {
+        return Err(ApiError::not_found());
+    }
+    match principal {
+        Principal::User { user, .. } => {
+            let (org, role) = system::org_with_role(&state.db, slug, Some(user.id)).await?.ok_or_else(ApiError::not_found)?;
+            if role.is_none() && !user.superuser {
+                return Err(ApiError::not_found());
+            }
+            Ok((org, role))
+        }
+        Principal::ApiKey(key) => {
+            let (org, _) = system::org_with_role(&state.db, slug, None).await?.ok_or_else(ApiError::not_found)?;
+            if org.id != key.org {
+                return Err(ApiError::not_found());
+            }
+            Ok((org, Some(key.role.clone())))
+        }
+    }
+}

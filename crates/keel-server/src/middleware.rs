@@ -1,0 +1,83 @@
+//! The request middleware: request id (taken from `x-request-id` or generated), one span per
+//! request so every log line carries the id, the request timeout, metrics and the access log.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::error::{ApiError, ErrorCause};
+use crate::state::AppState;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(|id| id.clone()).ok()
+}
+
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| text.to_string())
+}
+
+pub async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::new("request_timeout", "the request took too long").into_response(),
+            }
+        })
+        .instrument(span.clone())
+        .await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.http_request(&method, &route, status, elapsed.as_secs_f64());
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let cause = response.extensions().get::<ErrorCause>().map(|c| c.0.clone());
+    let _entered = span.enter();
+    if status >= 500 {
+        tracing::error!(status, duration_ms, cause = cause.as_deref().unwrap_or(""), "request failed");
+    } else if let Some(cause) = cause {
+        tracing::info!(status, duration_ms, error = %cause, "request");
+    } else {
+        tracing::info!(status, duration_ms, "request");
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Turns a caught panic into the standard 500 envelope (the panic message goes to the log).
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_string());
+    ApiError::internal(format!("panic: {message}")).into_response()
+}

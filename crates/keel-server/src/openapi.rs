@@ -1,0 +1,258 @@
+//! The OpenAPI 3.1 document, generated from the app spec: a typed schema per collection and
+//! every route with its parameters and error envelope.
+
+use keel_spec::{App, Collection, FieldKind};
+use serde_json::{Map, Value, json};
+
+fn field_schema(kind: &FieldKind) -> Value {
+    match kind {
+        FieldKind::Text { min, max, pattern, .. } => {
+            let mut schema = json!({ "type": "string", "maxLength": max });
+            if let Some(min) = min {
+                schema["minLength"] = json!(min);
+            }
+            if let Some(pattern) = pattern {
+                schema["pattern"] = json!(format!("^(?:{pattern})$"));
+            }
+            schema
+        }
+        FieldKind::Integer { min, max } => {
+            let mut schema = json!({ "type": "integer", "format": "int64" });
+            if let Some(min) = min {
+                schema["minimum"] = json!(min);
+            }
+            if let Some(max) = max {
+                schema["maximum"] = json!(max);
+            }
+            schema
+        }
+        FieldKind::Number { min, max } => {
+            let mut schema = json!({ "type": "number" });
+            if let Some(min) = min {
+                schema["minimum"] = json!(min);
+            }
+            if let Some(max) = max {
+                schema["maximum"] = json!(max);
+            }
+            schema
+        }
+        FieldKind::Bool => json!({ "type": "boolean" }),
+        FieldKind::Date => json!({ "type": "string", "format": "date" }),
+        FieldKind::Datetime => json!({ "type": "string", "format": "date-time" }),
+        FieldKind::Select { values } => json!({ "type": "string", "enum": values }),
+        FieldKind::Json => json!({}),
+        FieldKind::Relation { .. } => json!({ "type": "string", "format": "uuid" }),
+    }
+}
+
+fn nullable(schema: Value, required: bool) -> Value {
+    if required { schema } else { json!({ "anyOf": [schema, { "type": "null" }] }) }
+}
+
+fn record_schema(collection: &Collection) -> Value {
+    let mut properties = Map::new();
+    properties.insert("id".into(), json!({ "type": "string", "format": "uuid" }));
+    let mut required = vec!["id", "created_at"];
+    if !collection.global {
+        properties.insert("org".into(), json!({ "type": "string", "format": "uuid" }));
+        required.push("org");
+    }
+    properties.insert("created_at".into(), json!({ "type": "string", "format": "date-time" }));
+    if !collection.system {
+        properties.insert("updated_at".into(), json!({ "type": "string", "format": "date-time" }));
+        properties.insert("version".into(), json!({ "type": "integer", "minimum": 1 }));
+        required.push("updated_at");
+        required.push("version");
+    }
+    for field in &collection.fields {
+        let mut schema = nullable(field_schema(&field.kind), field.required);
+        if let Some(description) = &field.description {
+            schema["description"] = json!(description);
+        }
+        properties.insert(field.name.clone(), schema);
+    }
+    properties.insert("expand".into(), json!({ "type": "object", "additionalProperties": true }));
+    json!({ "type": "object", "properties": properties, "required": required })
+}
+
+fn input_schema(collection: &Collection, create: bool) -> Value {
+    let mut properties = Map::new();
+    let mut required = vec![];
+    for field in &collection.fields {
+        properties.insert(field.name.clone(), nullable(field_schema(&field.kind), field.required));
+        if create && field.required && field.default.is_none() {
+            required.push(field.name.clone());
+        }
+    }
+    json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": false })
+}
+
+fn error_responses(codes: &[u16]) -> Map<String, Value> {
+    let mut responses = Map::new();
+    for code in codes {
+        responses.insert(
+            code.to_string(),
+            json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    responses
+}
+
+fn query_parameter(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn path_parameter(name: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "schema": schema })
+}
+
+pub fn document(app: &App) -> Value {
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "string" },
+                    "message": { "type": "string" },
+                    "request_id": { "type": ["string", "null"] },
+                    "details": {}
+                }
+            }}
+        }),
+    );
+    let mut paths = Map::new();
+    let list_params = |collection: &Collection| {
+        let mut params = vec![
+            query_parameter("filter", "a filter expression (see docs/API.md)", json!({ "type": "string", "maxLength": 4096 })),
+            query_parameter("sort", "comma-separated fields, '-' for descending", json!({ "type": "string" })),
+            query_parameter("limit", "page size", json!({ "type": "integer", "minimum": 1, "maximum": 500 })),
+            query_parameter("after", "the `next` cursor of the previous page", json!({ "type": "string" })),
+            query_parameter("fields", "comma-separated fields to return", json!({ "type": "string" })),
+            query_parameter("expand", "comma-separated relation fields to embed", json!({ "type": "string" })),
+            query_parameter("count", "add a total count", json!({ "type": "string", "enum": ["exact", "estimate"] })),
+        ];
+        if collection.has_search() {
+            params.push(query_parameter("q", "full-text search", json!({ "type": "string", "maxLength": 512 })));
+        }
+        params
+    };
+    for collection in &app.collections {
+        let name = &collection.name;
+        let type_name = format!("{}Record", pascal(name));
+        schemas.insert(type_name.clone(), record_schema(collection));
+        schemas.insert(format!("{}Create", pascal(name)), input_schema(collection, true));
+        schemas.insert(format!("{}Update", pascal(name)), input_schema(collection, false));
+        let record_ref = json!({ "$ref": format!("#/components/schemas/{type_name}") });
+        let page = json!({ "type": "object", "required": ["items", "next"], "properties": {
+            "items": { "type": "array", "items": record_ref },
+            "next": { "type": ["string", "null"] },
+            "count": { "type": "integer" },
+            "count_capped": { "type": "boolean" }
+        }});
+        let (base, base_params) = if collection.global {
+            (format!("/api/v1/global/{name}"), vec![])
+        } else {
+            (
+                format!("/api/v1/orgs/{{org}}/{name}"),
+                vec![path_parameter("org", json!({ "type": "string", "description": "org slug, or - for every org of the caller" }))],
+            )
+        };
+        let mut collection_item = Map::new();
+        let mut list_responses = error_responses(&[400, 401, 403, 404, 503]);
+        list_responses.insert("200".into(), json!({ "description": "a page", "content": { "application/json": { "schema": page } } }));
+        let mut list_parameters = base_params.clone();
+        list_parameters.extend(list_params(collection));
+        collection_item.insert(
+            "get".into(),
+            json!({ "operationId": format!("list_{name}"), "tags": [name], "parameters": list_parameters, "responses": list_responses }),
+        );
+        if !collection.system {
+            let mut create_responses = error_responses(&[400, 401, 403, 404, 409, 413, 415, 503]);
+            create_responses.insert("201".into(), json!({ "description": "created", "content": { "application/json": { "schema": record_ref } } }));
+            collection_item.insert(
+                "post".into(),
+                json!({
+                    "operationId": format!("create_{name}"), "tags": [name], "parameters": base_params,
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{}Create", pascal(name)) } } } },
+                    "responses": create_responses
+                }),
+            );
+        }
+        paths.insert(base.clone(), Value::Object(collection_item));
+        let mut item_params = base_params.clone();
+        item_params.push(path_parameter("id", json!({ "type": "string", "format": "uuid" })));
+        let mut item = Map::new();
+        let mut get_responses = error_responses(&[400, 401, 403, 404, 503]);
+        get_responses.insert("200".into(), json!({ "description": "the record", "content": { "application/json": { "schema": record_ref } } }));
+        let mut get_params = item_params.clone();
+        get_params.push(query_parameter("expand", "comma-separated relation fields to embed", json!({ "type": "string" })));
+        get_params.push(query_parameter("fields", "comma-separated fields to return", json!({ "type": "string" })));
+        item.insert("get".into(), json!({ "operationId": format!("get_{name}"), "tags": [name], "parameters": get_params, "responses": get_responses }));
+        if !collection.system {
+            let mut update_params = item_params.clone();
+            update_params.push(json!({ "name": "If-Match", "in": "header", "required": false, "schema": { "type": "string" } }));
+            let mut update_responses = error_responses(&[400, 401, 403, 404, 409, 412, 413, 415, 503]);
+            update_responses.insert("200".into(), json!({ "description": "updated", "content": { "application/json": { "schema": record_ref } } }));
+            item.insert(
+                "patch".into(),
+                json!({
+                    "operationId": format!("update_{name}"), "tags": [name], "parameters": update_params,
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{}Update", pascal(name)) } } } },
+                    "responses": update_responses
+                }),
+            );
+            let mut delete_responses = error_responses(&[400, 401, 403, 404, 409, 412, 503]);
+            delete_responses.insert("204".into(), json!({ "description": "deleted" }));
+            item.insert("delete".into(), json!({ "operationId": format!("delete_{name}"), "tags": [name], "parameters": update_params_for_delete(&item_params), "responses": delete_responses }));
+        }
+        paths.insert(format!("{base}/{{id}}"), Value::Object(item));
+        let mut aggregate_params = base_params.clone();
+        aggregate_params.push(query_parameter("group", "comma-separated fields to group by", json!({ "type": "string" })));
+        aggregate_params.push(query_parameter("measures", "comma-separated function:field (sum, avg, min, max)", json!({ "type": "string" })));
+        aggregate_params.push(query_parameter("filter", "a filter expression", json!({ "type": "string", "maxLength": 4096 })));
+        aggregate_params.push(query_parameter("limit", "at most this many groups", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })));
+        let mut aggregate_responses = error_responses(&[400, 401, 403, 404, 503]);
+        aggregate_responses.insert(
+            "200".into(),
+            json!({ "description": "groups", "content": { "application/json": { "schema": { "type": "object", "required": ["groups"], "properties": { "groups": { "type": "array", "items": { "type": "object" } } } } } } }),
+        );
+        paths.insert(
+            format!("{base}/aggregate"),
+            json!({ "get": { "operationId": format!("aggregate_{name}"), "tags": [name], "parameters": aggregate_params, "responses": aggregate_responses } }),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": app.title.clone().unwrap_or_else(|| app.name.clone()), "version": env!("CARGO_PKG_VERSION"), "description": "Generated by Keel from the app spec." },
+        "servers": [{ "url": "/" }],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
+        },
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+    })
+}
+
+fn update_params_for_delete(item_params: &[Value]) -> Vec<Value> {
+    let mut params = item_params.to_vec();
+    params.push(json!({ "name": "If-Match", "in": "header", "required": false, "schema": { "type": "string" } }));
+    params
+}
+
+fn pascal(name: &str) -> String {
+    name.split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,176 @@
+//! `/api/v1/auth`: sign-up, login, logout (one session or all), and `me`.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine;
+use chrono::{Duration, Utc};
+use keel_store::system::{self, NewUser, Principal};
+use keel_store::StoreError;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, Auth, token_hash};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    email: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// A new random token with a prefix telling sessions (`ks_`) from API keys (`kk_`).
+pub fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Hashes a password with argon2id on a blocking thread (it is deliberately slow).
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Normalises and checks an email address.
+pub fn normalize_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'))
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::new("validation_failed", "the email address is not valid")
+            .with_details(json!([{ "field": "email", "code": "invalid_email", "message": "not a valid email address" }])))
+    }
+}
+
+/// The password policy: length bounds, and not the email itself.
+pub fn check_password(password: &str, email: &str, min_length: usize) -> ApiResult<()> {
+    let length = password.chars().count();
+    let problem = if length < min_length {
+        Some(format!("use at least {min_length} characters"))
+    } else if length > 256 {
+        Some("use at most 256 characters".to_string())
+    } else if password.eq_ignore_ascii_case(email) || password.eq_ignore_ascii_case(email.split('@').next().unwrap_or("")) {
+        Some("the password must not be your email".to_string())
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(ApiError::new("weak_password", message)),
+        None => Ok(()),
+    }
+}
+
+async fn start_session(state: &AppState, user: uuid::Uuid) -> ApiResult<(String, chrono::DateTime<Utc>)> {
+    let token = new_token("ks_");
+    let expires_at = Utc::now() + Duration::hours(state.config.auth.session_ttl_hours as i64);
+    system::session_insert(&state.db, user, &token_hash(&token), expires_at).await?;
+    Ok((token, expires_at))
+}
+
+pub async fn signup(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
+    if !state.config.auth.signup {
+        return Err(ApiError::new("signup_closed", "sign-up is closed; ask an administrator for an account"));
+    }
+    let email = normalize_email(&body.email)?;
+    check_password(&body.password, &email, state.config.auth.min_password_length)?;
+    if body.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+        return Err(ApiError::new("validation_failed", "the name is too long")
+            .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
+    }
+    let password_hash = hash_password(body.password).await?;
+    let user = system::user_insert(
+        &state.db,
+        NewUser {
+            email: &email,
+            name: body.name.as_deref(),
+            password_hash: &password_hash,
+            superuser: false,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Unique { .. } => ApiError::new("email_taken", "an account with this email exists"),
+        other => other.into(),
+    })?;
+    let (token, expires_at) = start_session(&state, user.id).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "user": user, "token": token, "expires_at": expires_at }))))
+}
+
+pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
+    let email = body.email.trim().to_lowercase();
+    let found = system::user_by_email(&state.db, &email).await?;
+    // Verify against a fixed hash when the user does not exist, so timing does not tell.
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3S5u0hRdfgeCSLfXZVxrXBkIrtH6WeHWJjOwfsTL6ws";
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, DUMMY.to_string()),
+    };
+    let ok = verify_password(body.password, hash).await;
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
+    };
+    let (token, expires_at) = start_session(&state, user.id).await?;
+    Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": user })))
+}
+
+pub async fn logout(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<StatusCode> {
+    match principal {
+        Principal::User { session, .. } => {
+            system::session_revoke(&state.db, session).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys are revoked through /orgs/{org}/api_keys")),
+    }
+}
+
+pub async fn logout_all(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    match principal {
+        Principal::User { user, .. } => {
+            let revoked = system::sessions_revoke_all(&state.db, user.id).await?;
+            Ok(Json(json!({ "revoked_sessions": revoked })))
+        }
+        Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys have no sessions")),
+    }
+}
+
+pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    match principal {
+        Principal::User { user, .. } => {
+            let orgs = system::orgs_of_user(&state.db, user.id, None, 500).await?;
+            let memberships: Vec<_> = orgs.into_iter().map(|(org, role)| json!({ "org": org, "role": role })).collect();
+            Ok(Json(json!({ "user": user, "memberships": memberships })))
+        }
+        Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),
+    }
+}

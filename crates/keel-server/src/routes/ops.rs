@@ -1,0 +1,68 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn live() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Checks the database within a bound; 503 when it fails.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (ok, error) = match outcome {
+        Ok(Ok(())) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (false, Some("timed out after 2 s".to_string())),
+    };
+    if let Some(error) = &error {
+        tracing::warn!(error = %error, "readiness: database check failed");
+    }
+    let body = json!({
+        "status": if ok { "ok" } else { "failing" },
+        "checks": {
+            "database": {
+                "status": if ok { "ok" } else { "failing" },
+                "required": true,
+                "latency_ms": latency_ms,
+                "backend": format!("{:?}", state.db.dialect()).to_lowercase(),
+            }
+        }
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (in_use, idle) = state.db.pool_state();
+    state.metrics.gauge("keel_db_pool_connections", &[("state", "in_use".into())], in_use as f64);
+    state.metrics.gauge("keel_db_pool_connections", &[("state", "idle".into())], idle as f64);
+    state.metrics.gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    Json(crate::openapi::document(&state.schema.app)).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new("route_not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new("method_not_allowed", "this route does not take this method")
+}

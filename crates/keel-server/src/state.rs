@@ -1,0 +1,93 @@
+//! Shared state handed to every handler: the checked schema, the database, config, metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use keel_query::{Patterns, Schema};
+use keel_store::Db;
+use metrics::{Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub schema: Schema,
+    pub patterns: Patterns,
+    pub db: Db,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub started: Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// A Prometheus registry owned by the app (no global recorder, so tests can run many apps).
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+static METADATA: Metadata<'static> = Metadata::new("keel", metrics::Level::INFO, Some("keel"));
+
+/// Latency buckets in seconds, from 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        Metrics { recorder, handle }
+    }
+
+    /// One finished HTTP request. `route` is the matched template, never the raw path.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let labels = vec![
+            Label::new("method", method.to_string()),
+            Label::new("route", route.to_string()),
+            Label::new("status", status.to_string()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts("keel_http_requests_total", labels.clone()), &METADATA)
+            .increment(1);
+        let labels = vec![Label::new("method", method.to_string()), Label::new("route", route.to_string())];
+        self.recorder
+            .register_histogram(&Key::from_parts("keel_http_request_duration_seconds", labels), &METADATA)
+            .record(seconds);
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA).set(value);
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)], increment: u64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA).increment(increment);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
