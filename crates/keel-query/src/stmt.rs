@@ -329,7 +329,7 @@ impl<'a> Builder<'a> {
         }
         let table = self.table();
         let mut sql = Sql::new(self.dialect);
-        sql.push("SELECT json_array(1)");
+        sql.push("SELECT 1");
         self.from(&mut sql);
         let mut by_id = Sql::new(self.dialect);
         by_id.push(&table).push(".\"id\" = ").bind(SqlValue::Uuid(id));

@@ -76,6 +76,10 @@ pub struct AuthSection {
     pub signup: bool,
     pub session_ttl_hours: u64,
     pub min_password_length: usize,
+    /// argon2id memory cost in KiB (OWASP: at least 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP: at least 2 with 19 MiB).
+    pub argon2_iterations: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +160,8 @@ impl Default for AuthSection {
             signup: true,
             session_ttl_hours: 24 * 30,
             min_password_length: 10,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
         }
     }
 }
@@ -277,6 +283,9 @@ impl Config {
         if !matches!(self.log.format.as_str(), "json" | "pretty") {
             return fail("log.format", "must be json or pretty");
         }
+        if self.auth.argon2_memory_kib < 64 || self.auth.argon2_iterations == 0 {
+            return fail("auth.argon2_memory_kib", "must be at least 64 KiB with at least 1 iteration");
+        }
         if self.auth.min_password_length < 8 {
             return fail("auth.min_password_length", "must be at least 8");
         }
@@ -317,5 +326,101 @@ impl Config {
     /// The default configuration as a documented TOML file (`keel config print-default`).
     pub fn default_toml() -> String {
         toml::to_string_pretty(&Config::default()).expect("the default config serialises")
+    }
+}
+
+/// One line per configuration key: `docs/CONFIG.md` is generated from it and from the
+/// defaults, and a test fails when a key has no description.
+pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("app.spec", "The app spec file."),
+    ("app.data_dir", "Where the embedded SQLite file `keel.db` lives."),
+    ("app.migrate_on_start", "Apply pending migrations at start instead of refusing to start."),
+    ("app.allow_destructive", "With `migrate_on_start`, also apply destructive steps (drops, narrowing)."),
+    ("server.host", "The address to listen on."),
+    ("server.port", "The port to listen on (0 picks a free one)."),
+    ("server.request_timeout_ms", "A request running longer is answered 503 `request_timeout`."),
+    ("server.body_limit_bytes", "The largest request body accepted (413 `payload_too_large` above)."),
+    ("server.shutdown_grace_seconds", "On SIGTERM, how long in-flight requests may take to finish."),
+    ("database.url", "`postgres://…` selects PostgreSQL; unset uses the embedded SQLite file."),
+    ("database.schema", "PostgreSQL schema (search_path) holding Keel's tables."),
+    ("database.max_connections", "Pool size (PostgreSQL connections; SQLite reader connections)."),
+    ("database.min_connections", "Connections kept open when idle (PostgreSQL)."),
+    ("database.acquire_timeout_ms", "How long a request waits for a connection before 503 `database_busy`."),
+    ("database.idle_timeout_seconds", "Idle connections above the minimum close after this long."),
+    ("database.max_lifetime_seconds", "Connections are recycled after this long."),
+    ("database.statement_timeout_ms", "A statement running longer is cancelled (503 `database_timeout`)."),
+    ("auth.signup", "Whether anyone may sign up through the API."),
+    ("auth.session_ttl_hours", "How long a session token lives."),
+    ("auth.min_password_length", "The shortest password accepted."),
+    ("auth.argon2_memory_kib", "argon2id memory cost in KiB."),
+    ("auth.argon2_iterations", "argon2id iterations."),
+    ("limits.default_page_size", "Page size when `limit` is not given."),
+    ("limits.max_page_size", "The largest `limit` accepted (a larger one is 400 `limit_too_large`)."),
+    ("limits.estimate_count_cap", "`count=estimate` counts at most this many rows."),
+    ("limits.max_expand", "The most relations one request may expand."),
+    ("limits.max_aggregate_groups", "The most groups an aggregate returns."),
+    ("log.format", "`json` (one object per line, with the request id) or `pretty`."),
+    ("log.level", "A tracing filter such as `info` or `keel_server=debug,info`."),
+];
+
+/// `docs/CONFIG.md`, generated from the defaults and [`DESCRIPTIONS`].
+pub fn config_markdown() -> String {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+    let mut out = String::from(
+        "# Configuration\n\nSettings come from, in order (later wins): the defaults below, a TOML file given with `--config FILE`, environment variables `KEEL_<SECTION>__<KEY>` (e.g. `KEEL_DATABASE__URL`), and command-line flags.\nUnknown keys are refused with the key's name.\n`keel config print-default` prints the defaults as a TOML file.\nThis file is generated from `crates/keel-server/src/config.rs` (a test fails when it is stale).\n\n| key | environment | default | meaning |\n| --- | --- | --- | --- |\n",
+    );
+    for (key, description) in DESCRIPTIONS {
+        let (section, name) = key.split_once('.').expect("section.key");
+        let default = defaults
+            .get(section)
+            .and_then(|s| s.get(name))
+            .map(|v| format!("`{v}`"))
+            .unwrap_or_else(|| "(unset)".into());
+        let env = format!("KEEL_{}__{}", section.to_uppercase(), name.to_uppercase());
+        out.push_str(&format!("| `{key}` | `{env}` | {default} | {description} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_described() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut keys = vec![];
+        for (section, table) in &defaults {
+            for key in table.as_table().unwrap().keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        // Optional keys are absent from the defaults but must still be described.
+        keys.push("database.url".into());
+        keys.push("database.schema".into());
+        for key in keys {
+            assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");
+        }
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("keel-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keel.config.toml");
+        std::fs::write(&file, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n").unwrap();
+        let env = vec![("KEEL_SERVER__PORT".to_string(), "9100".to_string()), ("KEEL_LOG__FORMAT".to_string(), "pretty".to_string())];
+        let config = Config::load(Some(&file), env.clone(), vec![("server.port".into(), toml::Value::Integer(9200))]).unwrap();
+        assert_eq!(config.server.port, 9200, "flags beat the environment");
+        assert_eq!(config.server.host, "0.0.0.0", "the file beats the defaults");
+        assert_eq!(config.log.format, "pretty");
+        let config = Config::load(Some(&file), env, vec![]).unwrap();
+        assert_eq!(config.server.port, 9100, "the environment beats the file");
+        let error = Config::load(None, vec![("KEEL_SERVER__PROT".into(), "1".into())], vec![]).unwrap_err();
+        assert!(error.to_string().contains("prot"), "{error}");
+        let error = Config::load(None, vec![("KEEL_LIMITS__MAX_PAGE_SIZE".into(), "0".into())], vec![]).unwrap_err();
+        assert!(error.to_string().contains("limits.max_page_size"), "{error}");
+        let secret = format!("{:?}", Secret("postgres://u:hunter2@h/db".into()));
+        assert!(!secret.contains("hunter2"));
     }
 }

@@ -87,6 +87,11 @@ enum Command {
     },
     /// Benchmarks (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Regenerate docs/ERRORS.md and docs/CONFIG.md from the code.
+    Docs {
+        #[arg(long, default_value = "docs")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,7 +247,7 @@ async fn main() -> Result<()> {
                 let email = keel_server::routes::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
                 keel_server::routes::auth::check_password(&password, &email, config.auth.min_password_length)
                     .map_err(|e| anyhow::anyhow!(e.message))?;
-                let hash = keel_server::routes::auth::hash_password(password).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                let hash = keel_server::routes::auth::hash_password(&config.auth, password).await.map_err(|e| anyhow::anyhow!(e.message))?;
                 let user = keel_store::system::user_insert(
                     &db,
                     keel_store::system::NewUser { email: &email, name: name.as_deref(), password_hash: &hash, superuser },
@@ -257,5 +262,11 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Docs { dir } => {
+            std::fs::write(dir.join("ERRORS.md"), keel_server::error::errors_markdown())?;
+            std::fs::write(dir.join("CONFIG.md"), keel_server::config::config_markdown())?;
+            println!("wrote {0}/ERRORS.md and {0}/CONFIG.md", dir.display());
+            Ok(())
+        }
     }
 }

@@ -34,13 +34,20 @@ pub fn new_token(prefix: &str) -> String {
     format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// The argon2id hasher for the configured cost.
+fn hasher(auth: &crate::config::AuthSection) -> Argon2<'static> {
+    let params = argon2::Params::new(auth.argon2_memory_kib, auth.argon2_iterations, 1, None).unwrap_or_default();
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
 /// Hashes a password with argon2id on a blocking thread (it is deliberately slow).
-pub async fn hash_password(password: String) -> ApiResult<String> {
+pub async fn hash_password(auth: &crate::config::AuthSection, password: String) -> ApiResult<String> {
+    let argon = hasher(auth);
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-        Argon2::default()
+        argon
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(ApiError::internal)
@@ -49,6 +56,7 @@ pub async fn hash_password(password: String) -> ApiResult<String> {
     .map_err(ApiError::internal)?
 }
 
+/// Verifies a password; the hash carries its own parameters.
 async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
@@ -108,7 +116,7 @@ pub async fn signup(State(state): State<AppState>, ApiJson(body): ApiJson<Creden
         return Err(ApiError::new("validation_failed", "the name is too long")
             .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
     }
-    let password_hash = hash_password(body.password).await?;
+    let password_hash = hash_password(&state.config.auth, body.password).await?;
     let user = system::user_insert(
         &state.db,
         NewUser {

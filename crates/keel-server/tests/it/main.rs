@@ -1,0 +1,10 @@
+//! HTTP integration tests: every test runs on SQLite and on PostgreSQL (`both!`).
+
+mod auth;
+mod docs;
+mod errors;
+mod ops;
+mod orgs;
+mod records;
+mod rules;
+mod tenancy;

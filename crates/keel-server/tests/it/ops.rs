@@ -1,0 +1,40 @@
+//! Health, metrics and the OpenAPI document.
+
+use keel_testkit::{Backend, TestApp, both, json};
+
+async fn health_and_metrics(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let live = app.request("GET", "/health/live", None, None).await;
+    assert_eq!(live.body, json!({"status": "ok"}));
+    let ready = app.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["checks"]["database"]["status"], "ok");
+    assert!(ready.body["checks"]["database"]["latency_ms"].is_number());
+    let (_, token) = app.signup("a@example.com").await;
+    app.org(&token, "acme").await;
+    app.get("/api/v1/orgs/acme/tasks", &token).await;
+    let metrics = app.request("GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text;
+    assert!(text.contains("keel_http_requests_total{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",le=\"0.005\"}"), "{text}");
+    assert!(text.contains("keel_db_pool_connections{state=\"idle\"}"), "{text}");
+    assert!(!text.contains("/api/v1/orgs/acme"), "routes are templates, never raw paths");
+}
+
+async fn openapi_describes_every_collection(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc = app.request("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let schema = &doc.body["components"]["schemas"]["TasksRecord"];
+    assert_eq!(schema["properties"]["status"]["anyOf"][0]["enum"], json!(["todo", "doing", "done"]));
+    assert_eq!(schema["properties"]["points"]["anyOf"][0]["maximum"], 100);
+    assert_eq!(doc.body["components"]["schemas"]["TasksCreate"]["required"], json!(["project", "title"]));
+    assert!(doc.body["paths"]["/api/v1/orgs/{org}/tasks"]["get"].is_object());
+    assert!(doc.body["paths"]["/api/v1/orgs/{org}/tasks/{id}"]["patch"].is_object());
+    assert!(doc.body["paths"]["/api/v1/global/countries"]["post"].is_object());
+    assert!(doc.body["paths"]["/api/v1/orgs/{org}/activity"]["post"].is_null(), "the activity log is read-only");
+}
+
+both!(health_and_metrics, openapi_describes_every_collection);
