@@ -7,9 +7,9 @@ use chrono::{DateTime, Duration, Utc};
 use keel_spec::{App, Collection, FieldKind, RelationTarget};
 use uuid::Uuid;
 
+use crate::QueryError;
 use crate::parse::{CmpOp, Expr, Literal, Operand, TextOp, Var, parse_expr};
 use crate::value::{Dialect, Sql, SqlValue, format_datetime, parse_date, parse_datetime};
-use crate::QueryError;
 
 /// The storage class of a column, as the type checker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,19 +89,9 @@ pub enum TExpr {
 }
 
 /// Parses and type-checks an expression for a collection.
-pub fn check_expr(
-    app: &App,
-    collection: &Collection,
-    source: &str,
-    mode: Mode,
-) -> Result<TExpr, QueryError> {
+pub fn check_expr(app: &App, collection: &Collection, source: &str, mode: Mode) -> Result<TExpr, QueryError> {
     let expr = parse_expr(source)?;
-    Checker {
-        app,
-        collection,
-        mode,
-    }
-    .expr(&expr)
+    Checker { app, collection, mode }.expr(&expr)
 }
 
 struct Checker<'a> {
@@ -127,9 +117,7 @@ impl Checker<'_> {
             Expr::Or(a, b) => TExpr::Or(Box::new(self.expr(a)?), Box::new(self.expr(b)?)),
             Expr::Not(a) => TExpr::Not(Box::new(self.expr(a)?)),
             Expr::Truthy(operand) => match self.side(operand)? {
-                Side::Column(name, ColumnType::Bool) => {
-                    TExpr::Truthy(TOperand::Column(name, ColumnType::Bool))
-                }
+                Side::Column(name, ColumnType::Bool) => TExpr::Truthy(TOperand::Column(name, ColumnType::Bool)),
                 Side::Column(name, _) => {
                     return Err(QueryError::invalid_value(
                         &name,
@@ -143,17 +131,17 @@ impl Checker<'_> {
                     Side::Column(name, ty) => TOperand::Column(name, ty),
                     Side::Var(Var::User, _) => TOperand::User,
                     _ => {
-                        return Err(QueryError::syntax(
-                            0,
-                            "only a field or @user can be compared with null",
-                        ));
+                        return Err(QueryError::syntax(0, "only a field or @user can be compared with null"));
                     }
                 };
                 TExpr::IsNull(operand, *negated)
             }
             Expr::Text(operand, op, value) => {
                 let Side::Column(name, ty) = self.side(operand)? else {
-                    return Err(QueryError::syntax(0, "contains/startswith need a text field on the left"));
+                    return Err(QueryError::syntax(
+                        0,
+                        "contains/startswith need a text field on the left",
+                    ));
                 };
                 if !matches!(ty, ColumnType::Text | ColumnType::Select) {
                     return Err(QueryError::invalid_value(
@@ -238,9 +226,7 @@ impl Checker<'_> {
                 0,
                 "'role' is compared with a role name, e.g. role >= admin",
             )),
-            (Side::Bare(name, position), _) | (_, Side::Bare(name, position)) => {
-                Err(self.unknown(&name, position))
-            }
+            (Side::Bare(name, position), _) | (_, Side::Bare(name, position)) => Err(self.unknown(&name, position)),
             (Side::Column(name, ty), other) => self.column_vs(name, ty, op, other, false),
             (other, Side::Column(name, ty)) => self.column_vs(name, ty, op.flip(), other, true),
             (left, right) => {
@@ -271,10 +257,7 @@ impl Checker<'_> {
             None => Err(QueryError::new(
                 "invalid_filter",
                 position,
-                format!(
-                    "unknown role '{name}'; roles are: {}",
-                    self.app.roles.join(", ")
-                ),
+                format!("unknown role '{name}'; roles are: {}", self.app.roles.join(", ")),
             )),
         }
     }
@@ -295,7 +278,10 @@ impl Checker<'_> {
             ));
         }
         if ordered && matches!(ty, ColumnType::Bool) {
-            return Err(QueryError::invalid_value(&name, format!("bool field '{name}' takes only = and !=")));
+            return Err(QueryError::invalid_value(
+                &name,
+                format!("bool field '{name}' takes only = and !="),
+            ));
         }
         let right = match other {
             Side::Column(other_name, other_ty) => {
@@ -318,19 +304,28 @@ impl Checker<'_> {
             Side::Lit(literal) => self.coerce(&name, ty, &literal)?,
             Side::Var(Var::User, _) => {
                 if ty != ColumnType::Id {
-                    return Err(QueryError::invalid_value(&name, format!("@user is compared with a relation to users, not '{name}'")));
+                    return Err(QueryError::invalid_value(
+                        &name,
+                        format!("@user is compared with a relation to users, not '{name}'"),
+                    ));
                 }
                 TOperand::User
             }
             Side::Var(Var::Now, offset) => {
                 if ty != ColumnType::Datetime {
-                    return Err(QueryError::invalid_value(&name, format!("@now is compared with a datetime field, not '{name}'")));
+                    return Err(QueryError::invalid_value(
+                        &name,
+                        format!("@now is compared with a datetime field, not '{name}'"),
+                    ));
                 }
                 TOperand::Now(offset)
             }
             Side::Var(Var::Today, offset) => {
                 if !matches!(ty, ColumnType::Date | ColumnType::Datetime) {
-                    return Err(QueryError::invalid_value(&name, format!("@today is compared with a date field, not '{name}'")));
+                    return Err(QueryError::invalid_value(
+                        &name,
+                        format!("@today is compared with a date field, not '{name}'"),
+                    ));
                 }
                 TOperand::Today(offset)
             }
@@ -340,9 +335,8 @@ impl Checker<'_> {
     }
 
     fn coerce(&self, name: &str, ty: ColumnType, literal: &Literal) -> Result<TOperand, QueryError> {
-        let mismatch = |expected: &str| {
-            QueryError::invalid_value(name, format!("'{name}' is compared with {expected}"))
-        };
+        let mismatch =
+            |expected: &str| QueryError::invalid_value(name, format!("'{name}' is compared with {expected}"));
         Ok(match (ty, literal) {
             (ColumnType::Text, Literal::Str(s)) => TOperand::Value(SqlValue::Text(s.clone()), false),
             (ColumnType::Select, Literal::Str(s)) => {
@@ -353,7 +347,10 @@ impl Checker<'_> {
                 if !allowed.iter().any(|v| v == s) {
                     return Err(QueryError::invalid_value(
                         name,
-                        format!("'{s}' is not a value of '{name}'; expected one of: {}", allowed.join(", ")),
+                        format!(
+                            "'{s}' is not a value of '{name}'; expected one of: {}",
+                            allowed.join(", ")
+                        ),
                     ));
                 }
                 TOperand::Value(SqlValue::Text(s.clone()), true)
@@ -366,9 +363,9 @@ impl Checker<'_> {
                 Some(date) => TOperand::Value(SqlValue::Date(date), false),
                 None => return Err(mismatch("a date (YYYY-MM-DD)")),
             },
-            (ColumnType::Datetime, Literal::Str(s)) => match parse_datetime(s).or_else(|| {
-                parse_date(s).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc())
-            }) {
+            (ColumnType::Datetime, Literal::Str(s)) => match parse_datetime(s)
+                .or_else(|| parse_date(s).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc()))
+            {
                 Some(datetime) => TOperand::Value(SqlValue::Datetime(datetime), false),
                 None => return Err(mismatch("a datetime (RFC 3339)")),
             },
@@ -501,10 +498,7 @@ impl Compiler<'_> {
                 Frag::Sql(sql)
             }
             TExpr::Like(operand, op, text) => {
-                let escaped = text
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_");
+                let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
                 let pattern = match op {
                     TextOp::Contains => format!("%{escaped}%"),
                     TextOp::StartsWith => format!("{escaped}%"),
@@ -643,8 +637,14 @@ impl Compiler<'_> {
 /// Whether a relation field points at a tenant collection (writes must stay in one org).
 pub fn relation_target<'a>(app: &'a App, kind: &FieldKind) -> Option<Option<&'a Collection>> {
     match kind {
-        FieldKind::Relation { to: RelationTarget::Users, .. } => Some(None),
-        FieldKind::Relation { to: RelationTarget::Collection(name), .. } => Some(app.collection(name)),
+        FieldKind::Relation {
+            to: RelationTarget::Users,
+            ..
+        } => Some(None),
+        FieldKind::Relation {
+            to: RelationTarget::Collection(name),
+            ..
+        } => Some(app.collection(name)),
         _ => None,
     }
 }

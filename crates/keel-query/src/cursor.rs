@@ -31,8 +31,7 @@ pub fn parse_sort(collection: &Collection, text: Option<&str>) -> Result<Vec<Sor
             Some(rest) => (rest, true),
             None => (item.strip_prefix('+').unwrap_or(item), false),
         };
-        let ty = column_type(collection, name)
-            .ok_or_else(|| QueryError::unknown_field(name, 0, &collection.name))?;
+        let ty = column_type(collection, name).ok_or_else(|| QueryError::unknown_field(name, 0, &collection.name))?;
         if ty == ColumnType::Json {
             return Err(QueryError::new(
                 "invalid_sort",
@@ -144,7 +143,10 @@ pub fn keyset_predicate(dialect: Dialect, table: &str, sort: &[SortKey], values:
     let mut sql = Sql::new(dialect);
     let column = |key: &SortKey| format!("{table}.{}", ident(&key.field));
     let uniform = sort.iter().all(|k| k.descending == sort[0].descending)
-        && sort.iter().zip(values).all(|(k, v)| !k.nullable && *v != SqlValue::Null);
+        && sort
+            .iter()
+            .zip(values)
+            .all(|(k, v)| !k.nullable && *v != SqlValue::Null);
     if uniform {
         let columns: Vec<String> = sort.iter().map(column).collect();
         sql.push("(").push(&columns.join(", ")).push(")");

@@ -213,8 +213,7 @@ fn lex(input: &str) -> Result<Vec<(Token, usize)>, QueryError> {
             }
             '@' => {
                 let mut j = i + 1;
-                while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '_')
-                {
+                while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '_') {
                     j += 1;
                 }
                 let name: String = chars[i + 1..j].iter().map(|(_, c)| *c).collect();
@@ -277,8 +276,7 @@ fn lex(input: &str) -> Result<Vec<(Token, usize)>, QueryError> {
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let mut j = i;
-                while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '_')
-                {
+                while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '_') {
                     j += 1;
                 }
                 let word: String = chars[i..j].iter().map(|(_, c)| *c).collect();
@@ -417,10 +415,7 @@ impl Parser {
                     };
                     Ok(Expr::Text(left, op, self.operand()?))
                 }
-                _ => Err(syntax(
-                    position,
-                    format!("unexpected '{word}'; expected an operator"),
-                )),
+                _ => Err(syntax(position, format!("unexpected '{word}'; expected an operator"))),
             },
             _ => match left {
                 Operand::Lit(Literal::Bool(b)) => Ok(Expr::Const(b)),
@@ -473,10 +468,7 @@ impl Parser {
             Some(Token::Var(var)) => {
                 let mut offset = 0;
                 if matches!(self.peek(), Some(Token::Plus | Token::Minus))
-                    && matches!(
-                        self.tokens.get(self.at + 1).map(|(t, _)| t),
-                        Some(Token::Duration(_))
-                    )
+                    && matches!(self.tokens.get(self.at + 1).map(|(t, _)| t), Some(Token::Duration(_)))
                 {
                     let sign = if self.next() == Some(Token::Minus) { -1 } else { 1 };
                     if let Some(Token::Duration(seconds)) = self.next() {
@@ -488,10 +480,7 @@ impl Parser {
                 }
                 Ok(Operand::Var(var, offset))
             }
-            Some(Token::Duration(_)) => Err(syntax(
-                position,
-                "a duration goes after @now or @today, e.g. @now - 7d",
-            )),
+            Some(Token::Duration(_)) => Err(syntax(position, "a duration goes after @now or @today, e.g. @now - 7d")),
             Some(_) => Err(syntax(position, "expected a field, a value or a variable")),
             None => Err(syntax(position, "the expression ends too early")),
         }

@@ -146,7 +146,6 @@ pub fn user_pairs(dialect: Dialect, table: &str) -> Vec<(String, String)> {
         ("name".to_string(), format!("{table}.\"name\"")),
     ]
     .into_iter()
-    .map(|(k, v)| (k, v))
     .chain(std::iter::once((
         "created_at".to_string(),
         column_json(dialect, table, "created_at", ColumnType::Datetime),
@@ -157,8 +156,14 @@ pub fn user_pairs(dialect: Dialect, table: &str) -> Vec<(String, String)> {
 /// The related collection a relation field expands to, if any.
 pub fn expand_target<'a>(app: &'a App, collection: &Collection, field: &str) -> Option<Option<&'a Collection>> {
     match &collection.field(field)?.kind {
-        FieldKind::Relation { to: RelationTarget::Users, .. } => Some(None),
-        FieldKind::Relation { to: RelationTarget::Collection(name), .. } => app.collection(name).map(Some),
+        FieldKind::Relation {
+            to: RelationTarget::Users,
+            ..
+        } => Some(None),
+        FieldKind::Relation {
+            to: RelationTarget::Collection(name),
+            ..
+        } => app.collection(name).map(Some),
         _ => None,
     }
 }

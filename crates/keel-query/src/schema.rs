@@ -81,11 +81,7 @@ impl Schema {
             }
         }
         if problems.is_empty() {
-            Ok(Schema {
-                app,
-                rules,
-                conditions,
-            })
+            Ok(Schema { app, rules, conditions })
         } else {
             Err(problems)
         }

@@ -156,7 +156,10 @@ impl<'a> Builder<'a> {
                 Some(target_collection) => {
                     let target_pairs = record_pairs(self.dialect, target_collection, &alias, None);
                     sub.push(&json_object(self.dialect, &target_pairs));
-                    sub.push(" FROM ").push(&ident(&target_collection.table())).push(" ").push(&alias);
+                    sub.push(" FROM ")
+                        .push(&ident(&target_collection.table()))
+                        .push(" ")
+                        .push(&alias);
                     sub.push(" WHERE ").push(&alias).push(".\"id\" = ");
                     sub.push(&table).push(".").push(&ident(field));
                     // The related record is shown only if the caller may view it.
@@ -239,7 +242,11 @@ impl<'a> Builder<'a> {
                 sql.push(", ");
             }
             sql.push(&table).push(".").push(&ident(&key.field));
-            sql.push(if key.descending { " DESC NULLS FIRST" } else { " ASC NULLS LAST" });
+            sql.push(if key.descending {
+                " DESC NULLS FIRST"
+            } else {
+                " ASC NULLS LAST"
+            });
         }
         sql.push(" LIMIT ").push(&(spec.limit + 1).to_string());
         sql
@@ -356,7 +363,10 @@ impl<'a> Builder<'a> {
             sql.bind(value.clone());
         }
         sql.push(") RETURNING ");
-        sql.push(&json_object(self.dialect, &record_pairs(self.dialect, self.collection, &table, None)));
+        sql.push(&json_object(
+            self.dialect,
+            &record_pairs(self.dialect, self.collection, &table, None),
+        ));
         sql
     }
 
@@ -373,11 +383,20 @@ impl<'a> Builder<'a> {
         if let Scope::Org(org) = self.scope
             && !self.collection.global
         {
-            sql.push(" AND ").push(&table).push(".\"org\" = ").bind(SqlValue::Uuid(org));
+            sql.push(" AND ")
+                .push(&table)
+                .push(".\"org\" = ")
+                .bind(SqlValue::Uuid(org));
         }
-        sql.push(" AND ").push(&table).push(".\"version\" = ").bind(SqlValue::Int(expected_version));
+        sql.push(" AND ")
+            .push(&table)
+            .push(".\"version\" = ")
+            .bind(SqlValue::Int(expected_version));
         sql.push(" RETURNING ");
-        sql.push(&json_object(self.dialect, &record_pairs(self.dialect, self.collection, &table, None)));
+        sql.push(&json_object(
+            self.dialect,
+            &record_pairs(self.dialect, self.collection, &table, None),
+        ));
         sql
     }
 
@@ -390,7 +409,10 @@ impl<'a> Builder<'a> {
         if let Scope::Org(org) = self.scope
             && !self.collection.global
         {
-            sql.push(" AND ").push(&table).push(".\"org\" = ").bind(SqlValue::Uuid(org));
+            sql.push(" AND ")
+                .push(&table)
+                .push(".\"org\" = ")
+                .bind(SqlValue::Uuid(org));
         }
         sql
     }
@@ -414,7 +436,10 @@ impl<'a> Builder<'a> {
                     check.push("keel_users WHERE \"id\" = ").bind(SqlValue::Uuid(*id));
                 }
                 Some(target) => {
-                    check.push(&ident(&target.table())).push(" WHERE \"id\" = ").bind(SqlValue::Uuid(*id));
+                    check
+                        .push(&ident(&target.table()))
+                        .push(" WHERE \"id\" = ")
+                        .bind(SqlValue::Uuid(*id));
                     if !target.global
                         && let Scope::Org(org) = self.scope
                     {
@@ -429,7 +454,10 @@ impl<'a> Builder<'a> {
             }
             pairs_sql.push(&spec_literal(field)).push(", ");
             if self.dialect == Dialect::Sqlite {
-                pairs_sql.push("json(CASE WHEN ").append(&check).push(" THEN 'true' ELSE 'false' END)");
+                pairs_sql
+                    .push("json(CASE WHEN ")
+                    .append(&check)
+                    .push(" THEN 'true' ELSE 'false' END)");
             } else {
                 pairs_sql.append(&check);
             }
@@ -486,11 +514,7 @@ impl<'a> Builder<'a> {
         self.where_clause(&mut sql, self.rule(Action::List), extra);
         if !request.group.is_empty() {
             sql.push(" GROUP BY ");
-            let columns: Vec<String> = request
-                .group
-                .iter()
-                .map(|g| format!("{table}.{}", ident(g)))
-                .collect();
+            let columns: Vec<String> = request.group.iter().map(|g| format!("{table}.{}", ident(g))).collect();
             sql.push(&columns.join(", "));
             sql.push(" ORDER BY count(*) DESC, ").push(&columns.join(", "));
             sql.push(" LIMIT ").push(&request.limit.to_string());
@@ -518,11 +542,14 @@ impl AggregateFn {
     }
 }
 
+/// Aggregate functions with the field each applies to.
+pub type Measures = Vec<(AggregateFn, String)>;
+
 /// An aggregate request: group-by fields, measures, filter, group limit.
 #[derive(Debug, Clone, Default)]
 pub struct AggregateSpec {
     pub group: Vec<String>,
-    pub measures: Vec<(AggregateFn, String)>,
+    pub measures: Measures,
     pub filter: Option<TExpr>,
     pub limit: u32,
 }
@@ -532,12 +559,15 @@ pub fn parse_aggregate(
     collection: &Collection,
     group: Option<&str>,
     measures: Option<&str>,
-) -> Result<(Vec<String>, Vec<(AggregateFn, String)>), QueryError> {
+) -> Result<(Vec<String>, Measures), QueryError> {
     let mut groups = vec![];
     for name in group.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match column_type(collection, name) {
             Some(ColumnType::Json) => {
-                return Err(QueryError::invalid_value(name, format!("json field '{name}' cannot be grouped")));
+                return Err(QueryError::invalid_value(
+                    name,
+                    format!("json field '{name}' cannot be grouped"),
+                ));
             }
             Some(_) => groups.push(name.to_string()),
             None => return Err(QueryError::unknown_field(name, 0, &collection.name)),
@@ -547,9 +577,18 @@ pub fn parse_aggregate(
         return Err(QueryError::new("invalid_aggregate", 0, "group by at most 4 fields"));
     }
     let mut parsed = vec![];
-    for item in measures.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for item in measures
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let (function, field) = item.split_once(':').ok_or_else(|| {
-            QueryError::new("invalid_aggregate", 0, format!("'{item}': a measure is function:field, e.g. sum:amount"))
+            QueryError::new(
+                "invalid_aggregate",
+                0,
+                format!("'{item}': a measure is function:field, e.g. sum:amount"),
+            )
         })?;
         let function = match function {
             "sum" => AggregateFn::Sum,

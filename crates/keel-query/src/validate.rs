@@ -35,7 +35,9 @@ impl Patterns {
         let mut by_field = HashMap::new();
         for collection in collections {
             for field in &collection.fields {
-                if let FieldKind::Text { pattern: Some(pattern), .. } = &field.kind
+                if let FieldKind::Text {
+                    pattern: Some(pattern), ..
+                } = &field.kind
                     && let Ok(regex) = Regex::new(&format!("^(?:{pattern})$"))
                 {
                     by_field.insert((collection.name.clone(), field.name.clone()), regex);
@@ -73,7 +75,11 @@ pub fn validate_record(
         if SYSTEM_FIELDS.contains(&key.as_str()) || key == "expand" {
             errors.push(error(key, "read_only_field", format!("'{key}' is set by the server")));
         } else if collection.field(key).is_none() {
-            errors.push(error(key, "unknown_field", format!("'{key}' is not a field of {}", collection.name)));
+            errors.push(error(
+                key,
+                "unknown_field",
+                format!("'{key}' is not a field of {}", collection.name),
+            ));
         }
     }
     for field in &collection.fields {
@@ -93,7 +99,11 @@ pub fn validate_record(
         };
         if value.is_null() {
             if field.required {
-                errors.push(error(name, "required", format!("'{name}' is required and cannot be null")));
+                errors.push(error(
+                    name,
+                    "required",
+                    format!("'{name}' is required and cannot be null"),
+                ));
             } else {
                 values.push((field.name.clone(), SqlValue::Null));
             }
@@ -131,23 +141,41 @@ pub fn convert(
     let type_error = |expected: &str| error(name, "invalid_type", format!("'{name}' must be {expected}"));
     match kind {
         FieldKind::Text { min, max, .. } => {
-            let Value::String(text) = value else { return Err(type_error("a string")) };
+            let Value::String(text) = value else {
+                return Err(type_error("a string"));
+            };
             let length = text.chars().count();
             if length > *max as usize {
-                return Err(error(name, "too_long", format!("'{name}' is longer than {max} characters")));
+                return Err(error(
+                    name,
+                    "too_long",
+                    format!("'{name}' is longer than {max} characters"),
+                ));
             }
             if let Some(min) = min
                 && length < *min as usize
             {
-                return Err(error(name, "too_short", format!("'{name}' is shorter than {min} characters")));
+                return Err(error(
+                    name,
+                    "too_short",
+                    format!("'{name}' is shorter than {min} characters"),
+                ));
             }
             if text.contains('\0') {
-                return Err(error(name, "invalid_text", format!("'{name}' contains a NUL character")));
+                return Err(error(
+                    name,
+                    "invalid_text",
+                    format!("'{name}' contains a NUL character"),
+                ));
             }
             if let Some(regex) = patterns.get(&collection.name, name)
                 && !regex.is_match(text)
             {
-                return Err(error(name, "pattern_mismatch", format!("'{name}' does not match the required pattern")));
+                return Err(error(
+                    name,
+                    "pattern_mismatch",
+                    format!("'{name}' does not match the required pattern"),
+                ));
             }
             Ok(SqlValue::Text(text.clone()))
         }
@@ -156,7 +184,11 @@ pub fn convert(
                 return Err(type_error("an integer"));
             };
             if min.is_some_and(|m| number < m) || max.is_some_and(|m| number > m) {
-                return Err(error(name, "out_of_range", out_of_range(name, min.map(|m| m as f64), max.map(|m| m as f64))));
+                return Err(error(
+                    name,
+                    "out_of_range",
+                    out_of_range(name, min.map(|m| m as f64), max.map(|m| m as f64)),
+                ));
             }
             Ok(SqlValue::Int(number))
         }
@@ -169,7 +201,10 @@ pub fn convert(
             }
             Ok(SqlValue::Float(number))
         }
-        FieldKind::Bool => value.as_bool().map(SqlValue::Bool).ok_or_else(|| type_error("true or false")),
+        FieldKind::Bool => value
+            .as_bool()
+            .map(SqlValue::Bool)
+            .ok_or_else(|| type_error("true or false")),
         FieldKind::Date => value
             .as_str()
             .and_then(parse_date)
@@ -181,11 +216,17 @@ pub fn convert(
             .map(SqlValue::Datetime)
             .ok_or_else(|| type_error("a datetime (RFC 3339, e.g. 2026-01-31T12:00:00Z)")),
         FieldKind::Select { values } => {
-            let Value::String(text) = value else { return Err(type_error("a string")) };
+            let Value::String(text) = value else {
+                return Err(type_error("a string"));
+            };
             if values.iter().any(|v| v == text) {
                 Ok(SqlValue::Text(text.clone()))
             } else {
-                Err(error(name, "invalid_choice", format!("'{name}' must be one of: {}", values.join(", "))))
+                Err(error(
+                    name,
+                    "invalid_choice",
+                    format!("'{name}' must be one of: {}", values.join(", ")),
+                ))
             }
         }
         FieldKind::Json => Ok(SqlValue::Json(value.clone())),

@@ -19,6 +19,7 @@ impl std::fmt::Debug for Secret {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub app: AppSection,
     pub server: ServerSection,
@@ -100,19 +101,6 @@ pub struct LogSection {
     pub format: String,
     /// A tracing filter, e.g. `info` or `keel_server=debug,info`.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            app: AppSection::default(),
-            server: ServerSection::default(),
-            database: DatabaseSection::default(),
-            auth: AuthSection::default(),
-            limits: LimitsSection::default(),
-            log: LogSection::default(),
-        }
-    }
 }
 
 impl Default for AppSection {
@@ -210,7 +198,9 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 /// Parses an environment value as TOML (numbers, bools, arrays), falling back to a string.
 fn env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -236,8 +226,12 @@ impl Config {
             merge(&mut table, overlay);
         }
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("KEEL_") else { continue };
-            let Some((section, key)) = rest.split_once("__") else { continue };
+            let Some(rest) = name.strip_prefix("KEEL_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
             if section.starts_with("TEST") {
                 continue;
             }
@@ -248,7 +242,9 @@ impl Config {
             merge(&mut table, overlay);
         }
         for (path, value) in overrides {
-            let (section, key) = path.split_once('.').ok_or_else(|| ConfigError::Invalid(format!("override '{path}' is not section.key")))?;
+            let (section, key) = path
+                .split_once('.')
+                .ok_or_else(|| ConfigError::Invalid(format!("override '{path}' is not section.key")))?;
             let mut overlay = toml::Table::new();
             let mut inner = toml::Table::new();
             inner.insert(key.to_string(), value);
@@ -284,7 +280,10 @@ impl Config {
             return fail("log.format", "must be json or pretty");
         }
         if self.auth.argon2_memory_kib < 64 || self.auth.argon2_iterations == 0 {
-            return fail("auth.argon2_memory_kib", "must be at least 64 KiB with at least 1 iteration");
+            return fail(
+                "auth.argon2_memory_kib",
+                "must be at least 64 KiB with at least 1 iteration",
+            );
         }
         if self.auth.min_password_length < 8 {
             return fail("auth.min_password_length", "must be at least 8");
@@ -305,9 +304,9 @@ impl Config {
                 url: url.to_string(),
                 schema: self.database.schema.clone(),
             },
-            Some(url) if url.starts_with("sqlite:") => {
-                keel_store::Location::Sqlite(PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:")))
-            }
+            Some(url) if url.starts_with("sqlite:") => keel_store::Location::Sqlite(PathBuf::from(
+                url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"),
+            )),
             _ => keel_store::Location::Sqlite(self.app.data_dir.join("keel.db")),
         }
     }
@@ -334,33 +333,84 @@ impl Config {
 pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("app.spec", "The app spec file."),
     ("app.data_dir", "Where the embedded SQLite file `keel.db` lives."),
-    ("app.migrate_on_start", "Apply pending migrations at start instead of refusing to start."),
-    ("app.allow_destructive", "With `migrate_on_start`, also apply destructive steps (drops, narrowing)."),
+    (
+        "app.migrate_on_start",
+        "Apply pending migrations at start instead of refusing to start.",
+    ),
+    (
+        "app.allow_destructive",
+        "With `migrate_on_start`, also apply destructive steps (drops, narrowing).",
+    ),
     ("server.host", "The address to listen on."),
     ("server.port", "The port to listen on (0 picks a free one)."),
-    ("server.request_timeout_ms", "A request running longer is answered 503 `request_timeout`."),
-    ("server.body_limit_bytes", "The largest request body accepted (413 `payload_too_large` above)."),
-    ("server.shutdown_grace_seconds", "On SIGTERM, how long in-flight requests may take to finish."),
-    ("database.url", "`postgres://…` selects PostgreSQL; unset uses the embedded SQLite file."),
-    ("database.schema", "PostgreSQL schema (search_path) holding Keel's tables."),
-    ("database.max_connections", "Pool size (PostgreSQL connections; SQLite reader connections)."),
-    ("database.min_connections", "Connections kept open when idle (PostgreSQL)."),
-    ("database.acquire_timeout_ms", "How long a request waits for a connection before 503 `database_busy`."),
-    ("database.idle_timeout_seconds", "Idle connections above the minimum close after this long."),
-    ("database.max_lifetime_seconds", "Connections are recycled after this long."),
-    ("database.statement_timeout_ms", "A statement running longer is cancelled (503 `database_timeout`)."),
+    (
+        "server.request_timeout_ms",
+        "A request running longer is answered 503 `request_timeout`.",
+    ),
+    (
+        "server.body_limit_bytes",
+        "The largest request body accepted (413 `payload_too_large` above).",
+    ),
+    (
+        "server.shutdown_grace_seconds",
+        "On SIGTERM, how long in-flight requests may take to finish.",
+    ),
+    (
+        "database.url",
+        "`postgres://…` selects PostgreSQL; unset uses the embedded SQLite file.",
+    ),
+    (
+        "database.schema",
+        "PostgreSQL schema (search_path) holding Keel's tables.",
+    ),
+    (
+        "database.max_connections",
+        "Pool size (PostgreSQL connections; SQLite reader connections).",
+    ),
+    (
+        "database.min_connections",
+        "Connections kept open when idle (PostgreSQL).",
+    ),
+    (
+        "database.acquire_timeout_ms",
+        "How long a request waits for a connection before 503 `database_busy`.",
+    ),
+    (
+        "database.idle_timeout_seconds",
+        "Idle connections above the minimum close after this long.",
+    ),
+    (
+        "database.max_lifetime_seconds",
+        "Connections are recycled after this long.",
+    ),
+    (
+        "database.statement_timeout_ms",
+        "A statement running longer is cancelled (503 `database_timeout`).",
+    ),
     ("auth.signup", "Whether anyone may sign up through the API."),
     ("auth.session_ttl_hours", "How long a session token lives."),
     ("auth.min_password_length", "The shortest password accepted."),
     ("auth.argon2_memory_kib", "argon2id memory cost in KiB."),
     ("auth.argon2_iterations", "argon2id iterations."),
     ("limits.default_page_size", "Page size when `limit` is not given."),
-    ("limits.max_page_size", "The largest `limit` accepted (a larger one is 400 `limit_too_large`)."),
-    ("limits.estimate_count_cap", "`count=estimate` counts at most this many rows."),
+    (
+        "limits.max_page_size",
+        "The largest `limit` accepted (a larger one is 400 `limit_too_large`).",
+    ),
+    (
+        "limits.estimate_count_cap",
+        "`count=estimate` counts at most this many rows.",
+    ),
     ("limits.max_expand", "The most relations one request may expand."),
     ("limits.max_aggregate_groups", "The most groups an aggregate returns."),
-    ("log.format", "`json` (one object per line, with the request id) or `pretty`."),
-    ("log.level", "A tracing filter such as `info` or `keel_server=debug,info`."),
+    (
+        "log.format",
+        "`json` (one object per line, with the request id) or `pretty`.",
+    ),
+    (
+        "log.level",
+        "A tracing filter such as `info` or `keel_server=debug,info`.",
+    ),
 ];
 
 /// `docs/CONFIG.md`, generated from the defaults and [`DESCRIPTIONS`].
@@ -409,8 +459,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keel.config.toml");
         std::fs::write(&file, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n").unwrap();
-        let env = vec![("KEEL_SERVER__PORT".to_string(), "9100".to_string()), ("KEEL_LOG__FORMAT".to_string(), "pretty".to_string())];
-        let config = Config::load(Some(&file), env.clone(), vec![("server.port".into(), toml::Value::Integer(9200))]).unwrap();
+        let env = vec![
+            ("KEEL_SERVER__PORT".to_string(), "9100".to_string()),
+            ("KEEL_LOG__FORMAT".to_string(), "pretty".to_string()),
+        ];
+        let config = Config::load(
+            Some(&file),
+            env.clone(),
+            vec![("server.port".into(), toml::Value::Integer(9200))],
+        )
+        .unwrap();
         assert_eq!(config.server.port, 9200, "flags beat the environment");
         assert_eq!(config.server.host, "0.0.0.0", "the file beats the defaults");
         assert_eq!(config.log.format, "pretty");

@@ -7,43 +7,127 @@ use serde_json::{Value, json};
 
 /// Every error code with its HTTP status and meaning.
 pub const CODES: &[(&str, u16, &str)] = &[
-    ("bad_request", 400, "The request is malformed in a way no more specific code covers."),
-    ("invalid_json", 400, "The body is not valid JSON, or not the JSON object expected."),
-    ("invalid_query", 400, "A query-string parameter is unknown, repeated or malformed."),
-    ("validation_failed", 400, "One or more fields failed validation; `details` lists each field with its own code."),
+    (
+        "bad_request",
+        400,
+        "The request is malformed in a way no more specific code covers.",
+    ),
+    (
+        "invalid_json",
+        400,
+        "The body is not valid JSON, or not the JSON object expected.",
+    ),
+    (
+        "invalid_query",
+        400,
+        "A query-string parameter is unknown, repeated or malformed.",
+    ),
+    (
+        "validation_failed",
+        400,
+        "One or more fields failed validation; `details` lists each field with its own code.",
+    ),
     ("invalid_filter", 400, "The filter expression cannot be parsed."),
-    ("unknown_field", 400, "A filter, sort, projection or expand names a field the collection does not have; `details.field` names it."),
-    ("invalid_value", 400, "A filter compares a field with a value of the wrong type; `details.field` names it."),
+    (
+        "unknown_field",
+        400,
+        "A filter, sort, projection or expand names a field the collection does not have; `details.field` names it.",
+    ),
+    (
+        "invalid_value",
+        400,
+        "A filter compares a field with a value of the wrong type; `details.field` names it.",
+    ),
     ("invalid_sort", 400, "The sort parameter is malformed."),
-    ("invalid_cursor", 400, "The `after` cursor was not made by this server for this sort order."),
-    ("invalid_aggregate", 400, "The aggregate's group or measures are malformed."),
-    ("limit_too_large", 400, "`limit` exceeds the maximum page size; nothing is silently capped."),
-    ("search_not_enabled", 400, "`q` was given for a collection with no `search` fields."),
+    (
+        "invalid_cursor",
+        400,
+        "The `after` cursor was not made by this server for this sort order.",
+    ),
+    (
+        "invalid_aggregate",
+        400,
+        "The aggregate's group or measures are malformed.",
+    ),
+    (
+        "limit_too_large",
+        400,
+        "`limit` exceeds the maximum page size; nothing is silently capped.",
+    ),
+    (
+        "search_not_enabled",
+        400,
+        "`q` was given for a collection with no `search` fields.",
+    ),
     ("weak_password", 400, "The password does not meet the password policy."),
-    ("invalid_role", 400, "The role is not one of the app's roles, or is above the caller's own."),
+    (
+        "invalid_role",
+        400,
+        "The role is not one of the app's roles, or is above the caller's own.",
+    ),
     ("unauthenticated", 401, "No valid session token or API key was sent."),
     ("invalid_credentials", 401, "The email or password is wrong."),
     ("forbidden", 403, "The caller may not do this (role or access rule)."),
     ("signup_closed", 403, "Self sign-up is disabled on this server."),
-    ("not_found", 404, "No such record, org or resource, or it belongs to an org the caller cannot see."),
+    (
+        "not_found",
+        404,
+        "No such record, org or resource, or it belongs to an org the caller cannot see.",
+    ),
     ("route_not_found", 404, "No such route."),
     ("collection_not_found", 404, "The app has no collection of that name."),
     ("method_not_allowed", 405, "The route exists but not with this method."),
-    ("read_only_collection", 405, "The collection (e.g. the activity log) cannot be written through the API."),
-    ("unique_violation", 409, "A unique field or index already has this value; `details.fields` names the fields."),
-    ("still_referenced", 409, "Other records still point at this one (on_delete = restrict)."),
+    (
+        "read_only_collection",
+        405,
+        "The collection (e.g. the activity log) cannot be written through the API.",
+    ),
+    (
+        "unique_violation",
+        409,
+        "A unique field or index already has this value; `details.fields` names the fields.",
+    ),
+    (
+        "still_referenced",
+        409,
+        "Other records still point at this one (on_delete = restrict).",
+    ),
     ("email_taken", 409, "A user with this email exists."),
     ("slug_taken", 409, "An org with this slug exists."),
     ("already_member", 409, "The user is already a member of the org."),
-    ("last_owner", 409, "The change would leave the org without a member in the top role."),
-    ("version_mismatch", 412, "`If-Match` does not match the record's current version; `details.current_version` has it."),
+    (
+        "last_owner",
+        409,
+        "The change would leave the org without a member in the top role.",
+    ),
+    (
+        "version_mismatch",
+        412,
+        "`If-Match` does not match the record's current version; `details.current_version` has it.",
+    ),
     ("payload_too_large", 413, "The body exceeds the configured limit."),
     ("unsupported_media_type", 415, "The body must be `application/json`."),
-    ("database_busy", 503, "No database connection became free in time; retry after `Retry-After` seconds."),
-    ("database_timeout", 503, "A database statement ran past its timeout and was cancelled."),
-    ("request_timeout", 503, "The request ran past the server's request timeout."),
+    (
+        "database_busy",
+        503,
+        "No database connection became free in time; retry after `Retry-After` seconds.",
+    ),
+    (
+        "database_timeout",
+        503,
+        "A database statement ran past its timeout and was cancelled.",
+    ),
+    (
+        "request_timeout",
+        503,
+        "The request ran past the server's request timeout.",
+    ),
     ("unavailable", 503, "A dependency is unavailable."),
-    ("internal", 500, "An unexpected error; the response says nothing more, the log has the cause with the request id."),
+    (
+        "internal",
+        500,
+        "An unexpected error; the response says nothing more, the log has the cause with the request id.",
+    ),
 ];
 
 /// An error answered to the client in the standard envelope.
@@ -60,7 +144,11 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 pub fn status_of(code: &str) -> StatusCode {
-    let status = CODES.iter().find(|(c, _, _)| *c == code).map(|(_, s, _)| *s).unwrap_or(500);
+    let status = CODES
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, s, _)| *s)
+        .unwrap_or(500);
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
@@ -117,10 +205,14 @@ impl IntoResponse for ApiError {
         });
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         let cause = self.cause.unwrap_or(self.message);
-        response.extensions_mut().insert(ErrorCause(format!("{}: {cause}", self.code)));
+        response
+            .extensions_mut()
+            .insert(ErrorCause(format!("{}: {cause}", self.code)));
         response
     }
 }

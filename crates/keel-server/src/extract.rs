@@ -31,18 +31,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .next()
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
-            return Err(ApiError::new("unsupported_media_type", "send the body as application/json"));
+            return Err(ApiError::new(
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
         }
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new("payload_too_large", "the body is larger than the server accepts")
-            } else {
-                ApiError::new("bad_request", rejection.body_text())
-            }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::new("invalid_json", format!("the body is not valid JSON for this request: {e}")))
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new("payload_too_large", "the body is larger than the server accepts")
+                } else {
+                    ApiError::new("bad_request", rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            ApiError::new(
+                "invalid_json",
+                format!("the body is not valid JSON for this request: {e}"),
+            )
+        })
     }
 }
 
@@ -60,7 +68,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         let mut params = HashMap::new();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if params.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(ApiError::new("invalid_query", format!("parameter '{key}' is given twice")));
+                return Err(ApiError::new(
+                    "invalid_query",
+                    format!("parameter '{key}' is given twice"),
+                ));
             }
         }
         Ok(Params(params))
@@ -111,7 +122,10 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>,
         .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?;
     match system::principal_by_token(&state.db, &token_hash(token)).await? {
         Some(principal) => Ok(Some(principal)),
-        None => Err(ApiError::new("unauthenticated", "the token is unknown, expired or revoked")),
+        None => Err(ApiError::new(
+            "unauthenticated",
+            "the token is unknown, expired or revoked",
+        )),
     }
 }
 
@@ -121,7 +135,10 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match principal(parts, state).await? {
             Some(p) => Ok(Auth(p)),
-            None => Err(ApiError::new("unauthenticated", "sign in and send 'Authorization: Bearer <token>'")),
+            None => Err(ApiError::new(
+                "unauthenticated",
+                "sign in and send 'Authorization: Bearer <token>'",
+            )),
         }
     }
 }
@@ -161,20 +178,28 @@ impl CallerInfo {
 
 /// Resolves `{org}` for the caller: the org and the caller's role in it. Non-members get
 /// 404, so other orgs' existence does not leak; the superuser sees every org.
-pub async fn org_access(state: &AppState, principal: &Principal, slug: &str) -> Result<(Org, Option<String>), ApiError> {
+pub async fn org_access(
+    state: &AppState,
+    principal: &Principal,
+    slug: &str,
+) -> Result<(Org, Option<String>), ApiError> {
     if slug.len() > 64 {
         return Err(ApiError::not_found());
     }
     match principal {
         Principal::User { user, .. } => {
-            let (org, role) = system::org_with_role(&state.db, slug, Some(user.id)).await?.ok_or_else(ApiError::not_found)?;
+            let (org, role) = system::org_with_role(&state.db, slug, Some(user.id))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
             if role.is_none() && !user.superuser {
                 return Err(ApiError::not_found());
             }
             Ok((org, role))
         }
         Principal::ApiKey(key) => {
-            let (org, _) = system::org_with_role(&state.db, slug, None).await?.ok_or_else(ApiError::not_found)?;
+            let (org, _) = system::org_with_role(&state.db, slug, None)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
             if org.id != key.org {
                 return Err(ApiError::not_found());
             }

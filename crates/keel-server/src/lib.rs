@@ -42,20 +42,33 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/orgs", get(orgs::list).post(orgs::create))
         .route("/orgs/{org}/members", get(orgs::members).post(orgs::add_member))
-        .route("/orgs/{org}/members/{user}", axum::routing::patch(orgs::update_member).delete(orgs::remove_member))
+        .route(
+            "/orgs/{org}/members/{user}",
+            axum::routing::patch(orgs::update_member).delete(orgs::remove_member),
+        )
         .route("/orgs/{org}/api_keys", get(orgs::list_keys).post(orgs::create_key))
         .route("/orgs/{org}/api_keys/{id}", axum::routing::delete(orgs::revoke_key))
-        .route("/orgs/{org}/{collection}", get(records::org_list).post(records::org_create))
+        .route(
+            "/orgs/{org}/{collection}",
+            get(records::org_list).post(records::org_create),
+        )
         .route("/orgs/{org}/{collection}/aggregate", get(records::org_aggregate))
         .route(
             "/orgs/{org}/{collection}/{id}",
-            get(records::org_get).patch(records::org_update).delete(records::org_delete),
+            get(records::org_get)
+                .patch(records::org_update)
+                .delete(records::org_delete),
         )
-        .route("/global/{collection}", get(records::global_list).post(records::global_create))
+        .route(
+            "/global/{collection}",
+            get(records::global_list).post(records::global_create),
+        )
         .route("/global/{collection}/aggregate", get(records::global_aggregate))
         .route(
             "/global/{collection}/{id}",
-            get(records::global_get).patch(records::global_update).delete(records::global_delete),
+            get(records::global_get)
+                .patch(records::global_update)
+                .delete(records::global_delete),
         );
     let body_limit = state.config.server.body_limit_bytes;
     Router::new()
@@ -67,7 +80,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 
@@ -79,7 +95,9 @@ pub enum StartError {
     Spec(Vec<String>),
     #[error("cannot open the database: {0}")]
     Database(#[from] keel_store::StoreError),
-    #[error("the database needs migrations before Keel can serve (run `keel migrate plan`, then `keel migrate apply`, or start with --migrate):\n{0}")]
+    #[error(
+        "the database needs migrations before Keel can serve (run `keel migrate plan`, then `keel migrate apply`, or start with --migrate):\n{0}"
+    )]
     PendingMigrations(String),
     #[error(transparent)]
     Migrate(#[from] keel_store::migrate::MigrateError),
@@ -140,7 +158,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// (up to `server.shutdown_grace_seconds`), and closes the database.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_seconds);
         let state = self.state.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -204,9 +225,16 @@ pub async fn shutdown_signal() {
 pub fn init_logging(config: &config::LogSection) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if config.format == "json" {
-        builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -25,7 +25,9 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
     let ok = !text.is_empty()
         && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     ok.then(|| text.to_string())
 }
 
@@ -55,12 +57,19 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    state.metrics.http_request(&method, &route, status, elapsed.as_secs_f64());
+    state
+        .metrics
+        .http_request(&method, &route, status, elapsed.as_secs_f64());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let cause = response.extensions().get::<ErrorCause>().map(|c| c.0.clone());
     let _entered = span.enter();
     if status >= 500 {
-        tracing::error!(status, duration_ms, cause = cause.as_deref().unwrap_or(""), "request failed");
+        tracing::error!(
+            status,
+            duration_ms,
+            cause = cause.as_deref().unwrap_or(""),
+            "request failed"
+        );
     } else if let Some(cause) = cause {
         tracing::info!(status, duration_ms, error = %cause, "request");
     } else {

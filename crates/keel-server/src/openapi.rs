@@ -46,7 +46,11 @@ fn field_schema(kind: &FieldKind) -> Value {
 }
 
 fn nullable(schema: Value, required: bool) -> Value {
-    if required { schema } else { json!({ "anyOf": [schema, { "type": "null" }] }) }
+    if required {
+        schema
+    } else {
+        json!({ "anyOf": [schema, { "type": "null" }] })
+    }
 }
 
 fn record_schema(collection: &Collection) -> Value {
@@ -71,7 +75,10 @@ fn record_schema(collection: &Collection) -> Value {
         }
         properties.insert(field.name.clone(), schema);
     }
-    properties.insert("expand".into(), json!({ "type": "object", "additionalProperties": true }));
+    properties.insert(
+        "expand".into(),
+        json!({ "type": "object", "additionalProperties": true }),
+    );
     json!({ "type": "object", "properties": properties, "required": required })
 }
 
@@ -128,16 +135,48 @@ pub fn document(app: &App) -> Value {
     let mut paths = Map::new();
     let list_params = |collection: &Collection| {
         let mut params = vec![
-            query_parameter("filter", "a filter expression (see docs/API.md)", json!({ "type": "string", "maxLength": 4096 })),
-            query_parameter("sort", "comma-separated fields, '-' for descending", json!({ "type": "string" })),
-            query_parameter("limit", "page size", json!({ "type": "integer", "minimum": 1, "maximum": 500 })),
-            query_parameter("after", "the `next` cursor of the previous page", json!({ "type": "string" })),
-            query_parameter("fields", "comma-separated fields to return", json!({ "type": "string" })),
-            query_parameter("expand", "comma-separated relation fields to embed", json!({ "type": "string" })),
-            query_parameter("count", "add a total count", json!({ "type": "string", "enum": ["exact", "estimate"] })),
+            query_parameter(
+                "filter",
+                "a filter expression (see docs/API.md)",
+                json!({ "type": "string", "maxLength": 4096 }),
+            ),
+            query_parameter(
+                "sort",
+                "comma-separated fields, '-' for descending",
+                json!({ "type": "string" }),
+            ),
+            query_parameter(
+                "limit",
+                "page size",
+                json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+            ),
+            query_parameter(
+                "after",
+                "the `next` cursor of the previous page",
+                json!({ "type": "string" }),
+            ),
+            query_parameter(
+                "fields",
+                "comma-separated fields to return",
+                json!({ "type": "string" }),
+            ),
+            query_parameter(
+                "expand",
+                "comma-separated relation fields to embed",
+                json!({ "type": "string" }),
+            ),
+            query_parameter(
+                "count",
+                "add a total count",
+                json!({ "type": "string", "enum": ["exact", "estimate"] }),
+            ),
         ];
         if collection.has_search() {
-            params.push(query_parameter("q", "full-text search", json!({ "type": "string", "maxLength": 512 })));
+            params.push(query_parameter(
+                "q",
+                "full-text search",
+                json!({ "type": "string", "maxLength": 512 }),
+            ));
         }
         params
     };
@@ -159,12 +198,18 @@ pub fn document(app: &App) -> Value {
         } else {
             (
                 format!("/api/v1/orgs/{{org}}/{name}"),
-                vec![path_parameter("org", json!({ "type": "string", "description": "org slug, or - for every org of the caller" }))],
+                vec![path_parameter(
+                    "org",
+                    json!({ "type": "string", "description": "org slug, or - for every org of the caller" }),
+                )],
             )
         };
         let mut collection_item = Map::new();
         let mut list_responses = error_responses(&[400, 401, 403, 404, 503]);
-        list_responses.insert("200".into(), json!({ "description": "a page", "content": { "application/json": { "schema": page } } }));
+        list_responses.insert(
+            "200".into(),
+            json!({ "description": "a page", "content": { "application/json": { "schema": page } } }),
+        );
         let mut list_parameters = base_params.clone();
         list_parameters.extend(list_params(collection));
         collection_item.insert(
@@ -173,7 +218,10 @@ pub fn document(app: &App) -> Value {
         );
         if !collection.system {
             let mut create_responses = error_responses(&[400, 401, 403, 404, 409, 413, 415, 503]);
-            create_responses.insert("201".into(), json!({ "description": "created", "content": { "application/json": { "schema": record_ref } } }));
+            create_responses.insert(
+                "201".into(),
+                json!({ "description": "created", "content": { "application/json": { "schema": record_ref } } }),
+            );
             collection_item.insert(
                 "post".into(),
                 json!({
@@ -188,16 +236,31 @@ pub fn document(app: &App) -> Value {
         item_params.push(path_parameter("id", json!({ "type": "string", "format": "uuid" })));
         let mut item = Map::new();
         let mut get_responses = error_responses(&[400, 401, 403, 404, 503]);
-        get_responses.insert("200".into(), json!({ "description": "the record", "content": { "application/json": { "schema": record_ref } } }));
+        get_responses.insert(
+            "200".into(),
+            json!({ "description": "the record", "content": { "application/json": { "schema": record_ref } } }),
+        );
         let mut get_params = item_params.clone();
-        get_params.push(query_parameter("expand", "comma-separated relation fields to embed", json!({ "type": "string" })));
-        get_params.push(query_parameter("fields", "comma-separated fields to return", json!({ "type": "string" })));
+        get_params.push(query_parameter(
+            "expand",
+            "comma-separated relation fields to embed",
+            json!({ "type": "string" }),
+        ));
+        get_params.push(query_parameter(
+            "fields",
+            "comma-separated fields to return",
+            json!({ "type": "string" }),
+        ));
         item.insert("get".into(), json!({ "operationId": format!("get_{name}"), "tags": [name], "parameters": get_params, "responses": get_responses }));
         if !collection.system {
             let mut update_params = item_params.clone();
-            update_params.push(json!({ "name": "If-Match", "in": "header", "required": false, "schema": { "type": "string" } }));
+            update_params
+                .push(json!({ "name": "If-Match", "in": "header", "required": false, "schema": { "type": "string" } }));
             let mut update_responses = error_responses(&[400, 401, 403, 404, 409, 412, 413, 415, 503]);
-            update_responses.insert("200".into(), json!({ "description": "updated", "content": { "application/json": { "schema": record_ref } } }));
+            update_responses.insert(
+                "200".into(),
+                json!({ "description": "updated", "content": { "application/json": { "schema": record_ref } } }),
+            );
             item.insert(
                 "patch".into(),
                 json!({
@@ -212,10 +275,26 @@ pub fn document(app: &App) -> Value {
         }
         paths.insert(format!("{base}/{{id}}"), Value::Object(item));
         let mut aggregate_params = base_params.clone();
-        aggregate_params.push(query_parameter("group", "comma-separated fields to group by", json!({ "type": "string" })));
-        aggregate_params.push(query_parameter("measures", "comma-separated function:field (sum, avg, min, max)", json!({ "type": "string" })));
-        aggregate_params.push(query_parameter("filter", "a filter expression", json!({ "type": "string", "maxLength": 4096 })));
-        aggregate_params.push(query_parameter("limit", "at most this many groups", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })));
+        aggregate_params.push(query_parameter(
+            "group",
+            "comma-separated fields to group by",
+            json!({ "type": "string" }),
+        ));
+        aggregate_params.push(query_parameter(
+            "measures",
+            "comma-separated function:field (sum, avg, min, max)",
+            json!({ "type": "string" }),
+        ));
+        aggregate_params.push(query_parameter(
+            "filter",
+            "a filter expression",
+            json!({ "type": "string", "maxLength": 4096 }),
+        ));
+        aggregate_params.push(query_parameter(
+            "limit",
+            "at most this many groups",
+            json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+        ));
         let mut aggregate_responses = error_responses(&[400, 401, 403, 404, 503]);
         aggregate_responses.insert(
             "200".into(),

@@ -64,20 +64,30 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts("keel_http_requests_total", labels.clone()), &METADATA)
             .increment(1);
-        let labels = vec![Label::new("method", method.to_string()), Label::new("route", route.to_string())];
+        let labels = vec![
+            Label::new("method", method.to_string()),
+            Label::new("route", route.to_string()),
+        ];
         self.recorder
-            .register_histogram(&Key::from_parts("keel_http_request_duration_seconds", labels), &METADATA)
+            .register_histogram(
+                &Key::from_parts("keel_http_request_duration_seconds", labels),
+                &METADATA,
+            )
             .record(seconds);
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
         let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
-        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA).set(value);
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+            .set(value);
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)], increment: u64) {
         let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
-        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA).increment(increment);
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+            .increment(increment);
     }
 
     /// The Prometheus text exposition.

@@ -37,9 +37,7 @@ impl<'a> NodeRef<'a> {
                     .collect(),
             ),
             NodeRef::Item(Item::Value(v)) => NodeRef::Value(v).node(),
-            NodeRef::Item(Item::ArrayOfTables(a)) => {
-                Node::Array(a.iter().map(|t| NodeRef::Table(t)).collect())
-            }
+            NodeRef::Item(Item::ArrayOfTables(a)) => Node::Array(a.iter().map(NodeRef::Table).collect()),
             NodeRef::Item(Item::None) => Node::Other,
             NodeRef::Table(t) => Node::Table(
                 t.iter()
@@ -79,11 +77,13 @@ struct Reader<'s> {
 impl<'s> Reader<'s> {
     fn line_of(&self, span: Option<Range<usize>>) -> usize {
         match span {
-            Some(range) => self.source[..range.start.min(self.source.len())]
-                .bytes()
-                .filter(|b| *b == b'\n')
-                .count()
-                + 1,
+            Some(range) => {
+                self.source[..range.start.min(self.source.len())]
+                    .bytes()
+                    .filter(|b| *b == b'\n')
+                    .count()
+                    + 1
+            }
             None => 0,
         }
     }
@@ -137,11 +137,7 @@ fn entries<'a>(node: NodeRef<'a>) -> Option<Vec<Entry<'a>>> {
         Node::Table(items) => Some(
             items
                 .into_iter()
-                .map(|(key, key_span, value)| Entry {
-                    key,
-                    key_span,
-                    value,
-                })
+                .map(|(key, key_span, value)| Entry { key, key_span, value })
                 .collect(),
         ),
         _ => None,
@@ -186,11 +182,15 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                         "name" => {
                             if let Some(value) = string(&mut reader, &app_entry, &path) {
                                 if value.is_empty()
-                                    || !value.chars().all(|c| {
-                                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-                                    })
+                                    || !value
+                                        .chars()
+                                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                                 {
-                                    reader.problem(app_entry.span(), &path, "must be lowercase letters, digits and '-'");
+                                    reader.problem(
+                                        app_entry.span(),
+                                        &path,
+                                        "must be lowercase letters, digits and '-'",
+                                    );
                                 } else {
                                     name = Some(value.to_string());
                                 }
@@ -212,12 +212,20 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                                 match item.node() {
                                     Node::Str(role) if is_identifier(role) => {
                                         if roles.iter().any(|r| r == role) {
-                                            reader.problem(item.span(), &item_path, format!("role '{role}' is listed twice"));
+                                            reader.problem(
+                                                item.span(),
+                                                &item_path,
+                                                format!("role '{role}' is listed twice"),
+                                            );
                                         } else {
                                             roles.push(role.to_string());
                                         }
                                     }
-                                    _ => reader.problem(item.span(), &item_path, "a role is a lowercase identifier string"),
+                                    _ => reader.problem(
+                                        item.span(),
+                                        &item_path,
+                                        "a role is a lowercase identifier string",
+                                    ),
                                 }
                             }
                         }
@@ -247,7 +255,11 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
         reader.problem(None, "app.name", "is required");
     }
     if roles.is_empty() {
-        let message = if saw_roles { "must list at least one role" } else { "is required" };
+        let message = if saw_roles {
+            "must list at least one role"
+        } else {
+            "is required"
+        };
         reader.problem(None, "roles.order", message);
     }
     let names: Vec<&str> = collection_entries.iter().map(|e| e.key).collect();
@@ -369,7 +381,11 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
     let base = format!("collections.{name}");
     let mut ok = true;
     if !is_identifier(name) {
-        reader.problem(entry.key_span.clone(), &base, "a collection name is a lowercase identifier ([a-z][a-z0-9_]*, at most 48 characters)");
+        reader.problem(
+            entry.key_span.clone(),
+            &base,
+            "a collection name is a lowercase identifier ([a-z][a-z0-9_]*, at most 48 characters)",
+        );
         ok = false;
     } else if RESERVED_COLLECTIONS.contains(&name) || name.starts_with("keel") {
         reader.problem(entry.key_span.clone(), &base, format!("'{name}' is a reserved name"));
@@ -397,7 +413,12 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
                         "create" => rules.create = value,
                         "update" => rules.update = value,
                         "delete" => rules.delete = value,
-                        _ => unknown_key(reader, &rule, &rule_path, &["list", "view", "create", "update", "delete"]),
+                        _ => unknown_key(
+                            reader,
+                            &rule,
+                            &rule_path,
+                            &["list", "view", "create", "update", "delete"],
+                        ),
                     }
                 }
             }
@@ -414,7 +435,11 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
         }
     }
     if field_entries.is_empty() {
-        reader.problem(entry.key_span.clone(), &format!("{base}.fields"), "declare at least one field");
+        reader.problem(
+            entry.key_span.clone(),
+            &format!("{base}.fields"),
+            "declare at least one field",
+        );
         ok = false;
     }
     for field_entry in &field_entries {
@@ -455,22 +480,37 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
     let name = entry.key;
     let mut ok = true;
     if !is_identifier(name) {
-        reader.problem(entry.key_span.clone(), &path, "a field name is a lowercase identifier ([a-z][a-z0-9_]*, at most 48 characters)");
+        reader.problem(
+            entry.key_span.clone(),
+            &path,
+            "a field name is a lowercase identifier ([a-z][a-z0-9_]*, at most 48 characters)",
+        );
         ok = false;
     } else if SYSTEM_FIELDS.contains(&name) || name == "batch" || name.starts_with("keel") || name == "search" {
-        reader.problem(entry.key_span.clone(), &path, format!("'{name}' is a system field name"));
+        reader.problem(
+            entry.key_span.clone(),
+            &path,
+            format!("'{name}' is a system field name"),
+        );
         ok = false;
     }
     let Some(items) = entries(entry.value) else {
         reader.problem(entry.span(), &path, "a field is a table such as { type = \"text\" }");
         return None;
     };
-    let type_name = items.iter().find(|e| e.key == "type").and_then(|e| match e.value.node() {
-        Node::Str(s) => Some(s),
-        _ => None,
-    });
+    let type_name = items
+        .iter()
+        .find(|e| e.key == "type")
+        .and_then(|e| match e.value.node() {
+            Node::Str(s) => Some(s),
+            _ => None,
+        });
     let Some(type_name) = type_name else {
-        reader.problem(entry.span(), &format!("{path}.type"), "is required: one of text, integer, number, bool, date, datetime, select, json, relation");
+        reader.problem(
+            entry.span(),
+            &format!("{path}.type"),
+            "is required: one of text, integer, number, bool, date, datetime, select, json, relation",
+        );
         return None;
     };
     let common = ["type", "required", "default", "unique", "description", "demo"];
@@ -511,33 +551,64 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
             "unique" => unique = boolean(reader, item, &item_path),
             "description" => description = string(reader, item, &item_path).map(str::to_string),
             "demo" => {
-                const HINTS: [&str; 12] = ["name", "first_name", "last_name", "email", "phone", "company", "city", "word", "sentence", "paragraph", "code", "url"];
+                const HINTS: [&str; 12] = [
+                    "name",
+                    "first_name",
+                    "last_name",
+                    "email",
+                    "phone",
+                    "company",
+                    "city",
+                    "word",
+                    "sentence",
+                    "paragraph",
+                    "code",
+                    "url",
+                ];
                 if let Some(hint) = string(reader, item, &item_path) {
                     if HINTS.contains(&hint) {
                         demo = Some(hint.to_string());
                     } else {
-                        reader.problem(item.span(), &item_path, format!("unknown demo hint '{hint}'; expected one of: {}", HINTS.join(", ")));
+                        reader.problem(
+                            item.span(),
+                            &item_path,
+                            format!("unknown demo hint '{hint}'; expected one of: {}", HINTS.join(", ")),
+                        );
                     }
                 }
             }
             "default" => default_entry = Some(item),
             "min" | "max" if type_name == "text" => {
                 let value = int_in(reader, item, &item_path, 0, 10_000_000).map(|v| v as u32);
-                if item.key == "min" { min_i = value.map(i64::from) } else { max_i = value.map(i64::from) }
+                if item.key == "min" {
+                    min_i = value.map(i64::from)
+                } else {
+                    max_i = value.map(i64::from)
+                }
             }
             "min" | "max" if type_name == "integer" => {
                 let value = int_in(reader, item, &item_path, i64::MIN, i64::MAX);
-                if item.key == "min" { min_i = value } else { max_i = value }
+                if item.key == "min" {
+                    min_i = value
+                } else {
+                    max_i = value
+                }
             }
             "min" | "max" => {
                 let value = number(reader, item, &item_path);
-                if item.key == "min" { min_f = value } else { max_f = value }
+                if item.key == "min" {
+                    min_f = value
+                } else {
+                    max_f = value
+                }
             }
             "pattern" => {
                 if let Some(p) = string(reader, item, &item_path) {
                     match regex::Regex::new(&format!("^(?:{p})$")) {
                         Ok(_) => pattern = Some(p.to_string()),
-                        Err(e) => reader.problem(item.span(), &item_path, format!("not a valid regular expression: {e}")),
+                        Err(e) => {
+                            reader.problem(item.span(), &item_path, format!("not a valid regular expression: {e}"))
+                        }
                     }
                 }
             }
@@ -547,11 +618,19 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                     match value.node() {
                         Node::Str(s) if !s.is_empty() && s.len() <= 100 => {
                             if values.iter().any(|v: &String| v == s) {
-                                reader.problem(value.span(), &format!("{item_path}[{i}]"), format!("'{s}' is listed twice"));
+                                reader.problem(
+                                    value.span(),
+                                    &format!("{item_path}[{i}]"),
+                                    format!("'{s}' is listed twice"),
+                                );
                             }
                             values.push(s.to_string())
                         }
-                        _ => reader.problem(value.span(), &format!("{item_path}[{i}]"), "a select value is a non-empty string of at most 100 characters"),
+                        _ => reader.problem(
+                            value.span(),
+                            &format!("{item_path}[{i}]"),
+                            "a select value is a non-empty string of at most 100 characters",
+                        ),
                     }
                 }
                 if values.is_empty() {
@@ -565,7 +644,11 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                     } else if all_names.contains(&target) {
                         to = Some(RelationTarget::Collection(target.to_string()));
                     } else {
-                        reader.problem(item.span(), &item_path, format!("no collection named '{target}' (relations point to a collection or to users)"));
+                        reader.problem(
+                            item.span(),
+                            &item_path,
+                            format!("no collection named '{target}' (relations point to a collection or to users)"),
+                        );
                     }
                 }
             }
@@ -573,7 +656,11 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                 Some("restrict") => on_delete = OnDelete::Restrict,
                 Some("cascade") => on_delete = OnDelete::Cascade,
                 Some("set_null") => on_delete = OnDelete::SetNull,
-                Some(other) => reader.problem(item.span(), &item_path, format!("unknown on_delete '{other}'; expected restrict, cascade or set_null")),
+                Some(other) => reader.problem(
+                    item.span(),
+                    &item_path,
+                    format!("unknown on_delete '{other}'; expected restrict, cascade or set_null"),
+                ),
                 None => {}
             },
             _ => unreachable!("filtered above"),
@@ -587,17 +674,26 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                 reader.problem(entry.span(), &path, "min is greater than max");
                 ok = false;
             }
-            FieldKind::Text { min, max, pattern, search }
+            FieldKind::Text {
+                min,
+                max,
+                pattern,
+                search,
+            }
         }
         "integer" => {
-            if let (Some(a), Some(b)) = (min_i, max_i) && a > b {
+            if let (Some(a), Some(b)) = (min_i, max_i)
+                && a > b
+            {
                 reader.problem(entry.span(), &path, "min is greater than max");
                 ok = false;
             }
             FieldKind::Integer { min: min_i, max: max_i }
         }
         "number" => {
-            if let (Some(a), Some(b)) = (min_f, max_f) && a > b {
+            if let (Some(a), Some(b)) = (min_f, max_f)
+                && a > b
+            {
                 reader.problem(entry.span(), &path, "min is greater than max");
                 ok = false;
             }
@@ -610,7 +706,11 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         "select" => {
             if values.is_empty() {
                 if !items.iter().any(|e| e.key == "values") {
-                    reader.problem(entry.span(), &format!("{path}.values"), "is required for a select field");
+                    reader.problem(
+                        entry.span(),
+                        &format!("{path}.values"),
+                        "is required for a select field",
+                    );
                 }
                 ok = false;
             }
@@ -619,7 +719,11 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         "relation" => match to {
             Some(to) => {
                 if on_delete == OnDelete::SetNull && required {
-                    reader.problem(entry.span(), &path, "on_delete = \"set_null\" cannot be used on a required field");
+                    reader.problem(
+                        entry.span(),
+                        &path,
+                        "on_delete = \"set_null\" cannot be used on a required field",
+                    );
                     ok = false;
                 }
                 FieldKind::Relation { to, on_delete }
@@ -680,7 +784,11 @@ fn default_value(reader: &mut Reader, entry: &Entry, path: &str, kind: &FieldKin
         (FieldKind::Date | FieldKind::Datetime, Node::Str("@now")) => DefaultValue::Now,
         (FieldKind::Date, Node::Str(s)) if is_date(s) => DefaultValue::Text(s.to_string()),
         _ => {
-            reader.problem(entry.span(), path, format!("not a valid default for a {} field", kind.type_name()));
+            reader.problem(
+                entry.span(),
+                path,
+                format!("not a valid default for a {} field", kind.type_name()),
+            );
             return None;
         }
     };
@@ -692,7 +800,10 @@ fn is_date(s: &str) -> bool {
     bytes.len() == 10
         && bytes[4] == b'-'
         && bytes[7] == b'-'
-        && bytes.iter().enumerate().all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
 }
 
 fn index(reader: &mut Reader, item: NodeRef, path: &str, collection: &Collection) -> Option<Index> {
@@ -716,7 +827,11 @@ fn index(reader: &mut Reader, item: NodeRef, path: &str, collection: &Collection
             fields
         }
         _ => {
-            reader.problem(item.span(), path, "an index is an array of field names or a table { fields = [...] }");
+            reader.problem(
+                item.span(),
+                path,
+                "an index is an array of field names or a table { fields = [...] }",
+            );
             return None;
         }
     };
@@ -724,20 +839,31 @@ fn index(reader: &mut Reader, item: NodeRef, path: &str, collection: &Collection
     for (i, field_node) in field_nodes.iter().enumerate() {
         let field_path = format!("{path}[{i}]");
         let Node::Str(raw) = field_node.node() else {
-            reader.problem(field_node.span(), &field_path, "an index column is a field name, with '-' in front for descending");
+            reader.problem(
+                field_node.span(),
+                &field_path,
+                "an index column is a field name, with '-' in front for descending",
+            );
             return None;
         };
         let (field, descending) = match raw.strip_prefix('-') {
             Some(rest) => (rest, true),
             None => (raw, false),
         };
-        let known = collection.field(field).is_some()
-            || matches!(field, "id" | "created_at" | "updated_at" | "version");
+        let known =
+            collection.field(field).is_some() || matches!(field, "id" | "created_at" | "updated_at" | "version");
         if !known {
-            reader.problem(field_node.span(), &field_path, format!("no field named '{field}' in collection '{}'", collection.name));
+            reader.problem(
+                field_node.span(),
+                &field_path,
+                format!("no field named '{field}' in collection '{}'", collection.name),
+            );
             return None;
         }
-        if collection.field(field).is_some_and(|f| matches!(f.kind, FieldKind::Json)) {
+        if collection
+            .field(field)
+            .is_some_and(|f| matches!(f.kind, FieldKind::Json))
+        {
             reader.problem(field_node.span(), &field_path, "json fields cannot be indexed");
             return None;
         }
@@ -791,9 +917,15 @@ fn fnv(text: &str) -> u64 {
 
 fn check_relations(reader: &mut Reader, collections: &[Collection], entries: &[Entry]) {
     for collection in collections {
-        let span = entries.iter().find(|e| e.key == collection.name).and_then(|e| e.key_span.clone());
+        let span = entries
+            .iter()
+            .find(|e| e.key == collection.name)
+            .and_then(|e| e.key_span.clone());
         for field in &collection.fields {
-            if let FieldKind::Relation { to: RelationTarget::Collection(target), .. } = &field.kind
+            if let FieldKind::Relation {
+                to: RelationTarget::Collection(target),
+                ..
+            } = &field.kind
                 && let Some(target) = collections.iter().find(|c| &c.name == target)
                 && collection.global
                 && !target.global
@@ -801,7 +933,10 @@ fn check_relations(reader: &mut Reader, collections: &[Collection], entries: &[E
                 reader.problem(
                     span.clone(),
                     &format!("collections.{}.fields.{}.to", collection.name, field.name),
-                    format!("a global collection cannot relate to the tenant collection '{}'", target.name),
+                    format!(
+                        "a global collection cannot relate to the tenant collection '{}'",
+                        target.name
+                    ),
                 );
             }
         }

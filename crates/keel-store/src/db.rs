@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use keel_query::{Dialect, Sql, SqlValue};
 
+use crate::PoolConfig;
 use crate::cell::Row;
 use crate::error::StoreError;
 use crate::postgres::{PgDb, PgTx};
 use crate::sqlite::{SqliteDb, SqliteTx};
-use crate::PoolConfig;
 
 /// Where the data lives: a SQLite file (the default) or a PostgreSQL URL.
 #[derive(Clone)]
@@ -45,9 +45,7 @@ impl Db {
     pub async fn connect(location: &Location, pool: &PoolConfig) -> Result<Db, StoreError> {
         match location {
             Location::Sqlite(path) => Ok(Db::Sqlite(SqliteDb::open(path, pool.clone())?)),
-            Location::Postgres { url, schema } => {
-                Ok(Db::Postgres(PgDb::connect(url, schema.as_deref(), pool).await?))
-            }
+            Location::Postgres { url, schema } => Ok(Db::Postgres(PgDb::connect(url, schema.as_deref(), pool).await?)),
         }
     }
 
@@ -182,9 +180,5 @@ pub fn portable(dialect: Dialect, text: &str, params: Vec<SqlValue>) -> Sql {
             out
         }
     };
-    Sql {
-        dialect,
-        text,
-        params,
-    }
+    Sql { dialect, text, params }
 }

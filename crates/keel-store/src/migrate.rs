@@ -93,17 +93,30 @@ fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'stati
 pub fn system_tables(dialect: Dialect) -> Vec<String> {
     let (uuid, ts, boolean, bigint) = types(dialect);
     vec![
-        format!("CREATE TABLE keel_migrations (version {bigint} PRIMARY KEY, applied_at {ts} NOT NULL, description TEXT NOT NULL, app TEXT NOT NULL, statements TEXT NOT NULL)"),
-        format!("CREATE TABLE keel_users (id {uuid} PRIMARY KEY, email TEXT NOT NULL, name TEXT, password_hash TEXT NOT NULL, superuser {boolean} NOT NULL DEFAULT {}, created_at {ts} NOT NULL, updated_at {ts} NOT NULL)", if dialect == Dialect::Sqlite { "0" } else { "false" }),
+        format!(
+            "CREATE TABLE keel_migrations (version {bigint} PRIMARY KEY, applied_at {ts} NOT NULL, description TEXT NOT NULL, app TEXT NOT NULL, statements TEXT NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE keel_users (id {uuid} PRIMARY KEY, email TEXT NOT NULL, name TEXT, password_hash TEXT NOT NULL, superuser {boolean} NOT NULL DEFAULT {}, created_at {ts} NOT NULL, updated_at {ts} NOT NULL)",
+            if dialect == Dialect::Sqlite { "0" } else { "false" }
+        ),
         "CREATE UNIQUE INDEX keel_users_email ON keel_users (email)".to_string(),
-        format!("CREATE TABLE keel_orgs (id {uuid} PRIMARY KEY, slug TEXT NOT NULL, name TEXT NOT NULL, created_at {ts} NOT NULL)"),
+        format!(
+            "CREATE TABLE keel_orgs (id {uuid} PRIMARY KEY, slug TEXT NOT NULL, name TEXT NOT NULL, created_at {ts} NOT NULL)"
+        ),
         "CREATE UNIQUE INDEX keel_orgs_slug ON keel_orgs (slug)".to_string(),
-        format!("CREATE TABLE keel_memberships (org_id {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE, user_id {uuid} NOT NULL REFERENCES keel_users (id) ON DELETE CASCADE, role TEXT NOT NULL, created_at {ts} NOT NULL, PRIMARY KEY (org_id, user_id))"),
+        format!(
+            "CREATE TABLE keel_memberships (org_id {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE, user_id {uuid} NOT NULL REFERENCES keel_users (id) ON DELETE CASCADE, role TEXT NOT NULL, created_at {ts} NOT NULL, PRIMARY KEY (org_id, user_id))"
+        ),
         "CREATE INDEX keel_memberships_user ON keel_memberships (user_id, org_id)".to_string(),
-        format!("CREATE TABLE keel_sessions (id {uuid} PRIMARY KEY, token_hash TEXT NOT NULL, user_id {uuid} NOT NULL REFERENCES keel_users (id) ON DELETE CASCADE, created_at {ts} NOT NULL, expires_at {ts} NOT NULL, revoked_at {ts})"),
+        format!(
+            "CREATE TABLE keel_sessions (id {uuid} PRIMARY KEY, token_hash TEXT NOT NULL, user_id {uuid} NOT NULL REFERENCES keel_users (id) ON DELETE CASCADE, created_at {ts} NOT NULL, expires_at {ts} NOT NULL, revoked_at {ts})"
+        ),
         "CREATE UNIQUE INDEX keel_sessions_token ON keel_sessions (token_hash)".to_string(),
         "CREATE INDEX keel_sessions_user ON keel_sessions (user_id)".to_string(),
-        format!("CREATE TABLE keel_api_keys (id {uuid} PRIMARY KEY, token_hash TEXT NOT NULL, org_id {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE, role TEXT NOT NULL, name TEXT NOT NULL, created_by {uuid} REFERENCES keel_users (id) ON DELETE SET NULL, created_at {ts} NOT NULL, expires_at {ts}, revoked_at {ts})"),
+        format!(
+            "CREATE TABLE keel_api_keys (id {uuid} PRIMARY KEY, token_hash TEXT NOT NULL, org_id {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE, role TEXT NOT NULL, name TEXT NOT NULL, created_by {uuid} REFERENCES keel_users (id) ON DELETE SET NULL, created_at {ts} NOT NULL, expires_at {ts}, revoked_at {ts})"
+        ),
         "CREATE UNIQUE INDEX keel_api_keys_token ON keel_api_keys (token_hash)".to_string(),
         "CREATE INDEX keel_api_keys_org ON keel_api_keys (org_id)".to_string(),
     ]
@@ -114,7 +127,9 @@ fn references(app: &App, field: &Field) -> Option<(String, &'static str)> {
         FieldKind::Relation { to, on_delete } => {
             let table = match to {
                 RelationTarget::Users => "keel_users".to_string(),
-                RelationTarget::Collection(name) => app.collection(name).map(|c| c.table()).unwrap_or_else(|| name.clone()),
+                RelationTarget::Collection(name) => {
+                    app.collection(name).map(|c| c.table()).unwrap_or_else(|| name.clone())
+                }
             };
             Some((table, on_delete.sql()))
         }
@@ -164,7 +179,9 @@ fn create_table(dialect: Dialect, app: &App, collection: &Collection, table_name
     let (uuid, ts, _, bigint) = types(dialect);
     let mut columns = vec![format!("\"id\" {uuid} PRIMARY KEY")];
     if !collection.global {
-        columns.push(format!("\"org\" {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE"));
+        columns.push(format!(
+            "\"org\" {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE"
+        ));
     }
     columns.push(format!("\"created_at\" {ts} NOT NULL"));
     if !collection.system {
@@ -199,23 +216,43 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
     let mut out = vec![];
     let org_prefix = if collection.global { "" } else { "\"org\", " };
     if !collection.global {
-        out.push((format!("{table}_org_id"), format!("CREATE INDEX {} ON {quoted} (\"org\", \"id\")", ident(&format!("{table}_org_id")))));
+        out.push((
+            format!("{table}_org_id"),
+            format!(
+                "CREATE INDEX {} ON {quoted} (\"org\", \"id\")",
+                ident(&format!("{table}_org_id"))
+            ),
+        ));
     }
     for field in &collection.fields {
         if field.unique {
             let name = format!("{table}_uq_{}", field.name);
             out.push((
                 name.clone(),
-                format!("CREATE UNIQUE INDEX {} ON {quoted} ({org_prefix}{})", ident(&name), ident(&field.name)),
+                format!(
+                    "CREATE UNIQUE INDEX {} ON {quoted} ({org_prefix}{})",
+                    ident(&name),
+                    ident(&field.name)
+                ),
             ));
         }
         // Foreign keys are indexed so cascades and expands do not scan.
         if matches!(field.kind, FieldKind::Relation { .. })
-            && !collection.indexes.iter().any(|i| i.columns.first().is_some_and(|c| c.field == field.name))
+            && !collection
+                .indexes
+                .iter()
+                .any(|i| i.columns.first().is_some_and(|c| c.field == field.name))
             && !field.unique
         {
             let name = format!("{table}_fk_{}", field.name);
-            out.push((name.clone(), format!("CREATE INDEX {} ON {quoted} ({org_prefix}{})", ident(&name), ident(&field.name))));
+            out.push((
+                name.clone(),
+                format!(
+                    "CREATE INDEX {} ON {quoted} ({org_prefix}{})",
+                    ident(&name),
+                    ident(&field.name)
+                ),
+            ));
         }
     }
     for index in &collection.indexes {
@@ -238,7 +275,10 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
     }
     if dialect == Dialect::Postgres && collection.has_search() {
         let name = format!("{table}_search");
-        out.push((name.clone(), format!("CREATE INDEX {} ON {quoted} USING gin (keel_search)", ident(&name))));
+        out.push((
+            name.clone(),
+            format!("CREATE INDEX {} ON {quoted} USING gin (keel_search)", ident(&name)),
+        ));
     }
     out
 }
@@ -271,11 +311,24 @@ fn create_search(dialect: Dialect, collection: &Collection) -> Vec<String> {
             let new_values: Vec<String> = fields.iter().map(|f| format!("new.{}", ident(f))).collect();
             let list = columns.join(", ");
             vec![
-                format!("CREATE VIRTUAL TABLE {fts} USING fts5(id UNINDEXED, {list}, tokenize = 'unicode61 remove_diacritics 2')"),
+                format!(
+                    "CREATE VIRTUAL TABLE {fts} USING fts5(id UNINDEXED, {list}, tokenize = 'unicode61 remove_diacritics 2')"
+                ),
                 format!("INSERT INTO {fts} (id, {list}) SELECT id, {list} FROM {quoted}"),
-                format!("CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END", ident(&format!("{table}_fts_insert")), new_values.join(", ")),
-                format!("CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; END", ident(&format!("{table}_fts_delete"))),
-                format!("CREATE TRIGGER {} AFTER UPDATE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END", ident(&format!("{table}_fts_update")), new_values.join(", ")),
+                format!(
+                    "CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END",
+                    ident(&format!("{table}_fts_insert")),
+                    new_values.join(", ")
+                ),
+                format!(
+                    "CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; END",
+                    ident(&format!("{table}_fts_delete"))
+                ),
+                format!(
+                    "CREATE TRIGGER {} AFTER UPDATE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END",
+                    ident(&format!("{table}_fts_update")),
+                    new_values.join(", ")
+                ),
             ]
         }
     }
@@ -320,7 +373,12 @@ fn relation_of(kind: &FieldKind) -> Option<(&RelationTarget, keel_spec::OnDelete
 
 /// Plans the steps from `previous` (the app recorded last, `None` for an empty database)
 /// to `next`.
-pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_version: i64) -> Result<Plan, MigrateError> {
+pub fn plan(
+    dialect: Dialect,
+    previous: Option<&Schema>,
+    next: &Schema,
+    from_version: i64,
+) -> Result<Plan, MigrateError> {
     let app = &next.app;
     let mut steps = vec![];
     let mut rebuilds = false;
@@ -385,7 +443,11 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
                 destructive = true;
                 needs_rebuild = true;
                 notes.push(format!("drop field {}", old_field.name));
-                field_statements.push(format!("ALTER TABLE {} DROP COLUMN {}", ident(&collection.table()), ident(&old_field.name)));
+                field_statements.push(format!(
+                    "ALTER TABLE {} DROP COLUMN {}",
+                    ident(&collection.table()),
+                    ident(&old_field.name)
+                ));
                 continue;
             };
             if !same_storage(&old_field.kind, &new_field.kind) {
@@ -393,7 +455,12 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
                     destructive = true;
                 }
                 needs_rebuild = true;
-                notes.push(format!("change {} from {} to {}", new_field.name, old_field.kind.type_name(), new_field.kind.type_name()));
+                notes.push(format!(
+                    "change {} from {} to {}",
+                    new_field.name,
+                    old_field.kind.type_name(),
+                    new_field.kind.type_name()
+                ));
                 let new_type = column_type(Dialect::Postgres, &new_field.kind);
                 field_statements.push(format!(
                     "ALTER TABLE {} ALTER COLUMN {} TYPE {new_type} USING {}::{new_type}",
@@ -407,17 +474,28 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
                 let verb = if new_field.required { "SET" } else { "DROP" };
                 if new_field.required {
                     destructive = true;
-                    notes.push(format!("make {} required (fails if any record has none)", new_field.name));
+                    notes.push(format!(
+                        "make {} required (fails if any record has none)",
+                        new_field.name
+                    ));
                 } else {
                     notes.push(format!("make {} optional", new_field.name));
                 }
-                field_statements.push(format!("ALTER TABLE {} ALTER COLUMN {} {verb} NOT NULL", ident(&collection.table()), ident(&new_field.name)));
+                field_statements.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} {verb} NOT NULL",
+                    ident(&collection.table()),
+                    ident(&new_field.name)
+                ));
             }
             if relation_of(&old_field.kind) != relation_of(&new_field.kind) && relation_of(&new_field.kind).is_some() {
                 needs_rebuild = true;
                 notes.push(format!("change the relation of {}", new_field.name));
                 if relation_of(&old_field.kind).is_some() {
-                    field_statements.push(format!("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}", ident(&collection.table()), ident(&fk_name(collection, &new_field.name))));
+                    field_statements.push(format!(
+                        "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+                        ident(&collection.table()),
+                        ident(&fk_name(collection, &new_field.name))
+                    ));
                 }
                 foreign_keys.extend(add_foreign_key(app, collection, new_field));
             }
@@ -471,7 +549,11 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
                     if same_storage(&old_field.kind, &field.kind) {
                         selected.push(ident(&field.name));
                     } else {
-                        selected.push(format!("CAST({} AS {})", ident(&field.name), column_type(Dialect::Sqlite, &field.kind)));
+                        selected.push(format!(
+                            "CAST({} AS {})",
+                            ident(&field.name),
+                            column_type(Dialect::Sqlite, &field.kind)
+                        ));
                     }
                 } else if let Some(literal) = default_literal(dialect, field) {
                     copied.push(ident(&field.name));
@@ -486,7 +568,11 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
                 ident(&collection.table())
             ));
             statements.push(format!("DROP TABLE {}", ident(&collection.table())));
-            statements.push(format!("ALTER TABLE {} RENAME TO {}", ident(&temporary), ident(&collection.table())));
+            statements.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                ident(&temporary),
+                ident(&collection.table())
+            ));
             statements.extend(new_indexes.iter().map(|(_, s)| s.clone()));
             statements.extend(create_search(dialect, collection));
         } else {
@@ -500,12 +586,16 @@ pub fn plan(dialect: Dialect, previous: Option<&Schema>, next: &Schema, from_ver
             }
             statements.extend(field_statements);
             statements.extend(added);
-            if search_changed || (dialect == Dialect::Postgres && statements.iter().any(|s| s.contains("DROP COLUMN keel_search"))) {
+            if search_changed
+                || (dialect == Dialect::Postgres && statements.iter().any(|s| s.contains("DROP COLUMN keel_search")))
+            {
                 statements.extend(create_search(dialect, collection));
             }
             for (name, statement) in &new_indexes {
                 let existed = old_indexes.iter().any(|(n, s)| n == name && s == statement);
-                let search_index_dropped = dialect == Dialect::Postgres && name.ends_with("_search") && statements.iter().any(|s| s.contains("DROP COLUMN keel_search"));
+                let search_index_dropped = dialect == Dialect::Postgres
+                    && name.ends_with("_search")
+                    && statements.iter().any(|s| s.contains("DROP COLUMN keel_search"));
                 if !existed || search_index_dropped {
                     statements.push(statement.clone());
                 }
@@ -551,14 +641,18 @@ pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
         return Ok((0, None));
     }
     let row = db
-        .query_one(&db.portable("SELECT version, app FROM keel_migrations ORDER BY version DESC LIMIT 1", vec![]))
+        .query_one(&db.portable(
+            "SELECT version, app FROM keel_migrations ORDER BY version DESC LIMIT 1",
+            vec![],
+        ))
         .await?;
     match row {
         None => Ok((0, None)),
         Some(row) => {
             let version = row[0].int().unwrap_or(0);
-            let app: App = serde_json::from_str(row[1].text().unwrap_or("{}"))
-                .map_err(|e| StoreError::Other(format!("the recorded app of migration {version} cannot be read: {e}")))?;
+            let app: App = serde_json::from_str(row[1].text().unwrap_or("{}")).map_err(|e| {
+                StoreError::Other(format!("the recorded app of migration {version} cannot be read: {e}"))
+            })?;
             Ok((version, Some(app)))
         }
     }
@@ -568,9 +662,9 @@ pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
 pub async fn plan_for(db: &Db, next: &Schema) -> Result<Plan, MigrateError> {
     let (version, previous_app) = current(db).await?;
     let previous = match previous_app {
-        Some(app) => Some(
-            Schema::new(app).map_err(|problems| MigrateError::Unsupported(format!("the recorded app no longer checks: {problems:?}")))?,
-        ),
+        Some(app) => Some(Schema::new(app).map_err(|problems| {
+            MigrateError::Unsupported(format!("the recorded app no longer checks: {problems:?}"))
+        })?),
         None => None,
     };
     plan(db.dialect(), previous.as_ref(), next, version)
@@ -586,11 +680,15 @@ pub async fn apply(db: &Db, next: &Schema, allow_destructive: bool) -> Result<Pl
     }
     check_destructive(&plan, allow_destructive)?;
     if let (Db::Sqlite(sqlite), true) = (db, plan.rebuilds) {
-        sqlite.with_writer(|c| Ok(c.execute_batch("PRAGMA foreign_keys = OFF")?)).await?;
+        sqlite
+            .with_writer(|c| Ok(c.execute_batch("PRAGMA foreign_keys = OFF")?))
+            .await?;
     }
     let result = apply_in_transaction(db, next, allow_destructive).await;
     if let (Db::Sqlite(sqlite), true) = (db, plan.rebuilds) {
-        sqlite.with_writer(|c| Ok(c.execute_batch("PRAGMA foreign_keys = ON")?)).await?;
+        sqlite
+            .with_writer(|c| Ok(c.execute_batch("PRAGMA foreign_keys = ON")?))
+            .await?;
     }
     result
 }
@@ -607,7 +705,8 @@ fn check_destructive(plan: &Plan, allow_destructive: bool) -> Result<(), Migrate
 async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -> Result<Plan, MigrateError> {
     let mut tx = db.begin().await?;
     if let Tx::Postgres(_) = &tx {
-        tx.execute(&tx.portable("SELECT pg_advisory_xact_lock(4242424242)", vec![])).await?;
+        tx.execute(&tx.portable("SELECT pg_advisory_xact_lock(4242424242)", vec![]))
+            .await?;
     }
     // Re-plan under the lock: another instance may have migrated meanwhile.
     let plan = plan_for(db, next).await?;
@@ -628,7 +727,9 @@ async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -
             .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
             .map_err(StoreError::from)?;
         if broken > 0 {
-            return Err(MigrateError::Unsupported(format!("{broken} records would break foreign keys")));
+            return Err(MigrateError::Unsupported(format!(
+                "{broken} records would break foreign keys"
+            )));
         }
     }
     let description: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();
@@ -653,7 +754,10 @@ pub async fn history(db: &Db) -> Result<Vec<(i64, String, String)>, StoreError> 
         return Ok(vec![]);
     }
     let rows = db
-        .query(&db.portable("SELECT version, applied_at, description FROM keel_migrations ORDER BY version DESC", vec![]))
+        .query(&db.portable(
+            "SELECT version, applied_at, description FROM keel_migrations ORDER BY version DESC",
+            vec![],
+        ))
         .await?;
     Ok(rows
         .into_iter()

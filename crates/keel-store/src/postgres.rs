@@ -10,9 +10,9 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Column, Postgres, Row as _, TypeInfo, ValueRef};
 
+use crate::PoolConfig;
 use crate::cell::{Cell, Row};
 use crate::error::StoreError;
-use crate::PoolConfig;
 
 pub struct PgDb {
     pool: PgPool,
@@ -121,7 +121,9 @@ impl PgDb {
     }
 
     pub async fn execute_script(&self, script: &str) -> Result<(), StoreError> {
-        sqlx::raw_sql(AssertSqlSafe(script.to_string())).execute(&self.pool).await?;
+        sqlx::raw_sql(AssertSqlSafe(script.to_string()))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -19,6 +19,23 @@ pub struct Actor {
     pub request_id: String,
 }
 
+/// Where a write happens and who makes it.
+pub struct WriteScope<'a> {
+    pub builder: &'a Builder<'a>,
+    /// The org of the record (`None` for global collections).
+    pub org: Option<Uuid>,
+    pub actor: &'a Actor,
+}
+
+/// The change an update makes.
+pub struct Change<'a> {
+    pub id: Uuid,
+    /// The version the caller read (`If-Match`), if the write is conditional.
+    pub if_match: Option<i64>,
+    pub values: Vec<(String, SqlValue)>,
+    pub relations: &'a [(String, Uuid)],
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record not found")]
@@ -62,14 +79,29 @@ pub async fn count(db: &Db, builder: &Builder<'_>, spec: &ListSpec, cap: Option<
     Ok(row.and_then(|r| r[0].int()).unwrap_or(0))
 }
 
-pub async fn get(db: &Db, builder: &Builder<'_>, id: Uuid, expand: &[String], fields: Option<&[String]>) -> Result<Option<String>, StoreError> {
-    let row = db.query_one(&builder.get(id, Action::View, expand, fields, false)).await?;
+pub async fn get(
+    db: &Db,
+    builder: &Builder<'_>,
+    id: Uuid,
+    expand: &[String],
+    fields: Option<&[String]>,
+) -> Result<Option<String>, StoreError> {
+    let row = db
+        .query_one(&builder.get(id, Action::View, expand, fields, false))
+        .await?;
     Ok(row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()))
 }
 
-pub async fn aggregate(db: &Db, builder: &Builder<'_>, spec: &keel_query::AggregateSpec) -> Result<Vec<String>, StoreError> {
+pub async fn aggregate(
+    db: &Db,
+    builder: &Builder<'_>,
+    spec: &keel_query::AggregateSpec,
+) -> Result<Vec<String>, StoreError> {
     let rows = db.query(&builder.aggregate(spec)).await?;
-    Ok(rows.into_iter().filter_map(|r| r.into_iter().next().and_then(|c| c.into_text())).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().and_then(|c| c.into_text()))
+        .collect())
 }
 
 fn parse_object(json: &str) -> Map<String, Value> {
@@ -84,26 +116,32 @@ async fn check_relations(tx: &mut Tx, builder: &Builder<'_>, relations: &[(Strin
         return Ok(());
     };
     let row = tx.query_one(&sql).await?;
-    let found = row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()).unwrap_or_default();
+    let found = row
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .unwrap_or_default();
     let found = parse_object(&found);
     let missing: Vec<String> = relations
         .iter()
         .filter(|(field, _)| found.get(field) != Some(&Value::Bool(true)))
         .map(|(field, _)| field.clone())
         .collect();
-    if missing.is_empty() { Ok(()) } else { Err(RecordError::InvalidRelation(missing)) }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RecordError::InvalidRelation(missing))
+    }
 }
 
 async fn log_activity(
     tx: &mut Tx,
-    builder: &Builder<'_>,
-    actor: &Actor,
-    org: Option<Uuid>,
+    scope: &WriteScope<'_>,
     record: &str,
     action: &str,
     changes: Value,
     count: i64,
 ) -> Result<(), StoreError> {
+    let (builder, actor, org) = (scope.builder, scope.actor, scope.org);
     // Global collections have no org; their writes are the superuser's and are not logged per org.
     let Some(org) = org else { return Ok(()) };
     let mut params = vec![
@@ -119,7 +157,11 @@ async fn log_activity(
     ];
     let mut optional = |value: Option<Uuid>, text: bool| match value {
         Some(v) => {
-            params.push(if text { SqlValue::Text(v.to_string()) } else { SqlValue::Uuid(v) });
+            params.push(if text {
+                SqlValue::Text(v.to_string())
+            } else {
+                SqlValue::Uuid(v)
+            });
             format!("${}", params.len())
         }
         None => "NULL".to_string(),
@@ -137,12 +179,11 @@ async fn log_activity(
 /// Creates a record: relation check, insert, create-rule check, activity row — one transaction.
 pub async fn create(
     db: &Db,
-    builder: &Builder<'_>,
-    org: Option<Uuid>,
+    scope: &WriteScope<'_>,
     mut values: Vec<(String, SqlValue)>,
     relations: &[(String, Uuid)],
-    actor: &Actor,
 ) -> Result<String, RecordError> {
+    let (builder, org) = (scope.builder, scope.org);
     let id = Uuid::now_v7();
     let at = truncate_micros(Utc::now());
     let mut columns = vec![("id".to_string(), SqlValue::Uuid(id))];
@@ -156,14 +197,25 @@ pub async fn create(
     let mut tx = db.begin().await?;
     check_relations(&mut tx, builder, relations).await?;
     let row = tx.query_one(&builder.insert(&columns)).await?;
-    let json = row.and_then(|r| r.into_iter().next()).and_then(|c| c.into_text()).ok_or(StoreError::NotFound)?;
+    let json = row
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or(StoreError::NotFound)?;
     if let Some(check) = builder.satisfies(id, Action::Create)
         && tx.query(&check).await?.is_empty()
     {
         return Err(RecordError::Forbidden);
     }
     let after = serde_json::from_str::<Value>(&json).unwrap_or(Value::Null);
-    log_activity(&mut tx, builder, actor, org, &id.to_string(), "create", serde_json::json!({ "after": after }), 1).await?;
+    log_activity(
+        &mut tx,
+        scope,
+        &id.to_string(),
+        "create",
+        serde_json::json!({ "after": after }),
+        1,
+    )
+    .await?;
     tx.commit().await?;
     Ok(json)
 }
@@ -173,16 +225,14 @@ fn version_of(record: &Map<String, Value>) -> i64 {
 }
 
 /// Updates a record the update rule lets the caller touch; `if_match` makes it conditional.
-pub async fn update(
-    db: &Db,
-    builder: &Builder<'_>,
-    org: Option<Uuid>,
-    id: Uuid,
-    if_match: Option<i64>,
-    values: Vec<(String, SqlValue)>,
-    relations: &[(String, Uuid)],
-    actor: &Actor,
-) -> Result<String, RecordError> {
+pub async fn update(db: &Db, scope: &WriteScope<'_>, change: Change<'_>) -> Result<String, RecordError> {
+    let builder = scope.builder;
+    let Change {
+        id,
+        if_match,
+        values,
+        relations,
+    } = change;
     let mut tx = db.begin().await?;
     let before = tx
         .query_one(&builder.get(id, Action::Update, &[], None, true))
@@ -199,7 +249,10 @@ pub async fn update(
     }
     check_relations(&mut tx, builder, relations).await?;
     let mut columns = values;
-    columns.push(("updated_at".to_string(), SqlValue::Datetime(truncate_micros(Utc::now()))));
+    columns.push((
+        "updated_at".to_string(),
+        SqlValue::Datetime(truncate_micros(Utc::now())),
+    ));
     let json = tx
         .query_one(&builder.update(id, current, &columns))
         .await?
@@ -217,13 +270,22 @@ pub async fn update(
             changed.insert(key.clone(), serde_json::json!({ "old": old_value, "new": new_value }));
         }
     }
-    log_activity(&mut tx, builder, actor, org, &id.to_string(), "update", serde_json::json!({ "changed": changed }), 1).await?;
+    log_activity(
+        &mut tx,
+        scope,
+        &id.to_string(),
+        "update",
+        serde_json::json!({ "changed": changed }),
+        1,
+    )
+    .await?;
     tx.commit().await?;
     Ok(json)
 }
 
 /// Deletes a record the delete rule lets the caller touch.
-pub async fn delete(db: &Db, builder: &Builder<'_>, org: Option<Uuid>, id: Uuid, if_match: Option<i64>, actor: &Actor) -> Result<(), RecordError> {
+pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<i64>) -> Result<(), RecordError> {
+    let builder = scope.builder;
     let mut tx = db.begin().await?;
     let before = tx
         .query_one(&builder.get(id, Action::Delete, &[], None, true))
@@ -239,7 +301,15 @@ pub async fn delete(db: &Db, builder: &Builder<'_>, org: Option<Uuid>, id: Uuid,
         }
     }
     tx.execute(&builder.delete(id)).await?;
-    log_activity(&mut tx, builder, actor, org, &id.to_string(), "delete", serde_json::json!({ "before": before }), 1).await?;
+    log_activity(
+        &mut tx,
+        scope,
+        &id.to_string(),
+        "delete",
+        serde_json::json!({ "before": before }),
+        1,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -14,9 +14,9 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
+use crate::PoolConfig;
 use crate::cell::{Cell, Row};
 use crate::error::StoreError;
-use crate::PoolConfig;
 
 pub struct SqliteDb {
     path: PathBuf,
@@ -193,7 +193,10 @@ impl SqliteDb {
     }
 
     /// Runs work on the writer outside a transaction (PRAGMAs, VACUUM, checks).
-    pub async fn with_writer<R>(&self, work: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub async fn with_writer<R>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
             .await
             .map_err(|_| StoreError::Busy)?;

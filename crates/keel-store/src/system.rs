@@ -105,7 +105,10 @@ pub struct NewUser<'a> {
 pub async fn user_insert(db: &Db, new: NewUser<'_>) -> Result<User, StoreError> {
     let id = Uuid::now_v7();
     let at = now();
-    let name = new.name.map(|n| SqlValue::Text(n.to_string())).unwrap_or(SqlValue::Null);
+    let name = new
+        .name
+        .map(|n| SqlValue::Text(n.to_string()))
+        .unwrap_or(SqlValue::Null);
     let mut tx = db.begin().await?;
     let sql = match name {
         SqlValue::Null => tx.portable(
@@ -145,25 +148,42 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
 }
 
 pub async fn user_by_id(db: &Db, id: Uuid) -> Result<Option<User>, StoreError> {
-    let sql = db.portable(&format!("SELECT {USER_COLUMNS} FROM keel_users u WHERE u.id = $1"), vec![SqlValue::Uuid(id)]);
+    let sql = db.portable(
+        &format!("SELECT {USER_COLUMNS} FROM keel_users u WHERE u.id = $1"),
+        vec![SqlValue::Uuid(id)],
+    );
     db.query_one(&sql).await?.map(|row| user_from(&row)).transpose()
 }
 
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
     let n = tx
-        .execute(&tx.portable("UPDATE keel_users SET superuser = $1, updated_at = $2 WHERE id = $3", vec![SqlValue::Bool(superuser), SqlValue::Datetime(now()), SqlValue::Uuid(id)]))
+        .execute(&tx.portable(
+            "UPDATE keel_users SET superuser = $1, updated_at = $2 WHERE id = $3",
+            vec![SqlValue::Bool(superuser), SqlValue::Datetime(now()), SqlValue::Uuid(id)],
+        ))
         .await?;
     tx.commit().await?;
     Ok(n == 1)
 }
 
-pub async fn session_insert(db: &Db, user: Uuid, token_hash: &str, expires_at: DateTime<Utc>) -> Result<Uuid, StoreError> {
+pub async fn session_insert(
+    db: &Db,
+    user: Uuid,
+    token_hash: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
     let mut tx = db.begin().await?;
     tx.execute(&tx.portable(
         "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        vec![SqlValue::Uuid(id), SqlValue::Text(token_hash.to_string()), SqlValue::Uuid(user), SqlValue::Datetime(now()), SqlValue::Datetime(truncate_micros(expires_at))],
+        vec![
+            SqlValue::Uuid(id),
+            SqlValue::Text(token_hash.to_string()),
+            SqlValue::Uuid(user),
+            SqlValue::Datetime(now()),
+            SqlValue::Datetime(truncate_micros(expires_at)),
+        ],
     ))
     .await?;
     tx.commit().await?;
@@ -194,8 +214,11 @@ pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Prin
 
 pub async fn session_revoke(db: &Db, session: Uuid) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    tx.execute(&tx.portable("UPDATE keel_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", vec![SqlValue::Datetime(now()), SqlValue::Uuid(session)]))
-        .await?;
+    tx.execute(&tx.portable(
+        "UPDATE keel_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        vec![SqlValue::Datetime(now()), SqlValue::Uuid(session)],
+    ))
+    .await?;
     tx.commit().await
 }
 
@@ -203,7 +226,10 @@ pub async fn session_revoke(db: &Db, session: Uuid) -> Result<(), StoreError> {
 pub async fn sessions_revoke_all(db: &Db, user: Uuid) -> Result<u64, StoreError> {
     let mut tx = db.begin().await?;
     let n = tx
-        .execute(&tx.portable("UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL", vec![SqlValue::Datetime(now()), SqlValue::Uuid(user)]))
+        .execute(&tx.portable(
+            "UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            vec![SqlValue::Datetime(now()), SqlValue::Uuid(user)],
+        ))
         .await?;
     tx.commit().await?;
     Ok(n)
@@ -216,13 +242,23 @@ pub async fn org_insert(db: &Db, slug: &str, name: &str, creator: Option<Uuid>, 
     let mut tx = db.begin().await?;
     tx.execute(&tx.portable(
         "INSERT INTO keel_orgs (id, slug, name, created_at) VALUES ($1, $2, $3, $4)",
-        vec![SqlValue::Uuid(id), SqlValue::Text(slug.to_string()), SqlValue::Text(name.to_string()), SqlValue::Datetime(at)],
+        vec![
+            SqlValue::Uuid(id),
+            SqlValue::Text(slug.to_string()),
+            SqlValue::Text(name.to_string()),
+            SqlValue::Datetime(at),
+        ],
     ))
     .await?;
     if let Some(user) = creator {
         tx.execute(&tx.portable(
             "INSERT INTO keel_memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
-            vec![SqlValue::Uuid(id), SqlValue::Uuid(user), SqlValue::Text(role.to_string()), SqlValue::Datetime(at)],
+            vec![
+                SqlValue::Uuid(id),
+                SqlValue::Uuid(user),
+                SqlValue::Text(role.to_string()),
+                SqlValue::Datetime(at),
+            ],
         ))
         .await?;
     }
@@ -236,7 +272,11 @@ pub async fn org_insert(db: &Db, slug: &str, name: &str, creator: Option<Uuid>, 
 }
 
 /// An org by slug and the caller's role in it (`None` when not a member), in one query.
-pub async fn org_with_role(db: &Db, slug: &str, user: Option<Uuid>) -> Result<Option<(Org, Option<String>)>, StoreError> {
+pub async fn org_with_role(
+    db: &Db,
+    slug: &str,
+    user: Option<Uuid>,
+) -> Result<Option<(Org, Option<String>)>, StoreError> {
     let sql = match user {
         Some(user) => db.portable(
             "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_orgs o LEFT JOIN keel_memberships m ON m.org_id = o.id AND m.user_id = $2 WHERE o.slug = $1",
@@ -251,7 +291,12 @@ pub async fn org_with_role(db: &Db, slug: &str, user: Option<Uuid>) -> Result<Op
 }
 
 /// The orgs a user belongs to, with the role in each (at most `limit`, by slug).
-pub async fn orgs_of_user(db: &Db, user: Uuid, after_slug: Option<&str>, limit: u32) -> Result<Vec<(Org, String)>, StoreError> {
+pub async fn orgs_of_user(
+    db: &Db,
+    user: Uuid,
+    after_slug: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(Org, String)>, StoreError> {
     let sql = db.portable(
         &format!(
             "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_memberships m JOIN keel_orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.slug > $2 ORDER BY o.slug LIMIT {}",
@@ -267,14 +312,19 @@ pub async fn orgs_of_user(db: &Db, user: Uuid, after_slug: Option<&str>, limit: 
 }
 
 pub async fn org_by_id(db: &Db, id: Uuid) -> Result<Option<Org>, StoreError> {
-    let sql = db.portable("SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.id = $1", vec![SqlValue::Uuid(id)]);
+    let sql = db.portable(
+        "SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.id = $1",
+        vec![SqlValue::Uuid(id)],
+    );
     db.query_one(&sql).await?.as_ref().map(|row| org_from(row)).transpose()
 }
 
 /// Every org (for the superuser), by slug.
 pub async fn orgs_all(db: &Db, after_slug: Option<&str>, limit: u32) -> Result<Vec<Org>, StoreError> {
     let sql = db.portable(
-        &format!("SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.slug > $1 ORDER BY o.slug LIMIT {limit}"),
+        &format!(
+            "SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.slug > $1 ORDER BY o.slug LIMIT {limit}"
+        ),
         vec![SqlValue::Text(after_slug.unwrap_or("").to_string())],
     );
     db.query(&sql).await?.iter().map(|row| org_from(row)).collect()
@@ -315,7 +365,12 @@ pub async fn member_insert(db: &Db, org: Uuid, user: Uuid, role: &str) -> Result
     let mut tx = db.begin().await?;
     tx.execute(&tx.portable(
         "INSERT INTO keel_memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
-        vec![SqlValue::Uuid(org), SqlValue::Uuid(user), SqlValue::Text(role.to_string()), SqlValue::Datetime(now())],
+        vec![
+            SqlValue::Uuid(org),
+            SqlValue::Uuid(user),
+            SqlValue::Text(role.to_string()),
+            SqlValue::Datetime(now()),
+        ],
     ))
     .await?;
     tx.commit().await
@@ -331,11 +386,24 @@ pub enum MemberChange {
 
 /// Changes a member's role (`Some`) or removes them (`None`), refusing to leave the org
 /// without a member holding `top_role`.
-pub async fn member_change(db: &Db, org: Uuid, user: Uuid, role: Option<&str>, top_role: &str) -> Result<MemberChange, StoreError> {
+pub async fn member_change(
+    db: &Db,
+    org: Uuid,
+    user: Uuid,
+    role: Option<&str>,
+    top_role: &str,
+) -> Result<MemberChange, StoreError> {
     let mut tx = db.begin().await?;
     let current = tx
         .query_one(&tx.portable(
-            &format!("SELECT role FROM keel_memberships WHERE org_id = $1 AND user_id = $2{}", if tx.dialect() == keel_query::Dialect::Postgres { " FOR UPDATE" } else { "" }),
+            &format!(
+                "SELECT role FROM keel_memberships WHERE org_id = $1 AND user_id = $2{}",
+                if tx.dialect() == keel_query::Dialect::Postgres {
+                    " FOR UPDATE"
+                } else {
+                    ""
+                }
+            ),
             vec![SqlValue::Uuid(org), SqlValue::Uuid(user)],
         ))
         .await?;
@@ -344,7 +412,10 @@ pub async fn member_change(db: &Db, org: Uuid, user: Uuid, role: Option<&str>, t
     };
     if current == top_role && role != Some(top_role) {
         let owners = tx
-            .query_one(&tx.portable("SELECT count(*) FROM keel_memberships WHERE org_id = $1 AND role = $2", vec![SqlValue::Uuid(org), SqlValue::Text(top_role.to_string())]))
+            .query_one(&tx.portable(
+                "SELECT count(*) FROM keel_memberships WHERE org_id = $1 AND role = $2",
+                vec![SqlValue::Uuid(org), SqlValue::Text(top_role.to_string())],
+            ))
             .await?
             .and_then(|row| row[0].int())
             .unwrap_or(0);
@@ -355,9 +426,16 @@ pub async fn member_change(db: &Db, org: Uuid, user: Uuid, role: Option<&str>, t
     let sql = match role {
         Some(role) => tx.portable(
             "UPDATE keel_memberships SET role = $1 WHERE org_id = $2 AND user_id = $3",
-            vec![SqlValue::Text(role.to_string()), SqlValue::Uuid(org), SqlValue::Uuid(user)],
+            vec![
+                SqlValue::Text(role.to_string()),
+                SqlValue::Uuid(org),
+                SqlValue::Uuid(user),
+            ],
         ),
-        None => tx.portable("DELETE FROM keel_memberships WHERE org_id = $1 AND user_id = $2", vec![SqlValue::Uuid(org), SqlValue::Uuid(user)]),
+        None => tx.portable(
+            "DELETE FROM keel_memberships WHERE org_id = $1 AND user_id = $2",
+            vec![SqlValue::Uuid(org), SqlValue::Uuid(user)],
+        ),
     };
     tx.execute(&sql).await?;
     tx.commit().await?;

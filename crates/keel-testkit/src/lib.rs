@@ -139,11 +139,24 @@ impl TestApp {
                     std::process::id(),
                     COUNTER.fetch_add(1, Ordering::Relaxed)
                 );
-                let admin = Db::connect(&Location::Postgres { url: pg_url(), schema: None }, &PoolConfig { max_connections: 1, ..PoolConfig::default() })
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", pg_url()));
+                let admin = Db::connect(
+                    &Location::Postgres {
+                        url: pg_url(),
+                        schema: None,
+                    },
+                    &PoolConfig {
+                        max_connections: 1,
+                        ..PoolConfig::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", pg_url()));
                 let mut tx = admin.begin().await.expect("begin");
-                tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.expect("create schema");
+                tx.execute_script(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .await
+                .expect("create schema");
                 tx.commit().await.expect("commit");
                 admin.close().await;
                 config.database.url = Some(keel_server::config::Secret(pg_url()));
@@ -153,10 +166,18 @@ impl TestApp {
         };
         tweak(&mut config);
         let schema = keel_server::load_schema(spec).unwrap_or_else(|p| panic!("test spec problems: {p:?}"));
-        let db = keel_server::open_database(&config, &schema).await.expect("open database");
+        let db = keel_server::open_database(&config, &schema)
+            .await
+            .expect("open database");
         let state = keel_server::state(config, schema, db);
         let router = keel_server::router(state.clone());
-        TestApp { state, backend, router, _dir: dir, pg_schema }
+        TestApp {
+            state,
+            backend,
+            router,
+            _dir: dir,
+            pg_schema,
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -173,12 +194,21 @@ impl TestApp {
         if let Some(token) = token {
             headers.push(("authorization".to_string(), format!("Bearer {token}")));
         }
-        self.request_with(method, path, headers, body.map(|b| b.to_string())).await
+        self.request_with(method, path, headers, body.map(|b| b.to_string()))
+            .await
     }
 
     /// A request with explicit headers and a raw body (sent as JSON unless a content-type is given).
-    pub async fn request_with(&self, method: &str, path: &str, headers: Vec<(String, String)>, body: Option<String>) -> TestResponse {
-        let mut builder = Request::builder().method(Method::from_bytes(method.as_bytes()).expect("method")).uri(path);
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<String>,
+    ) -> TestResponse {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path);
         let has_type = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -186,14 +216,21 @@ impl TestApp {
         if body.is_some() && !has_type {
             builder = builder.header("content-type", "application/json");
         }
-        let request = builder.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request");
+        let request = builder
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .expect("request");
         let response = self.router.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).to_string();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        TestResponse { status, headers, body, text }
+        TestResponse {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> TestResponse {
@@ -212,9 +249,19 @@ impl TestApp {
     /// Signs up a user; returns (user id, token).
     pub async fn signup(&self, email: &str) -> (String, String) {
         let response = self
-            .request("POST", "/api/v1/auth/signup", None, Some(json!({ "email": email, "password": "correct horse battery" })))
+            .request(
+                "POST",
+                "/api/v1/auth/signup",
+                None,
+                Some(json!({ "email": email, "password": "correct horse battery" })),
+            )
             .await;
-        assert_eq!(response.status, StatusCode::CREATED, "signup {email}: {}", response.text);
+        assert_eq!(
+            response.status,
+            StatusCode::CREATED,
+            "signup {email}: {}",
+            response.text
+        );
         (
             response.body["user"]["id"].as_str().expect("user id").to_string(),
             response.body["token"].as_str().expect("token").to_string(),
@@ -223,15 +270,28 @@ impl TestApp {
 
     /// Creates an org owned by the token's user.
     pub async fn org(&self, token: &str, slug: &str) -> String {
-        let response = self.post("/api/v1/orgs", token, json!({ "slug": slug, "name": slug })).await;
-        assert_eq!(response.status, StatusCode::CREATED, "create org {slug}: {}", response.text);
+        let response = self
+            .post("/api/v1/orgs", token, json!({ "slug": slug, "name": slug }))
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::CREATED,
+            "create org {slug}: {}",
+            response.text
+        );
         response.body["org"]["id"].as_str().expect("org id").to_string()
     }
 
     /// Signs up a user and adds them to an org with a role; returns (user id, token).
     pub async fn member(&self, owner_token: &str, slug: &str, email: &str, role: &str) -> (String, String) {
         let (id, token) = self.signup(email).await;
-        let response = self.post(&format!("/api/v1/orgs/{slug}/members"), owner_token, json!({ "email": email, "role": role })).await;
+        let response = self
+            .post(
+                &format!("/api/v1/orgs/{slug}/members"),
+                owner_token,
+                json!({ "email": email, "role": role }),
+            )
+            .await;
         assert_eq!(response.status, StatusCode::CREATED, "add member: {}", response.text);
         (id, token)
     }
@@ -239,7 +299,9 @@ impl TestApp {
     /// Makes a user the superuser directly in the database.
     pub async fn make_superuser(&self, user_id: &str) {
         let id = uuid::Uuid::parse_str(user_id).expect("uuid");
-        keel_store::system::user_set_superuser(self.db(), id, true).await.expect("superuser");
+        keel_store::system::user_set_superuser(self.db(), id, true)
+            .await
+            .expect("superuser");
     }
 }
 
@@ -249,12 +311,24 @@ impl Drop for TestApp {
             // Dropping a schema is async; do it on a thread of its own so Drop can wait.
             let url = pg_url();
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
                 runtime.block_on(async move {
-                    if let Ok(admin) = Db::connect(&Location::Postgres { url, schema: None }, &PoolConfig { max_connections: 1, ..PoolConfig::default() }).await
+                    if let Ok(admin) = Db::connect(
+                        &Location::Postgres { url, schema: None },
+                        &PoolConfig {
+                            max_connections: 1,
+                            ..PoolConfig::default()
+                        },
+                    )
+                    .await
                         && let Ok(mut tx) = admin.begin().await
                     {
-                        let _ = tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                        let _ = tx
+                            .execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .await;
                         let _ = tx.commit().await;
                         admin.close().await;
                     }

@@ -103,11 +103,22 @@ async fn sequential(address: SocketAddr, token: &str, path: &str, samples: u64) 
             errors += 1;
         }
     }
-    Ok(Summary { requests: samples, errors, seconds: started.elapsed().as_secs_f64(), histogram })
+    Ok(Summary {
+        requests: samples,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+        histogram,
+    })
 }
 
 /// Runs `concurrency` connections for `duration`, each sending what `request` builds.
-async fn load<F>(address: SocketAddr, token: &str, concurrency: usize, duration: Duration, request: F) -> Result<Summary>
+async fn load<F>(
+    address: SocketAddr,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+    request: F,
+) -> Result<Summary>
 where
     F: Fn(u64) -> (&'static str, String, Option<Vec<u8>>) + Send + Sync + 'static,
 {
@@ -150,25 +161,55 @@ where
     }
     let seconds = started.elapsed().as_secs_f64();
     let (requests, errors) = *totals.lock().await;
-    let histogram = Arc::try_unwrap(histogram).map_err(|_| anyhow::anyhow!("histogram still shared"))?.into_inner();
-    Ok(Summary { requests, errors, seconds, histogram })
+    let histogram = Arc::try_unwrap(histogram)
+        .map_err(|_| anyhow::anyhow!("histogram still shared"))?
+        .into_inner();
+    Ok(Summary {
+        requests,
+        errors,
+        seconds,
+        histogram,
+    })
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
-        Scenario::Records { rows, database_url, concurrency, duration, samples, data_dir } => {
-            records(rows, database_url, concurrency, Duration::from_secs(duration), samples, data_dir).await
+        Scenario::Records {
+            rows,
+            database_url,
+            concurrency,
+            duration,
+            samples,
+            data_dir,
+        } => {
+            records(
+                rows,
+                database_url,
+                concurrency,
+                Duration::from_secs(duration),
+                samples,
+                data_dir,
+            )
+            .await
         }
     }
 }
 
-async fn records(rows: u64, database_url: Option<String>, concurrency: usize, duration: Duration, samples: u64, data_dir: Option<PathBuf>) -> Result<()> {
+async fn records(
+    rows: u64,
+    database_url: Option<String>,
+    concurrency: usize,
+    duration: Duration,
+    samples: u64,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
     let temporary = tempdir()?;
     let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
     std::fs::create_dir_all(&data_dir)?;
     let spec_path = data_dir.join("keel.toml");
     std::fs::write(&spec_path, examples::spec("pms").expect("pms example"))?;
-    let schema = keel_server::load_schema(examples::spec("pms").expect("pms example")).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
+    let schema = keel_server::load_schema(examples::spec("pms").expect("pms example"))
+        .map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     let mut config = keel_server::Config::default();
     config.app.spec = spec_path.clone();
     config.app.data_dir = data_dir.clone();
@@ -176,9 +217,17 @@ async fn records(rows: u64, database_url: Option<String>, concurrency: usize, du
     let backend = if let Some(url) = &database_url {
         config.database.url = Some(keel_server::config::Secret(url.clone()));
         config.database.schema = Some("keel_bench".into());
-        let admin = keel_store::Db::connect(&keel_store::Location::Postgres { url: url.clone(), schema: None }, &config.pool()).await?;
+        let admin = keel_store::Db::connect(
+            &keel_store::Location::Postgres {
+                url: url.clone(),
+                schema: None,
+            },
+            &config.pool(),
+        )
+        .await?;
         let mut tx = admin.begin().await?;
-        tx.execute_script("DROP SCHEMA IF EXISTS keel_bench CASCADE; CREATE SCHEMA keel_bench").await?;
+        tx.execute_script("DROP SCHEMA IF EXISTS keel_bench CASCADE; CREATE SCHEMA keel_bench")
+            .await?;
         tx.commit().await?;
         admin.close().await;
         "PostgreSQL"
@@ -241,18 +290,25 @@ async fn records(rows: u64, database_url: Option<String>, concurrency: usize, du
         .stdout(Stdio::null())
         .kill_on_drop(true);
     if let Some(url) = &database_url {
-        command.args(["--database-url", url]).env("KEEL_DATABASE__SCHEMA", "keel_bench");
+        command
+            .args(["--database-url", url])
+            .env("KEEL_DATABASE__SCHEMA", "keel_bench");
         command.env("KEEL_DATABASE__MAX_CONNECTIONS", "32");
     }
     let mut server = command.spawn().context("starting keel serve")?;
     wait_ready(address).await?;
     let mut connection = Connection::connect(address).await?;
     let login = format!("{{\"email\":\"owner@org-001.demo.keel\",\"password\":\"{DEMO_PASSWORD}\"}}");
-    let (status, body) = connection.send("POST", "/api/v1/auth/login", None, Some(login.as_bytes())).await?;
+    let (status, body) = connection
+        .send("POST", "/api/v1/auth/login", None, Some(login.as_bytes()))
+        .await?;
     if status != 200 {
         bail!("login failed: {status} {}", String::from_utf8_lossy(&body));
     }
-    let token = serde_json::from_slice::<serde_json::Value>(&body)?["token"].as_str().context("token")?.to_string();
+    let token = serde_json::from_slice::<serde_json::Value>(&body)?["token"]
+        .as_str()
+        .context("token")?
+        .to_string();
     let filter = "filter=status%20%3D%20%22todo%22&limit=50";
     let first_path = format!("/api/v1/orgs/org-001/tasks?{filter}");
     let deep_path = format!("/api/v1/orgs/org-001/tasks?{filter}&after={cursor}");
@@ -262,23 +318,42 @@ async fn records(rows: u64, database_url: Option<String>, concurrency: usize, du
     let first = sequential(address, &token, &first_path, samples).await?;
     let deep_page = sequential(address, &token, &deep_path, samples).await?;
     let list_path = first_path.clone();
-    let list = load(address, &token, concurrency, duration, move |_| ("GET", list_path.clone(), None)).await?;
+    let list = load(address, &token, concurrency, duration, move |_| {
+        ("GET", list_path.clone(), None)
+    })
+    .await?;
     let create = load(address, &token, concurrency, duration, move |n| {
         let body = format!("{{\"project\":\"{project}\",\"title\":\"bench task {n}\",\"status\":\"todo\"}}");
-        ("POST", "/api/v1/orgs/org-001/tasks".to_string(), Some(body.into_bytes()))
+        (
+            "POST",
+            "/api/v1/orgs/org-001/tasks".to_string(),
+            Some(body.into_bytes()),
+        )
     })
     .await?;
     let _ = server.kill().await;
     let p50 = |s: &Summary| s.histogram.value_at_quantile(0.5) as f64 / 1000.0;
-    println!("\n## keel bench records: {backend}, {rows} tasks, {concurrency} connections, {} s per phase\n", duration.as_secs());
-    println!("load: {rows} rows in {load_seconds:.1} s ({:.0} rows/s)\n", rows as f64 / load_seconds);
+    println!(
+        "\n## keel bench records: {backend}, {rows} tasks, {concurrency} connections, {} s per phase\n",
+        duration.as_secs()
+    );
+    println!(
+        "load: {rows} rows in {load_seconds:.1} s ({:.0} rows/s)\n",
+        rows as f64 / load_seconds
+    );
     println!("| phase | req/s | p50 ms | p95 ms | p99 ms | errors / requests |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     println!("{}", first.line("first page, sequential"));
-    println!("{}", deep_page.line(&format!("page ~{} deep, sequential", rows / 6 / 50)));
+    println!(
+        "{}",
+        deep_page.line(&format!("page ~{} deep, sequential", rows / 6 / 50))
+    );
     println!("{}", list.line(&format!("list, {concurrency} connections")));
     println!("{}", create.line(&format!("create, {concurrency} connections")));
-    println!("\ndeep page / first page p50 ratio: {:.2}", p50(&deep_page) / p50(&first).max(0.001));
+    println!(
+        "\ndeep page / first page p50 ratio: {:.2}",
+        p50(&deep_page) / p50(&first).max(0.001)
+    );
     if temporary.exists() {
         let _ = std::fs::remove_dir_all(&temporary);
     }

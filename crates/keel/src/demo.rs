@@ -51,20 +51,30 @@ pub struct Generated {
 }
 
 const WORDS: &[&str] = &[
-    "alpha", "bravo", "copper", "delta", "ember", "falcon", "granite", "harbor", "indigo", "juniper", "kestrel", "lumen",
-    "meadow", "nimbus", "orbit", "pioneer", "quartz", "ridge", "summit", "timber", "umber", "vector", "willow", "xenon",
-    "yonder", "zephyr", "review", "deploy", "invoice", "schedule", "inspect", "renew", "audit", "update", "migrate", "report",
+    "alpha", "bravo", "copper", "delta", "ember", "falcon", "granite", "harbor", "indigo", "juniper", "kestrel",
+    "lumen", "meadow", "nimbus", "orbit", "pioneer", "quartz", "ridge", "summit", "timber", "umber", "vector",
+    "willow", "xenon", "yonder", "zephyr", "review", "deploy", "invoice", "schedule", "inspect", "renew", "audit",
+    "update", "migrate", "report",
 ];
-const FIRST: &[&str] = &["Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kai", "Lena", "Mateo", "Nora", "Omar", "Priya"];
-const LAST: &[&str] = &["Garcia", "Smith", "Okafor", "Chen", "Novak", "Silva", "Kowalski", "Haddad", "Ito", "Larsen", "Moreau", "Patel"];
-const CITIES: &[&str] = &["Austin", "Boise", "Denver", "Fresno", "Lyon", "Madrid", "Oslo", "Porto", "Reno", "Tulsa"];
+const FIRST: &[&str] = &[
+    "Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kai", "Lena", "Mateo", "Nora",
+    "Omar", "Priya",
+];
+const LAST: &[&str] = &[
+    "Garcia", "Smith", "Okafor", "Chen", "Novak", "Silva", "Kowalski", "Haddad", "Ito", "Larsen", "Moreau", "Patel",
+];
+const CITIES: &[&str] = &[
+    "Austin", "Boise", "Denver", "Fresno", "Lyon", "Madrid", "Oslo", "Porto", "Reno", "Tulsa",
+];
 
 fn pick<'a>(rng: &mut StdRng, items: &'a [&'a str]) -> &'a str {
     items[rng.random_range(0..items.len())]
 }
 
 fn alnum(rng: &mut StdRng, length: usize, alphabet: &[u8]) -> String {
-    (0..length).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
+    (0..length)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
 }
 
 /// Candidate values for a text field, tried in order against its pattern.
@@ -80,25 +90,61 @@ fn text_candidates(rng: &mut StdRng, hint: Option<&str>, serial: u64, unique: bo
         Some("name") => out.push(format!("{} {}", pick(rng, FIRST), pick(rng, LAST))),
         Some("first_name") => out.push(pick(rng, FIRST).to_string()),
         Some("last_name") => out.push(pick(rng, LAST).to_string()),
-        Some("email") => out.push(format!("{}.{}{}@example.com", pick(rng, FIRST).to_lowercase(), pick(rng, LAST).to_lowercase(), serial)),
+        Some("email") => out.push(format!(
+            "{}.{}{}@example.com",
+            pick(rng, FIRST).to_lowercase(),
+            pick(rng, LAST).to_lowercase(),
+            serial
+        )),
         Some("phone") => out.push(format!("+1-555-{:04}", rng.random_range(0..10_000))),
-        Some("company") => out.push(format!("{} {}", capitalize(pick(rng, WORDS)), ["Logistics", "Freight", "Labs", "Partners", "Systems"][rng.random_range(0..5)])),
+        Some("company") => out.push(format!(
+            "{} {}",
+            capitalize(pick(rng, WORDS)),
+            ["Logistics", "Freight", "Labs", "Partners", "Systems"][rng.random_range(0..5)]
+        )),
         Some("city") => out.push(pick(rng, CITIES).to_string()),
         Some("word") => out.push(pick(rng, WORDS).to_string()),
         Some("paragraph") => out.push((0..24).map(|_| pick(rng, WORDS)).collect::<Vec<_>>().join(" ")),
-        Some("code") => out.push(format!("{}-{:05}", alnum(rng, 3, b"ABCDEFGHJKLMNPRSTUVWXYZ"), serial % 100_000)),
+        Some("code") => out.push(format!(
+            "{}-{:05}",
+            alnum(rng, 3, b"ABCDEFGHJKLMNPRSTUVWXYZ"),
+            serial % 100_000
+        )),
         Some("url") => out.push(format!("https://example.com/{}/{serial}", pick(rng, WORDS))),
         _ => {}
     }
-    out.push((0..rng.random_range(3..8)).map(|_| pick(rng, WORDS)).collect::<Vec<_>>().join(" "));
-    out.push(format!("{:02}:{:02}", rng.random_range(6..22), [0, 15, 30, 45][rng.random_range(0..4)]));
+    out.push(
+        (0..rng.random_range(3..8))
+            .map(|_| pick(rng, WORDS))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    out.push(format!(
+        "{:02}:{:02}",
+        rng.random_range(6..22),
+        [0, 15, 30, 45][rng.random_range(0..4)]
+    ));
     out.push(alnum(rng, 2, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
     out.push(alnum(rng, 3, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
     out.push(alnum(rng, 17, b"ABCDEFGHJKLMNPRSTUVWXYZ0123456789"));
     out.push(alnum(rng, 64, b"0123456789abcdef"));
     out.push(Uuid::from_u128(rng.random()).to_string());
-    out.push(format!("cus_{}", alnum(rng, 14, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")));
-    out.push(format!("sub_{}", alnum(rng, 14, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")));
+    out.push(format!(
+        "cus_{}",
+        alnum(
+            rng,
+            14,
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        )
+    ));
+    out.push(format!(
+        "sub_{}",
+        alnum(
+            rng,
+            14,
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        )
+    ));
     out
 }
 
@@ -118,7 +164,10 @@ fn base36(mut n: u64) -> String {
 
 fn capitalize(word: &str) -> String {
     let mut chars = word.chars();
-    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// Collections ordered so that relation targets come first.
@@ -129,9 +178,10 @@ fn ordered(schema: &Schema) -> Vec<&Collection> {
         let before = pending.len();
         pending.retain(|collection| {
             let ready = collection.fields.iter().all(|f| match &f.kind {
-                FieldKind::Relation { to: RelationTarget::Collection(target), .. } => {
-                    target == &collection.name || done.iter().any(|d| &d.name == target)
-                }
+                FieldKind::Relation {
+                    to: RelationTarget::Collection(target),
+                    ..
+                } => target == &collection.name || done.iter().any(|d| &d.name == target),
                 _ => true,
             });
             if ready {
@@ -175,11 +225,19 @@ async fn flush(tx: &mut keel_store::Tx, table: &str, batch: &mut Batch) -> Resul
     }
     sql.push(" ON CONFLICT DO NOTHING RETURNING \"id\"");
     let rows = tx.query(&sql).await?;
-    Ok(rows.into_iter().filter_map(|r| r.first().and_then(|c| c.uuid())).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.first().and_then(|c| c.uuid()))
+        .collect())
 }
 
 /// Records the ids a flush inserted under their scope, so relations only point at real rows.
-fn remember(ids: &mut HashMap<(String, Option<Uuid>), Vec<Uuid>>, pending: &mut HashMap<Uuid, Option<Uuid>>, collection: &str, inserted: Vec<Uuid>) -> u64 {
+fn remember(
+    ids: &mut HashMap<(String, Option<Uuid>), Vec<Uuid>>,
+    pending: &mut HashMap<Uuid, Option<Uuid>>,
+    collection: &str,
+    inserted: Vec<Uuid>,
+) -> u64 {
     let count = inserted.len() as u64;
     for id in inserted {
         if let Some(scope) = pending.get(&id) {
@@ -219,7 +277,11 @@ fn random_value(
         FieldKind::Integer { min, max } => {
             let low = min.unwrap_or(0);
             let high = max.unwrap_or(low.saturating_add(10_000)).max(low);
-            SqlValue::Int(if field.unique { low + serial as i64 } else { rng.random_range(low..=high) })
+            SqlValue::Int(if field.unique {
+                low + serial as i64
+            } else {
+                rng.random_range(low..=high)
+            })
         }
         FieldKind::Number { min, max } => {
             let low = min.unwrap_or(0.0);
@@ -241,26 +303,70 @@ fn random_value(
 /// Generates orgs, users and records for every collection of the app.
 pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<Generated> {
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let password_hash = keel_server::routes::auth::hash_password(&keel_server::config::AuthSection::default(), DEMO_PASSWORD.to_string())
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-    system::user_insert(db, system::NewUser { email: SUPERUSER_EMAIL, name: Some("Demo Admin"), password_hash: &password_hash, superuser: true })
-        .await
-        .context("creating the demo superuser")?;
+    let password_hash = keel_server::routes::auth::hash_password(
+        &keel_server::config::AuthSection::default(),
+        DEMO_PASSWORD.to_string(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.message))?;
+    system::user_insert(
+        db,
+        system::NewUser {
+            email: SUPERUSER_EMAIL,
+            name: Some("Demo Admin"),
+            password_hash: &password_hash,
+            superuser: true,
+        },
+    )
+    .await
+    .context("creating the demo superuser")?;
     let roles = &schema.app.roles;
     let mut orgs = vec![];
     let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for n in 0..options.orgs {
         let slug = format!("org-{:03}", n + 1);
         let owner_email = format!("owner@{slug}.demo.keel");
-        let owner = system::user_insert(db, system::NewUser { email: &owner_email, name: Some(&format!("Owner of {slug}")), password_hash: &password_hash, superuser: false }).await?;
-        let org = system::org_insert(db, &slug, &format!("{} {}", capitalize(pick(&mut rng, WORDS)), capitalize(pick(&mut rng, WORDS))), Some(owner.id), &roles[0]).await?;
+        let owner = system::user_insert(
+            db,
+            system::NewUser {
+                email: &owner_email,
+                name: Some(&format!("Owner of {slug}")),
+                password_hash: &password_hash,
+                superuser: false,
+            },
+        )
+        .await?;
+        let org = system::org_insert(
+            db,
+            &slug,
+            &format!(
+                "{} {}",
+                capitalize(pick(&mut rng, WORDS)),
+                capitalize(pick(&mut rng, WORDS))
+            ),
+            Some(owner.id),
+            &roles[0],
+        )
+        .await?;
         let mut ids = vec![owner.id];
         for m in 1..options.users_per_org {
             // Members get the other roles in turn (e.g. admin, member, viewer).
-            let role = if roles.len() == 1 { &roles[0] } else { &roles[1 + (m as usize - 1) % (roles.len() - 1)] };
+            let role = if roles.len() == 1 {
+                &roles[0]
+            } else {
+                &roles[1 + (m as usize - 1) % (roles.len() - 1)]
+            };
             let email = format!("{}{m}@{slug}.demo.keel", role);
-            let user = system::user_insert(db, system::NewUser { email: &email, name: Some(&format!("{} {}", pick(&mut rng, FIRST), pick(&mut rng, LAST))), password_hash: &password_hash, superuser: false }).await?;
+            let user = system::user_insert(
+                db,
+                system::NewUser {
+                    email: &email,
+                    name: Some(&format!("{} {}", pick(&mut rng, FIRST), pick(&mut rng, LAST))),
+                    password_hash: &password_hash,
+                    superuser: false,
+                },
+            )
+            .await?;
             system::member_insert(db, org.id, user.id, role).await?;
             ids.push(user.id);
         }
@@ -273,7 +379,9 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
         .iter()
         .flat_map(|c| c.fields.iter().map(move |f| (c, f)))
         .filter_map(|(c, f)| match &f.kind {
-            FieldKind::Text { pattern: Some(p), .. } => regex::Regex::new(&format!("^(?:{p})$")).ok().map(|r| (format!("{}.{}", c.name, f.name), r)),
+            FieldKind::Text { pattern: Some(p), .. } => regex::Regex::new(&format!("^(?:{p})$"))
+                .ok()
+                .map(|r| (format!("{}.{}", c.name, f.name), r)),
             _ => None,
         })
         .collect();
@@ -300,12 +408,31 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
         columns.extend(["created_at", "updated_at", "version"].map(String::from));
         columns.extend(collection.fields.iter().map(|f| f.name.clone()));
         let per_statement = (30_000 / columns.len()).clamp(1, 500);
-        let mut batch = Batch { columns: columns.clone(), rows: Vec::with_capacity(per_statement) };
+        let mut batch = Batch {
+            columns: columns.clone(),
+            rows: Vec::with_capacity(per_statement),
+        };
         let mut activity = Batch {
-            columns: ["id", "org", "created_at", "collection", "record", "action", "changes", "request_id", "count"].map(String::from).to_vec(),
+            columns: [
+                "id",
+                "org",
+                "created_at",
+                "collection",
+                "record",
+                "action",
+                "changes",
+                "request_id",
+                "count",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows: vec![],
         };
-        let scopes: Vec<Option<Uuid>> = if collection.global { vec![None] } else { orgs.iter().map(|(id, _)| Some(*id)).collect() };
+        let scopes: Vec<Option<Uuid>> = if collection.global {
+            vec![None]
+        } else {
+            orgs.iter().map(|(id, _)| Some(*id)).collect()
+        };
         let per_scope = total.div_ceil(scopes.len() as u64);
         let mut tx = db.begin().await?;
         let mut serial = 0u64;
@@ -324,7 +451,11 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
                 if let Some(org) = scope {
                     row.push(SqlValue::Uuid(*org));
                 }
-                row.extend([SqlValue::Datetime(created), SqlValue::Datetime(created), SqlValue::Int(1)]);
+                row.extend([
+                    SqlValue::Datetime(created),
+                    SqlValue::Datetime(created),
+                    SqlValue::Int(1),
+                ]);
                 let mut complete = true;
                 for field in &collection.fields {
                     let value = match &field.kind {
@@ -337,7 +468,9 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
                                 }
                             };
                             match candidates.filter(|c| !c.is_empty()) {
-                                Some(list) if field.required || rng.random_bool(0.85) => Some(SqlValue::Uuid(list[rng.random_range(0..list.len())])),
+                                Some(list) if field.required || rng.random_bool(0.85) => {
+                                    Some(SqlValue::Uuid(list[rng.random_range(0..list.len())]))
+                                }
                                 _ => None,
                             }
                         }
@@ -388,10 +521,19 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
         written += remember(&mut ids, &mut pending, &collection.name, inserted);
         flush(&mut tx, "keel_activity", &mut activity).await?;
         tx.commit().await?;
-        eprintln!("  {:<20} {:>9} rows in {:.1} s", collection.name, written, started.elapsed().as_secs_f64());
+        eprintln!(
+            "  {:<20} {:>9} rows in {:.1} s",
+            collection.name,
+            written,
+            started.elapsed().as_secs_f64()
+        );
         rows_written.push((collection.name.clone(), written));
     }
-    Ok(Generated { orgs, rows: rows_written, activity_rows })
+    Ok(Generated {
+        orgs,
+        rows: rows_written,
+        activity_rows,
+    })
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -399,7 +541,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let names: Vec<&str> = examples::EXAMPLES.iter().map(|(n, _)| *n).collect();
         bail!("no example app '{}'; choose one of: {}", args.app, names.join(", "));
     };
-    let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("keel-data").join(format!("demo-{}", args.app)));
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("keel-data").join(format!("demo-{}", args.app)));
     // A demo whose generation did not finish is thrown away, never half-reused.
     let ready_marker = data_dir.join("demo-ready");
     if (args.fresh || !ready_marker.exists()) && data_dir.exists() {
@@ -416,11 +560,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.log.format = "pretty".into();
     config.log.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,keel=info".into());
     keel_server::init_logging(&config.log);
-    let schema = keel_server::load_schema(source).map_err(|p| anyhow::anyhow!("example spec problems:\n{}", p.join("\n")))?;
+    let schema =
+        keel_server::load_schema(source).map_err(|p| anyhow::anyhow!("example spec problems:\n{}", p.join("\n")))?;
     let db = keel_server::open_database(&config, &schema).await?;
     let existing = system::orgs_all(&db, None, 1).await?;
     let first_org = if existing.is_empty() {
-        eprintln!("keel demo {}: generating sample data (seed 42) into {}", args.app, data_dir.display());
+        eprintln!(
+            "keel demo {}: generating sample data (seed 42) into {}",
+            args.app,
+            data_dir.display()
+        );
         let started = Instant::now();
         let demo = &schema.app.demo;
         let generated = generate(
@@ -446,18 +595,34 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         std::fs::write(&ready_marker, "generated with seed 42\n")?;
         generated.orgs.first().map(|(_, slug)| slug.clone()).unwrap_or_default()
     } else {
-        eprintln!("keel demo {}: reusing the data in {} (--fresh regenerates it)", args.app, data_dir.display());
+        eprintln!(
+            "keel demo {}: reusing the data in {} (--fresh regenerates it)",
+            args.app,
+            data_dir.display()
+        );
         existing[0].slug.clone()
     };
-    let collection = schema.app.collections.iter().find(|c| !c.system && !c.global).map(|c| c.name.clone()).unwrap_or_default();
+    let collection = schema
+        .app
+        .collections
+        .iter()
+        .find(|c| !c.system && !c.global)
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
     let base = format!("http://127.0.0.1:{}", args.port);
     println!();
-    println!("Keel demo: {} on embedded SQLite ({})", args.app, data_dir.join("keel.db").display());
+    println!(
+        "Keel demo: {} on embedded SQLite ({})",
+        args.app,
+        data_dir.join("keel.db").display()
+    );
     println!("  superuser:   {SUPERUSER_EMAIL} / {DEMO_PASSWORD}");
     println!("  org owner:   owner@{first_org}.demo.keel / {DEMO_PASSWORD}   (org '{first_org}')");
     println!();
     println!("  TOKEN=$(curl -s {base}/api/v1/auth/login -H 'content-type: application/json' \\");
-    println!("      -d '{{\"email\":\"owner@{first_org}.demo.keel\",\"password\":\"{DEMO_PASSWORD}\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')");
+    println!(
+        "      -d '{{\"email\":\"owner@{first_org}.demo.keel\",\"password\":\"{DEMO_PASSWORD}\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')"
+    );
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/orgs/{first_org}/{collection}?limit=5'");
     println!("  curl -s {base}/api/v1/openapi.json | head -c 300");
     println!();

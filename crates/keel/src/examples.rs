@@ -2,7 +2,10 @@
 
 pub const EXAMPLES: &[(&str, &str)] = &[
     ("pms", include_str!("../../../examples/pms/keel.toml")),
-    ("fleet-compliance", include_str!("../../../examples/fleet-compliance/keel.toml")),
+    (
+        "fleet-compliance",
+        include_str!("../../../examples/fleet-compliance/keel.toml"),
+    ),
     ("hoa", include_str!("../../../examples/hoa/keel.toml")),
     ("schedules", include_str!("../../../examples/schedules/keel.toml")),
     ("ge-metrics", include_str!("../../../examples/ge-metrics/keel.toml")),

@@ -23,14 +23,28 @@ impl Connection {
     }
 
     /// Sends one request and reads the whole response: (status, body).
-    pub async fn send(&mut self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> io::Result<(u16, Vec<u8>)> {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> io::Result<(u16, Vec<u8>)> {
         self.request.clear();
-        self.request.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nhost: keel\r\n").as_bytes());
+        self.request
+            .extend_from_slice(format!("{method} {path} HTTP/1.1\r\nhost: keel\r\n").as_bytes());
         if let Some(token) = token {
-            self.request.extend_from_slice(format!("authorization: Bearer {token}\r\n").as_bytes());
+            self.request
+                .extend_from_slice(format!("authorization: Bearer {token}\r\n").as_bytes());
         }
         if let Some(body) = body {
-            self.request.extend_from_slice(format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+            self.request.extend_from_slice(
+                format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
             self.request.extend_from_slice(body);
         } else {
             self.request.extend_from_slice(b"\r\n");
@@ -57,7 +71,8 @@ impl Connection {
             if let Some((name, value)) = header.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse::<usize>().ok();
-                } else if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked") {
+                } else if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked")
+                {
                     chunked = true;
                 }
             }
@@ -67,7 +82,8 @@ impl Connection {
             loop {
                 line.clear();
                 self.reader.read_line(&mut line).await?;
-                let size = usize::from_str_radix(line.trim(), 16).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk"))?;
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk"))?;
                 let start = body.len();
                 body.resize(start + size, 0);
                 self.reader.read_exact(&mut body[start..]).await?;

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use keel_server::{App, Config, load_schema};
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "A production-ready multi-tenant backend from one keel.toml")]
+#[command(
+    name = "keel",
+    version,
+    about = "A production-ready multi-tenant backend from one keel.toml"
+)]
 struct Cli {
     /// A configuration file (TOML); every key can also be set as KEEL_SECTION__KEY.
     #[arg(long, global = true, env = "KEEL_CONFIG")]
@@ -161,14 +165,20 @@ fn load_config(file: Option<&PathBuf>, overrides: Vec<(String, toml::Value)>) ->
 fn read_schema(config: &Config) -> Result<keel_query::Schema> {
     let source = std::fs::read_to_string(&config.app.spec)
         .with_context(|| format!("cannot read the spec {}", config.app.spec.display()))?;
-    load_schema(&source).map_err(|problems| anyhow::anyhow!("{} has problems:\n{}", config.app.spec.display(), problems.join("\n")))
+    load_schema(&source)
+        .map_err(|problems| anyhow::anyhow!("{} has problems:\n{}", config.app.spec.display(), problems.join("\n")))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { common, host, port, migrate } => {
+        Command::Serve {
+            common,
+            host,
+            port,
+            migrate,
+        } => {
             let mut extra = overrides(&common);
             if let Some(host) = host {
                 extra.push(("server.host".into(), toml::Value::String(host)));
@@ -187,8 +197,23 @@ async fn main() -> Result<()> {
             app.run_until(keel_server::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Demo { app, port, data_dir, fresh, no_serve, scale } => {
-            demo::run(demo::DemoArgs { app, port, data_dir, fresh, serve: !no_serve, scale }).await
+        Command::Demo {
+            app,
+            port,
+            data_dir,
+            fresh,
+            no_serve,
+            scale,
+        } => {
+            demo::run(demo::DemoArgs {
+                app,
+                port,
+                data_dir,
+                fresh,
+                serve: !no_serve,
+                scale,
+            })
+            .await
         }
         Command::Check { file } => {
             let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -196,7 +221,12 @@ async fn main() -> Result<()> {
                 Ok(schema) => {
                     let app = &schema.app;
                     let user_collections = app.collections.iter().filter(|c| !c.system).count();
-                    println!("{}: ok ({} collections, {} roles)", file.display(), user_collections, app.roles.len());
+                    println!(
+                        "{}: ok ({} collections, {} roles)",
+                        file.display(),
+                        user_collections,
+                        app.roles.len()
+                    );
                     Ok(())
                 }
                 Err(problems) => {
@@ -210,7 +240,10 @@ async fn main() -> Result<()> {
         Command::Migrate { action } => {
             let (common, apply, allow_destructive, history) = match action {
                 MigrateAction::Plan { common } => (common, false, false, false),
-                MigrateAction::Apply { common, allow_destructive } => (common, true, allow_destructive, false),
+                MigrateAction::Apply {
+                    common,
+                    allow_destructive,
+                } => (common, true, allow_destructive, false),
                 MigrateAction::History { common } => (common, false, false, true),
             };
             let config = load_config(cli.config.as_ref(), overrides(&common))?;
@@ -236,28 +269,53 @@ async fn main() -> Result<()> {
                 return Ok(());
             }
             let applied = keel_store::migrate::apply(&db, &schema, allow_destructive).await?;
-            println!("applied migration {} ({} step(s))", applied.from_version + 1, applied.steps.len());
+            println!(
+                "applied migration {} ({} step(s))",
+                applied.from_version + 1,
+                applied.steps.len()
+            );
             Ok(())
         }
         Command::Users { action } => match action {
-            UsersAction::Create { common, email, password, name, superuser } => {
+            UsersAction::Create {
+                common,
+                email,
+                password,
+                name,
+                superuser,
+            } => {
                 let config = load_config(cli.config.as_ref(), overrides(&common))?;
                 let schema = read_schema(&config)?;
                 let db = keel_server::open_database(&config, &schema).await?;
-                let email = keel_server::routes::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+                let email =
+                    keel_server::routes::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
                 keel_server::routes::auth::check_password(&password, &email, config.auth.min_password_length)
                     .map_err(|e| anyhow::anyhow!(e.message))?;
-                let hash = keel_server::routes::auth::hash_password(&config.auth, password).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                let hash = keel_server::routes::auth::hash_password(&config.auth, password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
                 let user = keel_store::system::user_insert(
                     &db,
-                    keel_store::system::NewUser { email: &email, name: name.as_deref(), password_hash: &hash, superuser },
+                    keel_store::system::NewUser {
+                        email: &email,
+                        name: name.as_deref(),
+                        password_hash: &hash,
+                        superuser,
+                    },
                 )
                 .await?;
-                println!("created user {} ({}){}", user.email, user.id, if superuser { " as superuser" } else { "" });
+                println!(
+                    "created user {} ({}){}",
+                    user.email,
+                    user.id,
+                    if superuser { " as superuser" } else { "" }
+                );
                 Ok(())
             }
         },
-        Command::Config { action: ConfigAction::PrintDefault } => {
+        Command::Config {
+            action: ConfigAction::PrintDefault,
+        } => {
             print!("{}", Config::default_toml());
             Ok(())
         }

@@ -1,15 +1,15 @@
 //! `/api/v1/auth`: sign-up, login, logout (one session or all), and `me`.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
 use base64::Engine;
 use chrono::{Duration, Utc};
-use keel_store::system::{self, NewUser, Principal};
 use keel_store::StoreError;
+use keel_store::system::{self, NewUser, Principal};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
@@ -31,7 +31,10 @@ pub struct Credentials {
 pub fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// The argon2id hasher for the configured cost.
@@ -71,13 +74,18 @@ async fn verify_password(password: String, hash: String) -> bool {
 pub fn normalize_email(email: &str) -> ApiResult<String> {
     let email = email.trim().to_lowercase();
     let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'))
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+        })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if valid {
         Ok(email)
     } else {
-        Err(ApiError::new("validation_failed", "the email address is not valid")
-            .with_details(json!([{ "field": "email", "code": "invalid_email", "message": "not a valid email address" }])))
+        Err(
+            ApiError::new("validation_failed", "the email address is not valid").with_details(
+                json!([{ "field": "email", "code": "invalid_email", "message": "not a valid email address" }]),
+            ),
+        )
     }
 }
 
@@ -88,7 +96,9 @@ pub fn check_password(password: &str, email: &str, min_length: usize) -> ApiResu
         Some(format!("use at least {min_length} characters"))
     } else if length > 256 {
         Some("use at most 256 characters".to_string())
-    } else if password.eq_ignore_ascii_case(email) || password.eq_ignore_ascii_case(email.split('@').next().unwrap_or("")) {
+    } else if password.eq_ignore_ascii_case(email)
+        || password.eq_ignore_ascii_case(email.split('@').next().unwrap_or(""))
+    {
         Some("the password must not be your email".to_string())
     } else {
         None
@@ -106,9 +116,15 @@ async fn start_session(state: &AppState, user: uuid::Uuid) -> ApiResult<(String,
     Ok((token, expires_at))
 }
 
-pub async fn signup(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
+pub async fn signup(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<impl IntoResponse> {
     if !state.config.auth.signup {
-        return Err(ApiError::new("signup_closed", "sign-up is closed; ask an administrator for an account"));
+        return Err(ApiError::new(
+            "signup_closed",
+            "sign-up is closed; ask an administrator for an account",
+        ));
     }
     let email = normalize_email(&body.email)?;
     check_password(&body.password, &email, state.config.auth.min_password_length)?;
@@ -132,14 +148,18 @@ pub async fn signup(State(state): State<AppState>, ApiJson(body): ApiJson<Creden
         other => other.into(),
     })?;
     let (token, expires_at) = start_session(&state, user.id).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "user": user, "token": token, "expires_at": expires_at }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user": user, "token": token, "expires_at": expires_at })),
+    ))
 }
 
 pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim().to_lowercase();
     let found = system::user_by_email(&state.db, &email).await?;
     // Verify against a fixed hash when the user does not exist, so timing does not tell.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3S5u0hRdfgeCSLfXZVxrXBkIrtH6WeHWJjOwfsTL6ws";
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3S5u0hRdfgeCSLfXZVxrXBkIrtH6WeHWJjOwfsTL6ws";
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), hash),
         None => (None, DUMMY.to_string()),
@@ -158,7 +178,10 @@ pub async fn logout(State(state): State<AppState>, Auth(principal): Auth) -> Api
             system::session_revoke(&state.db, session).await?;
             Ok(StatusCode::NO_CONTENT)
         }
-        Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys are revoked through /orgs/{org}/api_keys")),
+        Principal::ApiKey(_) => Err(ApiError::new(
+            "bad_request",
+            "API keys are revoked through /orgs/{org}/api_keys",
+        )),
     }
 }
 
@@ -176,7 +199,10 @@ pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
     match principal {
         Principal::User { user, .. } => {
             let orgs = system::orgs_of_user(&state.db, user.id, None, 500).await?;
-            let memberships: Vec<_> = orgs.into_iter().map(|(org, role)| json!({ "org": org, "role": role })).collect();
+            let memberships: Vec<_> = orgs
+                .into_iter()
+                .map(|(org, role)| json!({ "org": org, "role": role }))
+                .collect();
             Ok(Json(json!({ "user": user, "memberships": memberships })))
         }
         Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),

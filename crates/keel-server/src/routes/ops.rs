@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -39,19 +39,30 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             }
         }
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let (in_use, idle) = state.db.pool_state();
-    state.metrics.gauge("keel_db_pool_connections", &[("state", "in_use".into())], in_use as f64);
-    state.metrics.gauge("keel_db_pool_connections", &[("state", "idle".into())], idle as f64);
-    state.metrics.gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .gauge("keel_db_pool_connections", &[("state", "in_use".into())], in_use as f64);
+    state
+        .metrics
+        .gauge("keel_db_pool_connections", &[("state", "idle".into())], idle as f64);
+    state
+        .metrics
+        .gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
     let mut response = state.metrics.render().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 

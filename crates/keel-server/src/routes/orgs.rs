@@ -1,12 +1,12 @@
 //! `/api/v1/orgs`: orgs, their members and their API keys.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
 use chrono::{DateTime, Utc};
-use keel_store::system::{self, MemberChange, NewApiKey, Principal};
 use keel_store::StoreError;
+use keel_store::system::{self, MemberChange, NewApiKey, Principal};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -25,12 +25,18 @@ pub struct NewOrg {
 
 fn valid_slug(slug: &str) -> bool {
     (2..=63).contains(&slug.len())
-        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
         && !slug.ends_with('-')
 }
 
-pub async fn create(State(state): State<AppState>, Auth(principal): Auth, ApiJson(body): ApiJson<NewOrg>) -> ApiResult<impl IntoResponse> {
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<NewOrg>,
+) -> ApiResult<impl IntoResponse> {
     let Principal::User { user, .. } = principal else {
         return Err(ApiError::forbidden());
     };
@@ -51,10 +57,17 @@ pub async fn create(State(state): State<AppState>, Auth(principal): Auth, ApiJso
             StoreError::Unique { .. } => ApiError::new("slug_taken", "an org with this slug exists"),
             other => other.into(),
         })?;
-    Ok((StatusCode::CREATED, Json(json!({ "org": org, "role": state.schema.app.top_role() }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "org": org, "role": state.schema.app.top_role() })),
+    ))
 }
 
-pub async fn list(State(state): State<AppState>, Auth(principal): Auth, params: Params) -> ApiResult<impl IntoResponse> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    params: Params,
+) -> ApiResult<impl IntoResponse> {
     params.only(&["after", "limit"])?;
     let limit = page_limit(&state, params.get("limit"))?;
     let after = params.get("after");
@@ -62,18 +75,28 @@ pub async fn list(State(state): State<AppState>, Auth(principal): Auth, params: 
         Principal::User { user, .. } if user.superuser => {
             let orgs = system::orgs_all(&state.db, after, limit + 1).await?;
             let next = (orgs.len() > limit as usize).then(|| orgs[limit as usize - 1].slug.clone());
-            let items: Vec<_> = orgs.into_iter().take(limit as usize).map(|org| json!({ "org": org, "role": null })).collect();
+            let items: Vec<_> = orgs
+                .into_iter()
+                .take(limit as usize)
+                .map(|org| json!({ "org": org, "role": null }))
+                .collect();
             Ok(Json(json!({ "items": items, "next": next })))
         }
         Principal::User { user, .. } => {
             let orgs = system::orgs_of_user(&state.db, user.id, after, limit + 1).await?;
             let next = (orgs.len() > limit as usize).then(|| orgs[limit as usize - 1].0.slug.clone());
-            let items: Vec<_> = orgs.into_iter().take(limit as usize).map(|(org, role)| json!({ "org": org, "role": role })).collect();
+            let items: Vec<_> = orgs
+                .into_iter()
+                .take(limit as usize)
+                .map(|(org, role)| json!({ "org": org, "role": role }))
+                .collect();
             Ok(Json(json!({ "items": items, "next": next })))
         }
         Principal::ApiKey(key) => {
             let org = system::org_by_id(&state.db, key.org).await?;
-            Ok(Json(json!({ "items": org.map(|o| vec![json!({ "org": o, "role": key.role })]).unwrap_or_default(), "next": null })))
+            Ok(Json(
+                json!({ "items": org.map(|o| vec![json!({ "org": o, "role": key.role })]).unwrap_or_default(), "next": null }),
+            ))
         }
     }
 }
@@ -90,8 +113,10 @@ pub fn page_limit(state: &AppState, raw: Option<&str>) -> ApiResult<u32> {
                 return Err(ApiError::new("invalid_query", "limit must be at least 1"));
             }
             if value > limits.max_page_size {
-                return Err(ApiError::new("limit_too_large", format!("limit is at most {}", limits.max_page_size))
-                    .with_details(json!({ "max": limits.max_page_size })));
+                return Err(
+                    ApiError::new("limit_too_large", format!("limit is at most {}", limits.max_page_size))
+                        .with_details(json!({ "max": limits.max_page_size })),
+                );
             }
             Ok(value)
         }
@@ -110,7 +135,11 @@ fn is_superuser(principal: &Principal) -> bool {
 /// Managing members and keys takes the second-highest role (admin) or above.
 fn require_manager(state: &AppState, principal: &Principal, role: &Option<String>) -> ApiResult<()> {
     let roles = &state.schema.app.roles;
-    let needed = state.schema.app.role_rank(roles.get(1).unwrap_or(&roles[0])).unwrap_or(i64::MAX);
+    let needed = state
+        .schema
+        .app
+        .role_rank(roles.get(1).unwrap_or(&roles[0]))
+        .unwrap_or(i64::MAX);
     if is_superuser(principal) || rank(state, role).is_some_and(|r| r >= needed) {
         Ok(())
     } else {
@@ -121,7 +150,13 @@ fn require_manager(state: &AppState, principal: &Principal, role: &Option<String
 /// A role the caller may grant: a known role no higher than their own.
 fn grantable(state: &AppState, principal: &Principal, caller_role: &Option<String>, wanted: &str) -> ApiResult<()> {
     let Some(wanted_rank) = state.schema.app.role_rank(wanted) else {
-        return Err(ApiError::new("invalid_role", format!("unknown role '{wanted}'; roles are: {}", state.schema.app.roles.join(", "))));
+        return Err(ApiError::new(
+            "invalid_role",
+            format!(
+                "unknown role '{wanted}'; roles are: {}",
+                state.schema.app.roles.join(", ")
+            ),
+        ));
     };
     if is_superuser(principal) || rank(state, caller_role).is_some_and(|r| r >= wanted_rank) {
         Ok(())
@@ -130,12 +165,19 @@ fn grantable(state: &AppState, principal: &Principal, caller_role: &Option<Strin
     }
 }
 
-pub async fn members(State(state): State<AppState>, Auth(principal): Auth, Path(slug): Path<String>, params: Params) -> ApiResult<impl IntoResponse> {
+pub async fn members(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    params: Params,
+) -> ApiResult<impl IntoResponse> {
     params.only(&["after", "limit"])?;
     let (org, _) = org_access(&state, &principal, &slug).await?;
     let limit = page_limit(&state, params.get("limit"))?;
     let after = match params.get("after") {
-        Some(text) => Some(Uuid::parse_str(text).map_err(|_| ApiError::new("invalid_cursor", "after must be a member's user id"))?),
+        Some(text) => Some(
+            Uuid::parse_str(text).map_err(|_| ApiError::new("invalid_cursor", "after must be a member's user id"))?,
+        ),
         None => None,
     };
     let members = system::members(&state.db, org.id, after, limit + 1).await?;
@@ -151,7 +193,12 @@ pub struct NewMember {
     role: String,
 }
 
-pub async fn add_member(State(state): State<AppState>, Auth(principal): Auth, Path(slug): Path<String>, ApiJson(body): ApiJson<NewMember>) -> ApiResult<impl IntoResponse> {
+pub async fn add_member(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<NewMember>,
+) -> ApiResult<impl IntoResponse> {
     let (org, role) = org_access(&state, &principal, &slug).await?;
     require_manager(&state, &principal, &role)?;
     grantable(&state, &principal, &role, &body.role)?;
@@ -159,11 +206,15 @@ pub async fn add_member(State(state): State<AppState>, Auth(principal): Auth, Pa
     let (user, _) = system::user_by_email(&state.db, &email)
         .await?
         .ok_or_else(|| ApiError::new("not_found", "no user with this email; they must sign up first"))?;
-    system::member_insert(&state.db, org.id, user.id, &body.role).await.map_err(|e| match e {
-        StoreError::Unique { .. } => ApiError::new("already_member", "the user is already a member"),
-        other => other.into(),
-    })?;
-    let member = system::member(&state.db, org.id, user.id).await?.ok_or_else(ApiError::not_found)?;
+    system::member_insert(&state.db, org.id, user.id, &body.role)
+        .await
+        .map_err(|e| match e {
+            StoreError::Unique { .. } => ApiError::new("already_member", "the user is already a member"),
+            other => other.into(),
+        })?;
+    let member = system::member(&state.db, org.id, user.id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok((StatusCode::CREATED, Json(json!(member))))
 }
 
@@ -184,30 +235,56 @@ pub async fn update_member(
     grantable(&state, &principal, &role, &body.role)?;
     let user_id = Uuid::parse_str(&user_id).map_err(|_| ApiError::not_found())?;
     // A member above the caller cannot be changed by them.
-    let target = system::member(&state.db, org.id, user_id).await?.ok_or_else(ApiError::not_found)?;
+    let target = system::member(&state.db, org.id, user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     grantable(&state, &principal, &role, &target.role)?;
-    match system::member_change(&state.db, org.id, user_id, Some(&body.role), state.schema.app.top_role()).await? {
+    match system::member_change(
+        &state.db,
+        org.id,
+        user_id,
+        Some(&body.role),
+        state.schema.app.top_role(),
+    )
+    .await?
+    {
         MemberChange::Done => {}
         MemberChange::NotFound => return Err(ApiError::not_found()),
-        MemberChange::LastOwner => return Err(ApiError::new("last_owner", "the org needs at least one member in the top role")),
+        MemberChange::LastOwner => {
+            return Err(ApiError::new(
+                "last_owner",
+                "the org needs at least one member in the top role",
+            ));
+        }
     }
-    let member = system::member(&state.db, org.id, user_id).await?.ok_or_else(ApiError::not_found)?;
+    let member = system::member(&state.db, org.id, user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(json!(member)))
 }
 
-pub async fn remove_member(State(state): State<AppState>, Auth(principal): Auth, Path((slug, user_id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((slug, user_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (org, role) = org_access(&state, &principal, &slug).await?;
     let user_id = Uuid::parse_str(&user_id).map_err(|_| ApiError::not_found())?;
     let leaving_self = matches!(&principal, Principal::User { user, .. } if user.id == user_id);
     if !leaving_self {
         require_manager(&state, &principal, &role)?;
-        let target = system::member(&state.db, org.id, user_id).await?.ok_or_else(ApiError::not_found)?;
+        let target = system::member(&state.db, org.id, user_id)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
         grantable(&state, &principal, &role, &target.role)?;
     }
     match system::member_change(&state.db, org.id, user_id, None, state.schema.app.top_role()).await? {
         MemberChange::Done => Ok(StatusCode::NO_CONTENT),
         MemberChange::NotFound => Err(ApiError::not_found()),
-        MemberChange::LastOwner => Err(ApiError::new("last_owner", "the org needs at least one member in the top role")),
+        MemberChange::LastOwner => Err(ApiError::new(
+            "last_owner",
+            "the org needs at least one member in the top role",
+        )),
     }
 }
 
@@ -220,7 +297,12 @@ pub struct NewKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
-pub async fn create_key(State(state): State<AppState>, Auth(principal): Auth, Path(slug): Path<String>, ApiJson(body): ApiJson<NewKey>) -> ApiResult<impl IntoResponse> {
+pub async fn create_key(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<NewKey>,
+) -> ApiResult<impl IntoResponse> {
     let (org, role) = org_access(&state, &principal, &slug).await?;
     let Principal::User { user, .. } = &principal else {
         return Err(ApiError::new("forbidden", "API keys cannot create API keys"));
@@ -248,7 +330,12 @@ pub async fn create_key(State(state): State<AppState>, Auth(principal): Auth, Pa
     Ok((StatusCode::CREATED, Json(json!({ "api_key": key, "token": token }))))
 }
 
-pub async fn list_keys(State(state): State<AppState>, Auth(principal): Auth, Path(slug): Path<String>, params: Params) -> ApiResult<impl IntoResponse> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    params: Params,
+) -> ApiResult<impl IntoResponse> {
     params.only(&[])?;
     let (org, role) = org_access(&state, &principal, &slug).await?;
     require_manager(&state, &principal, &role)?;
@@ -256,7 +343,11 @@ pub async fn list_keys(State(state): State<AppState>, Auth(principal): Auth, Pat
     Ok(Json(json!({ "items": keys, "next": null })))
 }
 
-pub async fn revoke_key(State(state): State<AppState>, Auth(principal): Auth, Path((slug, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (org, role) = org_access(&state, &principal, &slug).await?;
     require_manager(&state, &principal, &role)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;

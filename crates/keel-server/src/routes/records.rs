@@ -12,9 +12,9 @@ use keel_query::{
     decode_cursor, parse_sort, validate_record,
 };
 use keel_spec::{Action, Collection, FieldKind};
-use keel_store::records::{self, Actor, RecordError};
-use keel_store::system::Principal;
 use keel_store::StoreError;
+use keel_store::records::{self, Actor, Change, RecordError, WriteScope};
+use keel_store::system::Principal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -54,7 +54,12 @@ impl Target<'_> {
 }
 
 /// Resolves the collection and the caller's scope. `org` is `None` on the global routes.
-pub async fn resolve<'a>(state: &'a AppState, principal: &Principal, org: Option<&str>, name: &str) -> ApiResult<Target<'a>> {
+pub async fn resolve<'a>(
+    state: &'a AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+) -> ApiResult<Target<'a>> {
     let collection = state
         .schema
         .app
@@ -65,21 +70,35 @@ pub async fn resolve<'a>(state: &'a AppState, principal: &Principal, org: Option
     let (scope, org_id, rank) = match org {
         None => {
             if !collection.global {
-                return Err(ApiError::new("collection_not_found", format!("'{name}' is scoped to orgs: use /api/v1/orgs/{{org}}/{name}")));
+                return Err(ApiError::new(
+                    "collection_not_found",
+                    format!("'{name}' is scoped to orgs: use /api/v1/orgs/{{org}}/{name}"),
+                ));
             }
             (Scope::Unscoped, None, None)
         }
         Some(_) if collection.global => {
-            return Err(ApiError::new("collection_not_found", format!("'{name}' is global: use /api/v1/global/{name}")));
+            return Err(ApiError::new(
+                "collection_not_found",
+                format!("'{name}' is global: use /api/v1/global/{name}"),
+            ));
         }
         Some("-") => match principal {
             Principal::User { user, .. } if user.superuser => (Scope::Unscoped, None, None),
             Principal::User { user, .. } => (Scope::MemberOrgs(user.id), None, None),
-            Principal::ApiKey(key) => (Scope::Org(key.org), Some(key.org), state.schema.app.role_rank(&key.role)),
+            Principal::ApiKey(key) => (
+                Scope::Org(key.org),
+                Some(key.org),
+                state.schema.app.role_rank(&key.role),
+            ),
         },
         Some(slug) => {
             let (org, role) = org_access(state, principal, slug).await?;
-            (Scope::Org(org.id), Some(org.id), role.as_deref().and_then(|r| state.schema.app.role_rank(r)))
+            (
+                Scope::Org(org.id),
+                Some(org.id),
+                role.as_deref().and_then(|r| state.schema.app.role_rank(r)),
+            )
         }
     };
     Ok(Target {
@@ -100,13 +119,17 @@ pub async fn resolve<'a>(state: &'a AppState, principal: &Principal, org: Option
 
 fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 /// A single record with its `ETag` (the version).
 fn record_response(status: StatusCode, json: String) -> Response {
-    let version = serde_json::from_str::<Value>(&json).ok().and_then(|v| v.get("version").and_then(Value::as_i64));
+    let version = serde_json::from_str::<Value>(&json)
+        .ok()
+        .and_then(|v| v.get("version").and_then(Value::as_i64));
     let mut response = json_response(status, json);
     if let Some(version) = version
         && let Ok(value) = HeaderValue::from_str(&format!("\"{version}\""))
@@ -122,7 +145,9 @@ fn parse_id(raw: &str) -> ApiResult<Uuid> {
 }
 
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let text = value.to_str().unwrap_or("").trim();
     if text == "*" {
         return Ok(None);
@@ -142,7 +167,10 @@ fn names_list(raw: Option<&str>, max: usize, what: &str) -> ApiResult<Vec<String
         .map(str::to_string)
         .collect();
     if names.len() > max {
-        return Err(ApiError::new("invalid_query", format!("{what} takes at most {max} names")));
+        return Err(ApiError::new(
+            "invalid_query",
+            format!("{what} takes at most {max} names"),
+        ));
     }
     Ok(names)
 }
@@ -162,8 +190,11 @@ fn check_expand(collection: &Collection, names: &[String]) -> ApiResult<()> {
         match collection.field(name).map(|f| &f.kind) {
             Some(FieldKind::Relation { .. }) => {}
             Some(_) => {
-                return Err(ApiError::new("invalid_query", format!("'{name}' is not a relation and cannot be expanded"))
-                    .with_details(json!({ "field": name })));
+                return Err(ApiError::new(
+                    "invalid_query",
+                    format!("'{name}' is not a relation and cannot be expanded"),
+                )
+                .with_details(json!({ "field": name })));
             }
             None => return Err(keel_query::QueryError::unknown_field(name, 0, &collection.name).into()),
         }
@@ -202,7 +233,10 @@ fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<Li
     check_expand(collection, &expand)?;
     let search = match params.get("q").map(str::trim).filter(|q| !q.is_empty()) {
         Some(_) if !collection.has_search() => {
-            return Err(ApiError::new("search_not_enabled", format!("{} has no fields marked search = true", collection.name)));
+            return Err(ApiError::new(
+                "search_not_enabled",
+                format!("{} has no fields marked search = true", collection.name),
+            ));
         }
         Some(q) if q.len() > 512 => return Err(ApiError::new("invalid_query", "q is at most 512 bytes")),
         Some(q) => Some(q.to_string()),
@@ -219,7 +253,13 @@ fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<Li
     })
 }
 
-pub async fn list(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, params: Params) -> ApiResult<Response> {
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    params: Params,
+) -> ApiResult<Response> {
     params.only(&["filter", "sort", "limit", "after", "fields", "expand", "q", "count"])?;
     let target = resolve(state, principal, org, name).await?;
     let builder = target.builder(state);
@@ -252,7 +292,14 @@ pub async fn list(state: &AppState, principal: &Principal, org: Option<&str>, na
     Ok(json_response(StatusCode::OK, body))
 }
 
-pub async fn get(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, id: &str, params: Params) -> ApiResult<Response> {
+pub async fn get(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    params: Params,
+) -> ApiResult<Response> {
     params.only(&["expand", "fields"])?;
     let target = resolve(state, principal, org, name).await?;
     let builder = target.builder(state);
@@ -268,17 +315,33 @@ pub async fn get(state: &AppState, principal: &Principal, org: Option<&str>, nam
         }
         None => None,
     };
-    let json = records::get(&state.db, &builder, id, &expand, fields.as_deref()).await?.ok_or_else(ApiError::not_found)?;
+    let json = records::get(&state.db, &builder, id, &expand, fields.as_deref())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(record_response(StatusCode::OK, json))
 }
 
+/// Relation fields set by a write, with the ids they point at.
+type Relations = Vec<(String, Uuid)>;
+
 /// Validates a body and collects relation ids to check.
-fn validated(state: &AppState, collection: &Collection, body: Value, mode: WriteMode) -> ApiResult<(Vec<(String, SqlValue)>, Vec<(String, Uuid)>)> {
+fn validated(
+    state: &AppState,
+    collection: &Collection,
+    body: Value,
+    mode: WriteMode,
+) -> ApiResult<(Vec<(String, SqlValue)>, Relations)> {
     let Value::Object(map) = body else {
         return Err(ApiError::new("invalid_json", "the body must be a JSON object"));
     };
-    let values = validate_record(collection, &state.patterns, &map, mode, truncate_micros(Utc::now()))
-        .map_err(|errors| ApiError::new("validation_failed", format!("{} field(s) failed validation", errors.len())).with_details(json!(errors)))?;
+    let values =
+        validate_record(collection, &state.patterns, &map, mode, truncate_micros(Utc::now())).map_err(|errors| {
+            ApiError::new(
+                "validation_failed",
+                format!("{} field(s) failed validation", errors.len()),
+            )
+            .with_details(json!(errors))
+        })?;
     let relations = values
         .iter()
         .filter_map(|(field, value)| match value {
@@ -291,7 +354,10 @@ fn validated(state: &AppState, collection: &Collection, body: Value, mode: Write
 
 fn writable(collection: &Collection) -> ApiResult<()> {
     if collection.system {
-        return Err(ApiError::new("read_only_collection", format!("{} cannot be written through the API", collection.name)));
+        return Err(ApiError::new(
+            "read_only_collection",
+            format!("{} cannot be written through the API", collection.name),
+        ));
     }
     Ok(())
 }
@@ -301,8 +367,10 @@ fn record_error(collection: &Collection, error: RecordError) -> ApiError {
     match error {
         RecordError::NotFound => ApiError::not_found(),
         RecordError::Forbidden => ApiError::forbidden(),
-        RecordError::VersionMismatch { current } => ApiError::new("version_mismatch", "the record changed since you read it")
-            .with_details(json!({ "current_version": current })),
+        RecordError::VersionMismatch { current } => {
+            ApiError::new("version_mismatch", "the record changed since you read it")
+                .with_details(json!({ "current_version": current }))
+        }
         RecordError::InvalidRelation(fields) => {
             let details: Vec<Value> = fields
                 .iter()
@@ -320,28 +388,52 @@ fn record_error(collection: &Collection, error: RecordError) -> ApiError {
                     fields.extend(index.columns.iter().map(|c| c.field.clone()));
                 }
             }
-            ApiError::new("unique_violation", "a record with this value already exists").with_details(json!({ "fields": fields }))
+            ApiError::new("unique_violation", "a record with this value already exists")
+                .with_details(json!({ "fields": fields }))
         }
         RecordError::Store(other) => other.into(),
     }
 }
 
-pub async fn create(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, body: Value) -> ApiResult<Response> {
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    body: Value,
+) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
     writable(target.collection)?;
     if org == Some("-") {
-        return Err(ApiError::new("bad_request", "create records in one org: /api/v1/orgs/{org}/..."));
+        return Err(ApiError::new(
+            "bad_request",
+            "create records in one org: /api/v1/orgs/{org}/...",
+        ));
     }
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::Create)?;
     let (values, relations) = validated(state, target.collection, body, WriteMode::Create)?;
-    let json = records::create(&state.db, &builder, target.org, values, &relations, &target.actor())
+    let actor = target.actor();
+    let scope = WriteScope {
+        builder: &builder,
+        org: target.org,
+        actor: &actor,
+    };
+    let json = records::create(&state.db, &scope, values, &relations)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(record_response(StatusCode::CREATED, json))
 }
 
-pub async fn update(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, id: &str, headers: &HeaderMap, body: Value) -> ApiResult<Response> {
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: Value,
+) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
     writable(target.collection)?;
     let builder = target.builder(state);
@@ -349,31 +441,63 @@ pub async fn update(state: &AppState, principal: &Principal, org: Option<&str>, 
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
     let (values, relations) = validated(state, target.collection, body, WriteMode::Update)?;
-    let json = records::update(&state.db, &builder, target.org, id, expected, values, &relations, &target.actor())
+    let actor = target.actor();
+    let scope = WriteScope {
+        builder: &builder,
+        org: target.org,
+        actor: &actor,
+    };
+    let change = Change {
+        id,
+        if_match: expected,
+        values,
+        relations: &relations,
+    };
+    let json = records::update(&state.db, &scope, change)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(record_response(StatusCode::OK, json))
 }
 
-pub async fn delete(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, id: &str, headers: &HeaderMap) -> ApiResult<Response> {
+pub async fn delete(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
     writable(target.collection)?;
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::Delete)?;
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
-    records::delete(&state.db, &builder, target.org, id, expected, &target.actor())
+    let actor = target.actor();
+    let scope = WriteScope {
+        builder: &builder,
+        org: target.org,
+        actor: &actor,
+    };
+    records::delete(&state.db, &scope, id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn aggregate(state: &AppState, principal: &Principal, org: Option<&str>, name: &str, params: Params) -> ApiResult<Response> {
+pub async fn aggregate(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    params: Params,
+) -> ApiResult<Response> {
     params.only(&["group", "measures", "filter", "limit"])?;
     let target = resolve(state, principal, org, name).await?;
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::List)?;
-    let (group, measures) = keel_query::stmt::parse_aggregate(target.collection, params.get("group"), params.get("measures"))?;
+    let (group, measures) =
+        keel_query::stmt::parse_aggregate(target.collection, params.get("group"), params.get("measures"))?;
     let filter = match params.get("filter").map(str::trim).filter(|f| !f.is_empty()) {
         Some(text) => Some(check_expr(&state.schema.app, target.collection, text, Mode::Filter)?),
         None => None,
@@ -382,14 +506,24 @@ pub async fn aggregate(state: &AppState, principal: &Principal, org: Option<&str
     let limit = match params.get("limit") {
         None => 100.min(max),
         Some(raw) => {
-            let value: u32 = raw.parse().map_err(|_| ApiError::new("invalid_query", "limit must be a positive integer"))?;
+            let value: u32 = raw
+                .parse()
+                .map_err(|_| ApiError::new("invalid_query", "limit must be a positive integer"))?;
             if value == 0 || value > max {
-                return Err(ApiError::new("limit_too_large", format!("limit is between 1 and {max}")));
+                return Err(ApiError::new(
+                    "limit_too_large",
+                    format!("limit is between 1 and {max}"),
+                ));
             }
             value
         }
     };
-    let spec = AggregateSpec { group, measures, filter, limit };
+    let spec = AggregateSpec {
+        group,
+        measures,
+        filter,
+        limit,
+    };
     let rows = records::aggregate(&state.db, &builder, &spec).await?;
     let body = format!("{{\"groups\":[{}]}}", rows.join(","));
     Ok(json_response(StatusCode::OK, body))
@@ -397,13 +531,28 @@ pub async fn aggregate(state: &AppState, principal: &Principal, org: Option<&str
 
 // Axum handlers: thin adapters from paths to the functions above.
 
-pub async fn org_list(State(state): State<AppState>, Auth(p): Auth, Path((org, name)): Path<(String, String)>, params: Params) -> ApiResult<Response> {
+pub async fn org_list(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
     list(&state, &p, Some(&org), &name, params).await
 }
-pub async fn org_create(State(state): State<AppState>, Auth(p): Auth, Path((org, name)): Path<(String, String)>, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
+pub async fn org_create(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
     create(&state, &p, Some(&org), &name, body).await
 }
-pub async fn org_get(State(state): State<AppState>, Auth(p): Auth, Path((org, name, id)): Path<(String, String, String)>, params: Params) -> ApiResult<Response> {
+pub async fn org_get(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id)): Path<(String, String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
     get(&state, &p, Some(&org), &name, &id, params).await
 }
 pub async fn org_update(
@@ -415,19 +564,44 @@ pub async fn org_update(
 ) -> ApiResult<Response> {
     update(&state, &p, Some(&org), &name, &id, &headers, body).await
 }
-pub async fn org_delete(State(state): State<AppState>, Auth(p): Auth, Path((org, name, id)): Path<(String, String, String)>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn org_delete(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     delete(&state, &p, Some(&org), &name, &id, &headers).await
 }
-pub async fn org_aggregate(State(state): State<AppState>, Auth(p): Auth, Path((org, name)): Path<(String, String)>, params: Params) -> ApiResult<Response> {
+pub async fn org_aggregate(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
     aggregate(&state, &p, Some(&org), &name, params).await
 }
-pub async fn global_list(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, params: Params) -> ApiResult<Response> {
+pub async fn global_list(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
     list(&state, &p, None, &name, params).await
 }
-pub async fn global_create(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
+pub async fn global_create(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
     create(&state, &p, None, &name, body).await
 }
-pub async fn global_get(State(state): State<AppState>, Auth(p): Auth, Path((name, id)): Path<(String, String)>, params: Params) -> ApiResult<Response> {
+pub async fn global_get(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
     get(&state, &p, None, &name, &id, params).await
 }
 pub async fn global_update(
@@ -439,9 +613,19 @@ pub async fn global_update(
 ) -> ApiResult<Response> {
     update(&state, &p, None, &name, &id, &headers, body).await
 }
-pub async fn global_delete(State(state): State<AppState>, Auth(p): Auth, Path((name, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn global_delete(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     delete(&state, &p, None, &name, &id, &headers).await
 }
-pub async fn global_aggregate(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, params: Params) -> ApiResult<Response> {
+pub async fn global_aggregate(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
     aggregate(&state, &p, None, &name, params).await
 }

@@ -17,7 +17,10 @@ fn errors_md_is_generated_from_the_code_table() {
 #[test]
 fn config_md_lists_every_default() {
     let expected = keel_server::config::config_markdown();
-    assert!(repo_file("docs/CONFIG.md") == expected, "docs/CONFIG.md is stale: run `cargo run -p keel -- docs`");
+    assert!(
+        repo_file("docs/CONFIG.md") == expected,
+        "docs/CONFIG.md is stale: run `cargo run -p keel -- docs`"
+    );
 }
 
 #[test]

@@ -16,10 +16,18 @@ async fn health_and_metrics(backend: Backend) {
     let metrics = app.request("GET", "/metrics", None, None).await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text;
-    assert!(text.contains("keel_http_requests_total{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "keel_http_requests_total{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
     assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",le=\"0.005\"}"), "{text}");
     assert!(text.contains("keel_db_pool_connections{state=\"idle\"}"), "{text}");
-    assert!(!text.contains("/api/v1/orgs/acme"), "routes are templates, never raw paths");
+    assert!(
+        !text.contains("/api/v1/orgs/acme"),
+        "routes are templates, never raw paths"
+    );
 }
 
 async fn openapi_describes_every_collection(backend: Backend) {
@@ -28,13 +36,22 @@ async fn openapi_describes_every_collection(backend: Backend) {
     assert_eq!(doc.status, 200);
     assert_eq!(doc.body["openapi"], "3.1.0");
     let schema = &doc.body["components"]["schemas"]["TasksRecord"];
-    assert_eq!(schema["properties"]["status"]["anyOf"][0]["enum"], json!(["todo", "doing", "done"]));
+    assert_eq!(
+        schema["properties"]["status"]["anyOf"][0]["enum"],
+        json!(["todo", "doing", "done"])
+    );
     assert_eq!(schema["properties"]["points"]["anyOf"][0]["maximum"], 100);
-    assert_eq!(doc.body["components"]["schemas"]["TasksCreate"]["required"], json!(["project", "title"]));
+    assert_eq!(
+        doc.body["components"]["schemas"]["TasksCreate"]["required"],
+        json!(["project", "title"])
+    );
     assert!(doc.body["paths"]["/api/v1/orgs/{org}/tasks"]["get"].is_object());
     assert!(doc.body["paths"]["/api/v1/orgs/{org}/tasks/{id}"]["patch"].is_object());
     assert!(doc.body["paths"]["/api/v1/global/countries"]["post"].is_object());
-    assert!(doc.body["paths"]["/api/v1/orgs/{org}/activity"]["post"].is_null(), "the activity log is read-only");
+    assert!(
+        doc.body["paths"]["/api/v1/orgs/{org}/activity"]["post"].is_null(),
+        "the activity log is read-only"
+    );
 }
 
 both!(health_and_metrics, openapi_describes_every_collection);

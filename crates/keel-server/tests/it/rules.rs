@@ -11,26 +11,124 @@ async fn roles_and_ownership(backend: Backend) {
     let (_, other) = app.member(&owner, "acme", "other@example.com", "member").await;
 
     // projects.create needs admin.
-    assert_eq!(app.post("/api/v1/orgs/acme/projects", &member, json!({"name": "x"})).await.code(), "forbidden");
-    let project = app.post("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"})).await.body["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.post("/api/v1/orgs/acme/projects", &member, json!({"name": "x"}))
+            .await
+            .code(),
+        "forbidden"
+    );
+    let project = app
+        .post("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // tasks.create needs member; viewers can only read.
-    assert_eq!(app.post("/api/v1/orgs/acme/tasks", &viewer, json!({"project": project, "title": "x"})).await.code(), "forbidden");
-    let mine = app.post("/api/v1/orgs/acme/tasks", &member, json!({"project": project, "title": "mine", "assignee": member_id})).await;
+    assert_eq!(
+        app.post(
+            "/api/v1/orgs/acme/tasks",
+            &viewer,
+            json!({"project": project, "title": "x"})
+        )
+        .await
+        .code(),
+        "forbidden"
+    );
+    let mine = app
+        .post(
+            "/api/v1/orgs/acme/tasks",
+            &member,
+            json!({"project": project, "title": "mine", "assignee": member_id}),
+        )
+        .await;
     assert_eq!(mine.status, 201, "{}", mine.text);
     let mine = mine.body["id"].as_str().unwrap().to_string();
-    let theirs = app.post("/api/v1/orgs/acme/tasks", &owner, json!({"project": project, "title": "theirs"})).await.body["id"].as_str().unwrap().to_string();
-    assert_eq!(app.get("/api/v1/orgs/acme/tasks", &viewer).await.body["items"].as_array().unwrap().len(), 2);
+    let theirs = app
+        .post(
+            "/api/v1/orgs/acme/tasks",
+            &owner,
+            json!({"project": project, "title": "theirs"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/tasks", &viewer).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // update: admin or the assignee.
-    assert_eq!(app.patch(&format!("/api/v1/orgs/acme/tasks/{mine}"), &member, json!({"status": "done"})).await.status, 200);
-    assert_eq!(app.patch(&format!("/api/v1/orgs/acme/tasks/{theirs}"), &member, json!({"status": "done"})).await.status, 404, "not the assignee: the row is out of reach");
-    assert_eq!(app.patch(&format!("/api/v1/orgs/acme/tasks/{mine}"), &other, json!({"status": "todo"})).await.status, 404);
-    assert_eq!(app.patch(&format!("/api/v1/orgs/acme/tasks/{theirs}"), &owner, json!({"status": "done"})).await.status, 200);
-    assert_eq!(app.patch(&format!("/api/v1/orgs/acme/tasks/{mine}"), &viewer, json!({"status": "todo"})).await.status, 404);
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/orgs/acme/tasks/{mine}"),
+            &member,
+            json!({"status": "done"})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/orgs/acme/tasks/{theirs}"),
+            &member,
+            json!({"status": "done"})
+        )
+        .await
+        .status,
+        404,
+        "not the assignee: the row is out of reach"
+    );
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/orgs/acme/tasks/{mine}"),
+            &other,
+            json!({"status": "todo"})
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/orgs/acme/tasks/{theirs}"),
+            &owner,
+            json!({"status": "done"})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/orgs/acme/tasks/{mine}"),
+            &viewer,
+            json!({"status": "todo"})
+        )
+        .await
+        .status,
+        404
+    );
     // delete: admin only.
-    assert_eq!(app.delete(&format!("/api/v1/orgs/acme/tasks/{mine}"), &member).await.code(), "forbidden");
-    assert_eq!(app.delete(&format!("/api/v1/orgs/acme/tasks/{mine}"), &owner).await.status, 204);
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/tasks/{mine}"), &member)
+            .await
+            .code(),
+        "forbidden"
+    );
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/tasks/{mine}"), &owner)
+            .await
+            .status,
+        204
+    );
 }
 
 const OWNERSHIP_SPEC: &str = r#"
@@ -54,17 +152,52 @@ async fn list_and_create_rules_filter_rows(backend: Backend) {
     app.org(&admin, "acme").await;
     let (alice_id, alice) = app.member(&admin, "acme", "alice@example.com", "member").await;
     let (_, bob) = app.member(&admin, "acme", "bob@example.com", "member").await;
-    let note = app.post("/api/v1/orgs/acme/notes", &alice, json!({"owner": alice_id, "body": "secret"})).await;
+    let note = app
+        .post(
+            "/api/v1/orgs/acme/notes",
+            &alice,
+            json!({"owner": alice_id, "body": "secret"}),
+        )
+        .await;
     assert_eq!(note.status, 201, "{}", note.text);
     let id = note.body["id"].as_str().unwrap();
     // A create rule is checked on the new row: bob cannot create a note owned by alice.
-    let forged = app.post("/api/v1/orgs/acme/notes", &bob, json!({"owner": alice_id, "body": "forged"})).await;
+    let forged = app
+        .post(
+            "/api/v1/orgs/acme/notes",
+            &bob,
+            json!({"owner": alice_id, "body": "forged"}),
+        )
+        .await;
     assert_eq!(forged.code(), "forbidden");
-    assert_eq!(app.get("/api/v1/orgs/acme/notes?count=exact", &alice).await.body["count"], 1, "the forged note was rolled back");
-    assert_eq!(app.get("/api/v1/orgs/acme/notes", &bob).await.body["items"].as_array().unwrap().len(), 0, "list rules filter rows");
-    assert_eq!(app.get(&format!("/api/v1/orgs/acme/notes/{id}"), &bob).await.status, 404);
-    assert_eq!(app.get("/api/v1/orgs/acme/notes", &admin).await.body["items"].as_array().unwrap().len(), 1);
-    assert_eq!(app.delete(&format!("/api/v1/orgs/acme/notes/{id}"), &bob).await.status, 404);
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/notes?count=exact", &alice).await.body["count"],
+        1,
+        "the forged note was rolled back"
+    );
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/notes", &bob).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "list rules filter rows"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/acme/notes/{id}"), &bob).await.status,
+        404
+    );
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/notes", &admin).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/notes/{id}"), &bob).await.status,
+        404
+    );
     let _ = admin_id;
 }
 
@@ -74,9 +207,21 @@ async fn superuser_passes_every_rule(backend: Backend) {
     app.org(&owner, "acme").await;
     let (root_id, root) = app.signup("root@example.com").await;
     app.make_superuser(&root_id).await;
-    let project = app.post("/api/v1/orgs/acme/projects", &root, json!({"name": "by root"})).await;
+    let project = app
+        .post("/api/v1/orgs/acme/projects", &root, json!({"name": "by root"}))
+        .await;
     assert_eq!(project.status, 201, "{}", project.text);
-    assert_eq!(app.get("/api/v1/orgs/-/projects", &root).await.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/v1/orgs/-/projects", &root).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
-both!(roles_and_ownership, list_and_create_rules_filter_rows, superuser_passes_every_rule);
+both!(
+    roles_and_ownership,
+    list_and_create_rules_filter_rows,
+    superuser_passes_every_rule
+);

@@ -8,24 +8,64 @@ async fn no_route_leaks_or_alters_another_org(backend: Backend) {
     let (mallory_id, mallory) = app.signup("mallory@example.com").await;
     app.org(&alice, "acme").await;
     app.org(&mallory, "evil").await;
-    let project = app.post("/api/v1/orgs/acme/projects", &alice, json!({"name": "Secret"})).await.body["id"].as_str().unwrap().to_string();
-    let task = app.post("/api/v1/orgs/acme/tasks", &alice, json!({"project": project, "title": "secret task"})).await.body["id"].as_str().unwrap().to_string();
-    let statements_before = app.get(&format!("/api/v1/orgs/acme/tasks/{task}"), &alice).await.body.clone();
+    let project = app
+        .post("/api/v1/orgs/acme/projects", &alice, json!({"name": "Secret"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = app
+        .post(
+            "/api/v1/orgs/acme/tasks",
+            &alice,
+            json!({"project": project, "title": "secret task"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let statements_before = app
+        .get(&format!("/api/v1/orgs/acme/tasks/{task}"), &alice)
+        .await
+        .body
+        .clone();
 
     // Every route of the victim org, as an outsider.
     let probes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
         ("GET", "/api/v1/orgs/acme/tasks".into(), None),
         ("GET", format!("/api/v1/orgs/acme/tasks/{task}"), None),
-        ("PATCH", format!("/api/v1/orgs/acme/tasks/{task}"), Some(json!({"title": "pwned"}))),
+        (
+            "PATCH",
+            format!("/api/v1/orgs/acme/tasks/{task}"),
+            Some(json!({"title": "pwned"})),
+        ),
         ("DELETE", format!("/api/v1/orgs/acme/tasks/{task}"), None),
-        ("POST", "/api/v1/orgs/acme/tasks".into(), Some(json!({"project": project, "title": "x"}))),
+        (
+            "POST",
+            "/api/v1/orgs/acme/tasks".into(),
+            Some(json!({"project": project, "title": "x"})),
+        ),
         ("GET", "/api/v1/orgs/acme/tasks/aggregate".into(), None),
         ("GET", "/api/v1/orgs/acme/activity".into(), None),
         ("GET", "/api/v1/orgs/acme/members".into(), None),
-        ("POST", "/api/v1/orgs/acme/members".into(), Some(json!({"email": "mallory@example.com", "role": "owner"}))),
-        ("PATCH", format!("/api/v1/orgs/acme/members/{mallory_id}"), Some(json!({"role": "owner"}))),
+        (
+            "POST",
+            "/api/v1/orgs/acme/members".into(),
+            Some(json!({"email": "mallory@example.com", "role": "owner"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/orgs/acme/members/{mallory_id}"),
+            Some(json!({"role": "owner"})),
+        ),
         ("GET", "/api/v1/orgs/acme/api_keys".into(), None),
-        ("POST", "/api/v1/orgs/acme/api_keys".into(), Some(json!({"name": "x", "role": "owner"}))),
+        (
+            "POST",
+            "/api/v1/orgs/acme/api_keys".into(),
+            Some(json!({"name": "x", "role": "owner"})),
+        ),
     ];
     for (method, path, body) in &probes {
         let response = app.request(method, path, Some(&mallory), body.clone()).await;
@@ -33,23 +73,62 @@ async fn no_route_leaks_or_alters_another_org(backend: Backend) {
         assert_eq!(response.code(), "not_found");
     }
     // The same ids through the attacker's own org are not found either.
-    for (method, path) in [("GET", format!("/api/v1/orgs/evil/tasks/{task}")), ("DELETE", format!("/api/v1/orgs/evil/tasks/{task}"))] {
-        assert_eq!(app.request(method, &path, Some(&mallory), None).await.status, 404, "{method} {path}");
+    for (method, path) in [
+        ("GET", format!("/api/v1/orgs/evil/tasks/{task}")),
+        ("DELETE", format!("/api/v1/orgs/evil/tasks/{task}")),
+    ] {
+        assert_eq!(
+            app.request(method, &path, Some(&mallory), None).await.status,
+            404,
+            "{method} {path}"
+        );
     }
-    let patch = app.patch(&format!("/api/v1/orgs/evil/tasks/{task}"), &mallory, json!({"title": "pwned"})).await;
+    let patch = app
+        .patch(
+            &format!("/api/v1/orgs/evil/tasks/{task}"),
+            &mallory,
+            json!({"title": "pwned"}),
+        )
+        .await;
     assert_eq!(patch.status, 404);
     // Pointing a record in one's own org at another org's record is refused.
-    let cross = app.post("/api/v1/orgs/evil/tasks", &mallory, json!({"project": project, "title": "x"})).await;
+    let cross = app
+        .post(
+            "/api/v1/orgs/evil/tasks",
+            &mallory,
+            json!({"project": project, "title": "x"}),
+        )
+        .await;
     assert_eq!(cross.code(), "validation_failed");
     assert_eq!(cross.body["error"]["details"][0]["code"], "invalid_relation");
     // Filters cannot reach across either.
     let filter: String = form_urlencoded::byte_serialize(format!("id = '{task}'").as_bytes()).collect();
-    assert_eq!(app.get(&format!("/api/v1/orgs/evil/tasks?filter={filter}"), &mallory).await.body["items"].as_array().unwrap().len(), 0);
-    assert_eq!(app.get("/api/v1/orgs/-/tasks", &mallory).await.body["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/evil/tasks?filter={filter}"), &mallory)
+            .await
+            .body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        app.get("/api/v1/orgs/-/tasks", &mallory).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     // Nothing changed.
     let after = app.get(&format!("/api/v1/orgs/acme/tasks/{task}"), &alice).await;
     assert_eq!(after.body, statements_before);
-    assert_eq!(app.get("/api/v1/orgs/acme/members", &alice).await.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/members", &alice).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn cross_org_list_spans_the_callers_orgs(backend: Backend) {
@@ -58,33 +137,82 @@ async fn cross_org_list_spans_the_callers_orgs(backend: Backend) {
     let (_, bob) = app.signup("bob@example.com").await;
     for slug in ["one", "two"] {
         app.org(&alice, slug).await;
-        let project = app.post(&format!("/api/v1/orgs/{slug}/projects"), &alice, json!({"name": format!("p-{slug}")})).await.body["id"].as_str().unwrap().to_string();
+        let project = app
+            .post(
+                &format!("/api/v1/orgs/{slug}/projects"),
+                &alice,
+                json!({"name": format!("p-{slug}")}),
+            )
+            .await
+            .body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         for n in 0..3 {
-            app.post(&format!("/api/v1/orgs/{slug}/tasks"), &alice, json!({"project": project, "title": format!("{slug}-{n}")})).await;
+            app.post(
+                &format!("/api/v1/orgs/{slug}/tasks"),
+                &alice,
+                json!({"project": project, "title": format!("{slug}-{n}")}),
+            )
+            .await;
         }
     }
     app.org(&bob, "three").await;
-    let bob_project = app.post("/api/v1/orgs/three/projects", &bob, json!({"name": "bob's"})).await.body["id"].as_str().unwrap().to_string();
-    app.post("/api/v1/orgs/three/tasks", &bob, json!({"project": bob_project, "title": "bob-0"})).await;
+    let bob_project = app
+        .post("/api/v1/orgs/three/projects", &bob, json!({"name": "bob's"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.post(
+        "/api/v1/orgs/three/tasks",
+        &bob,
+        json!({"project": bob_project, "title": "bob-0"}),
+    )
+    .await;
     // Alice is only a viewer of bob's org: she sees his tasks too (list needs viewer).
-    app.post("/api/v1/orgs/three/members", &bob, json!({"email": "alice@example.com", "role": "viewer"})).await;
+    app.post(
+        "/api/v1/orgs/three/members",
+        &bob,
+        json!({"email": "alice@example.com", "role": "viewer"}),
+    )
+    .await;
 
     let mut titles = vec![];
     let mut path = "/api/v1/orgs/-/tasks?limit=3&sort=title".to_string();
     loop {
         let page = app.get(&path, &alice).await;
         assert_eq!(page.status, 200, "{}", page.text);
-        titles.extend(page.body["items"].as_array().unwrap().iter().map(|i| i["title"].as_str().unwrap().to_string()));
+        titles.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["title"].as_str().unwrap().to_string()),
+        );
         match page.body["next"].as_str() {
             Some(next) => path = format!("/api/v1/orgs/-/tasks?limit=3&sort=title&after={next}"),
             None => break,
         }
     }
-    assert_eq!(titles, vec!["bob-0", "one-0", "one-1", "one-2", "two-0", "two-1", "two-2"]);
+    assert_eq!(
+        titles,
+        vec!["bob-0", "one-0", "one-1", "one-2", "two-0", "two-1", "two-2"]
+    );
     // Projects need the default rule (any member): still visible; bob sees only his org.
-    assert_eq!(app.get("/api/v1/orgs/-/tasks", &bob).await.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/v1/orgs/-/tasks", &bob).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let create = app.post("/api/v1/orgs/-/tasks", &alice, json!({"title": "x"})).await;
     assert_eq!(create.status, 400);
 }
 
-both!(no_route_leaks_or_alters_another_org, cross_org_list_spans_the_callers_orgs);
+both!(
+    no_route_leaks_or_alters_another_org,
+    cross_org_list_spans_the_callers_orgs
+);
