@@ -134,11 +134,23 @@ pub fn json_to_sql(ty: ColumnType, value: &serde_json::Value) -> Option<SqlValue
     })
 }
 
+/// `ASC`/`DESC` with Keel's NULL order: NULLs sort as the smallest value on both backends
+/// (SQLite's native order; PostgreSQL is told explicitly, and its indexes are built the same
+/// way, so an index still serves the ORDER BY).
+pub fn order_suffix(dialect: Dialect, descending: bool) -> &'static str {
+    match (dialect, descending) {
+        (Dialect::Sqlite, false) => " ASC",
+        (Dialect::Sqlite, true) => " DESC",
+        (Dialect::Postgres, false) => " ASC NULLS FIRST",
+        (Dialect::Postgres, true) => " DESC NULLS LAST",
+    }
+}
+
 /// The condition "strictly after `values` in `sort` order".
 ///
 /// When every key is non-null and all go the same way this is a row-value comparison,
 /// which both databases turn into one index range scan. Otherwise it is the expanded
-/// form, with NULLs ordered last ascending and first descending on both backends.
+/// form, with NULLs ordered as the smallest value (see [`order_suffix`]).
 pub fn keyset_predicate(dialect: Dialect, table: &str, sort: &[SortKey], values: &[SqlValue]) -> Sql {
     let mut sql = Sql::new(dialect);
     let column = |key: &SortKey| format!("{table}.{}", ident(&key.field));
@@ -178,22 +190,22 @@ pub fn keyset_predicate(dialect: Dialect, table: &str, sort: &[SortKey], values:
         let key = &sort[i];
         let value = &values[i];
         match (key.descending, value == &SqlValue::Null) {
-            // Ascending, NULLs last: after a value come bigger values and NULLs.
+            // Ascending, NULLs first: after a value come bigger values.
             (false, false) => {
-                sql.push("(").push(&column(key)).push(" > ").bind(value.clone());
+                sql.push(&column(key)).push(" > ").bind(value.clone());
+            }
+            // Ascending, after NULL: every non-null value.
+            (false, true) => {
+                sql.push(&column(key)).push(" IS NOT NULL");
+            }
+            // Descending, NULLs last: after a value come smaller values, then NULLs.
+            (true, false) => {
+                sql.push("(").push(&column(key)).push(" < ").bind(value.clone());
                 sql.push(" OR ").push(&column(key)).push(" IS NULL)");
             }
-            // Ascending, after NULL: nothing.
-            (false, true) => {
-                sql.push("1=0");
-            }
-            // Descending, NULLs first: after a value come smaller values.
-            (true, false) => {
-                sql.push(&column(key)).push(" < ").bind(value.clone());
-            }
-            // Descending, after NULL: every non-null value.
+            // Descending, after NULL: nothing.
             (true, true) => {
-                sql.push(&column(key)).push(" IS NOT NULL");
+                sql.push("1=0");
             }
         }
         sql.push(")");

@@ -242,11 +242,7 @@ impl<'a> Builder<'a> {
                 sql.push(", ");
             }
             sql.push(&table).push(".").push(&ident(&key.field));
-            sql.push(if key.descending {
-                " DESC NULLS FIRST"
-            } else {
-                " ASC NULLS LAST"
-            });
+            sql.push(crate::cursor::order_suffix(self.dialect, key.descending));
         }
         sql.push(" LIMIT ").push(&(spec.limit + 1).to_string());
         sql

@@ -209,6 +209,17 @@ fn add_foreign_key(app: &App, collection: &Collection, field: &Field) -> Option<
     ))
 }
 
+/// The direction of an index column in Keel's NULL order (NULLs smallest; see
+/// `keel_query::cursor::order_suffix`).
+fn index_order(dialect: Dialect, descending: bool) -> &'static str {
+    match (dialect, descending) {
+        (Dialect::Sqlite, false) => "",
+        (Dialect::Sqlite, true) => " DESC",
+        (Dialect::Postgres, false) => " NULLS FIRST",
+        (Dialect::Postgres, true) => " DESC NULLS LAST",
+    }
+}
+
 /// Every index of a collection, by name, with its CREATE statement.
 fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(String, String)> {
     let table = collection.table();
@@ -248,19 +259,26 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
             out.push((
                 name.clone(),
                 format!(
-                    "CREATE INDEX {} ON {quoted} ({org_prefix}{})",
+                    "CREATE INDEX {} ON {quoted} ({org_prefix}{}{}, \"id\")",
                     ident(&name),
-                    ident(&field.name)
+                    ident(&field.name),
+                    index_order(dialect, false)
                 ),
             ));
         }
     }
     for index in &collection.indexes {
-        let columns: Vec<String> = index
+        let mut columns: Vec<String> = index
             .columns
             .iter()
-            .map(|c| format!("{}{}", ident(&c.field), if c.descending { " DESC" } else { "" }))
+            .map(|c| format!("{}{}", ident(&c.field), index_order(dialect, c.descending)))
             .collect();
+        // Non-unique indexes end with `id`, the keyset tie-breaker, so a filtered, sorted page
+        // is one index range scan with no sort step.
+        let last = index.columns.last().expect("an index has columns");
+        if !index.unique && last.field != "id" {
+            columns.push(format!("\"id\"{}", index_order(dialect, last.descending)));
+        }
         let mut statement = format!(
             "CREATE {}INDEX {} ON {quoted} ({org_prefix}{})",
             if index.unique { "UNIQUE " } else { "" },

@@ -84,12 +84,90 @@ fields.name = { type = "text", required = true }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A fresh database: a SQLite file in a temp dir, or a new PostgreSQL schema dropped on drop.
+pub struct TestDb {
+    pub location: Location,
+    pub dir: tempfile::TempDir,
+    pg_schema: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => TestDb { location: Location::Sqlite(dir.path().join("keel.db")), dir, pg_schema: None },
+            Backend::Postgres => {
+                let schema = format!("keel_test_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+                let admin = Db::connect(
+                    &Location::Postgres { url: pg_url(), schema: None },
+                    &PoolConfig { max_connections: 1, ..PoolConfig::default() },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", pg_url()));
+                let mut tx = admin.begin().await.expect("begin");
+                tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+                    .await
+                    .expect("create schema");
+                tx.commit().await.expect("commit");
+                admin.close().await;
+                TestDb {
+                    location: Location::Postgres { url: pg_url(), schema: Some(schema.clone()) },
+                    dir,
+                    pg_schema: Some(schema),
+                }
+            }
+        }
+    }
+
+    /// Opens a handle with a small pool.
+    pub async fn connect(&self) -> Db {
+        Db::connect(&self.location, &PoolConfig { max_connections: 4, ..PoolConfig::default() }).await.expect("connect")
+    }
+
+    /// Points a config at this database.
+    pub fn configure(&self, config: &mut Config) {
+        match &self.location {
+            Location::Sqlite(path) => config.app.data_dir = path.parent().expect("parent").to_path_buf(),
+            Location::Postgres { url, schema } => {
+                config.database.url = Some(keel_server::config::Secret(url.clone()));
+                config.database.schema = schema.clone();
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(schema) = self.pg_schema.take() {
+            drop_schema(schema);
+        }
+    }
+}
+
+/// Drops a test schema; async work on a thread of its own so `Drop` can wait for it.
+fn drop_schema(schema: String) {
+    let url = pg_url();
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let location = Location::Postgres { url, schema: None };
+            if let Ok(admin) = Db::connect(&location, &PoolConfig { max_connections: 1, ..PoolConfig::default() }).await
+                && let Ok(mut tx) = admin.begin().await
+            {
+                let _ = tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                let _ = tx.commit().await;
+                admin.close().await;
+            }
+        });
+    })
+    .join();
+}
+
 pub struct TestApp {
     pub state: AppState,
     pub backend: Backend,
     router: axum::Router,
-    _dir: tempfile::TempDir,
-    pg_schema: Option<String>,
+    _database: TestDb,
 }
 
 pub struct TestResponse {
@@ -129,55 +207,15 @@ impl TestApp {
 
     /// Spawns with a spec and a config tweak.
     pub async fn spawn_with(backend: Backend, spec: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = test_config(dir.path());
-        let pg_schema = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let schema = format!(
-                    "keel_test_{}_{}",
-                    std::process::id(),
-                    COUNTER.fetch_add(1, Ordering::Relaxed)
-                );
-                let admin = Db::connect(
-                    &Location::Postgres {
-                        url: pg_url(),
-                        schema: None,
-                    },
-                    &PoolConfig {
-                        max_connections: 1,
-                        ..PoolConfig::default()
-                    },
-                )
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", pg_url()));
-                let mut tx = admin.begin().await.expect("begin");
-                tx.execute_script(&format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-                ))
-                .await
-                .expect("create schema");
-                tx.commit().await.expect("commit");
-                admin.close().await;
-                config.database.url = Some(keel_server::config::Secret(pg_url()));
-                config.database.schema = Some(schema.clone());
-                Some(schema)
-            }
-        };
+        let database = TestDb::new(backend).await;
+        let mut config = test_config(database.dir.path());
+        database.configure(&mut config);
         tweak(&mut config);
         let schema = keel_server::load_schema(spec).unwrap_or_else(|p| panic!("test spec problems: {p:?}"));
-        let db = keel_server::open_database(&config, &schema)
-            .await
-            .expect("open database");
+        let db = keel_server::open_database(&config, &schema).await.expect("open database");
         let state = keel_server::state(config, schema, db);
         let router = keel_server::router(state.clone());
-        TestApp {
-            state,
-            backend,
-            router,
-            _dir: dir,
-            pg_schema,
-        }
+        TestApp { state, backend, router, _database: database }
     }
 
     pub fn db(&self) -> &Db {
@@ -302,39 +340,5 @@ impl TestApp {
         keel_store::system::user_set_superuser(self.db(), id, true)
             .await
             .expect("superuser");
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(schema) = self.pg_schema.take() {
-            // Dropping a schema is async; do it on a thread of its own so Drop can wait.
-            let url = pg_url();
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(async move {
-                    if let Ok(admin) = Db::connect(
-                        &Location::Postgres { url, schema: None },
-                        &PoolConfig {
-                            max_connections: 1,
-                            ..PoolConfig::default()
-                        },
-                    )
-                    .await
-                        && let Ok(mut tx) = admin.begin().await
-                    {
-                        let _ = tx
-                            .execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .await;
-                        let _ = tx.commit().await;
-                        admin.close().await;
-                    }
-                });
-            })
-            .join();
-        }
     }
 }

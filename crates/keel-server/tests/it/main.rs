@@ -3,6 +3,8 @@
 mod auth;
 mod docs;
 mod errors;
+mod explain;
+mod migrate;
 mod ops;
 mod orgs;
 mod records;

@@ -1,0 +1,137 @@
+//! Migrations planned from the spec, on both backends: create, add, widen, drop (with the
+//! flag), refusals, and `serve` refusing to start with pending migrations.
+
+use keel_query::{Schema, SqlValue};
+use keel_store::migrate::{self, MigrateError};
+use keel_testkit::{Backend, TestDb, both};
+
+fn schema(collections: &str) -> Schema {
+    let source = format!("[app]\nname = \"m\"\n[roles]\norder = [\"owner\", \"member\"]\n{collections}");
+    keel_server::load_schema(&source).unwrap_or_else(|p| panic!("{p:?}"))
+}
+
+const V1: &str = r#"
+[collections.notes]
+fields.title = { type = "text", required = true }
+fields.n = { type = "integer" }
+"#;
+
+const V2: &str = r#"
+[collections.notes]
+fields.title = { type = "text", required = true, search = true }
+fields.n = { type = "integer" }
+fields.score = { type = "integer" }
+fields.done = { type = "bool", required = true, default = false }
+indexes = [["done", "-score"]]
+"#;
+
+const V3: &str = r#"
+[collections.notes]
+fields.title = { type = "text", required = true, search = true }
+fields.score = { type = "number" }
+fields.done = { type = "bool", required = true, default = false }
+indexes = [["done", "-score"]]
+"#;
+
+async fn insert_note(db: &keel_store::Db, org: uuid::Uuid) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    let now = SqlValue::Datetime(keel_query::value::truncate_micros(chrono::Utc::now()));
+    let mut tx = db.begin().await.unwrap();
+    tx.execute(&tx.portable(
+        "INSERT INTO notes (id, org, created_at, updated_at, version, title, n) VALUES ($1, $2, $3, $3, 1, $4, $5)",
+        vec![SqlValue::Uuid(id), SqlValue::Uuid(org), now, SqlValue::Text("kept".into()), SqlValue::Int(7)],
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn plans_apply_and_record(backend: Backend) {
+    let database = TestDb::new(backend).await;
+    let db = database.connect().await;
+    let v1 = schema(V1);
+    let plan = migrate::plan_for(&db, &v1).await.unwrap();
+    assert_eq!(plan.from_version, 0);
+    let sql = plan.to_sql();
+    assert!(sql.contains("CREATE TABLE keel_users"), "{sql}");
+    assert!(sql.contains("CREATE TABLE \"notes\""), "{sql}");
+    assert!(sql.contains("CREATE TABLE \"keel_activity\""), "the activity log is a built-in collection: {sql}");
+    migrate::apply(&db, &v1, false).await.unwrap();
+    assert!(migrate::plan_for(&db, &v1).await.unwrap().is_empty(), "nothing is pending after apply");
+    assert_eq!(migrate::history(&db).await.unwrap().len(), 1);
+
+    let org = keel_store::system::org_insert(&db, "acme", "Acme", None, "owner").await.unwrap().id;
+    let id = insert_note(&db, org).await;
+
+    // Adding fields, an index and search is not destructive; existing rows get the default.
+    let v2 = schema(V2);
+    let plan = migrate::plan_for(&db, &v2).await.unwrap();
+    assert!(plan.destructive_steps().is_empty(), "{}", plan.to_sql());
+    assert!(plan.to_sql().contains("ADD COLUMN \"done\""), "{}", plan.to_sql());
+    migrate::apply(&db, &v2, false).await.unwrap();
+    let row = db
+        .query_one(&db.portable("SELECT title, done, n FROM notes WHERE id = $1", vec![SqlValue::Uuid(id)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row[0].text(), Some("kept"));
+    assert_eq!(row[1].bool(), Some(false));
+    assert_eq!(row[2].int(), Some(7));
+    let mut tx = db.begin().await.unwrap();
+    tx.execute(&tx.portable("UPDATE notes SET score = 41 WHERE id = $1", vec![SqlValue::Uuid(id)])).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Dropping a field is destructive: refused without the flag, applied with it.
+    let v3 = schema(V3);
+    let plan = migrate::plan_for(&db, &v3).await.unwrap();
+    assert_eq!(plan.destructive_steps().len(), 1, "{}", plan.to_sql());
+    match migrate::apply(&db, &v3, false).await {
+        Err(MigrateError::Destructive(list)) => assert!(list.contains("drop field n"), "{list}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(migrate::history(&db).await.unwrap().len(), 2, "a refused plan records nothing");
+    migrate::apply(&db, &v3, true).await.unwrap();
+    let row = db
+        .query_one(&db.portable("SELECT title, score FROM notes WHERE id = $1", vec![SqlValue::Uuid(id)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row[0].text(), Some("kept"), "rows survive the change");
+    assert_eq!(row[1].int(), Some(41), "integer widened to number keeps its value");
+    assert!(migrate::plan_for(&db, &v3).await.unwrap().is_empty());
+    assert_eq!(migrate::history(&db).await.unwrap().len(), 3);
+}
+
+async fn refuses_what_it_cannot_do(backend: Backend) {
+    let database = TestDb::new(backend).await;
+    let db = database.connect().await;
+    migrate::apply(&db, &schema(V1), false).await.unwrap();
+    let needs_default = schema("[collections.notes]\nfields.title = { type = \"text\", required = true }\nfields.n = { type = \"integer\" }\nfields.owner = { type = \"text\", required = true }\n");
+    match migrate::plan_for(&db, &needs_default).await {
+        Err(MigrateError::Unsupported(message)) => assert!(message.contains("notes.owner"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let dropped = schema("[collections.other]\nfields.x = { type = \"text\" }\n");
+    let plan = migrate::plan_for(&db, &dropped).await.unwrap();
+    assert!(plan.destructive_steps().iter().any(|s| s.description.contains("drop collection notes")));
+}
+
+async fn serve_refuses_pending_migrations(backend: Backend) {
+    let database = TestDb::new(backend).await;
+    let mut config = keel_testkit::test_config(database.dir.path());
+    database.configure(&mut config);
+    config.app.migrate_on_start = false;
+    match keel_server::open_database(&config, &schema(V1)).await {
+        Err(keel_server::StartError::PendingMigrations(steps)) => assert!(steps.contains("create collection notes"), "{steps}"),
+        Err(other) => panic!("expected pending migrations, got {other}"),
+        Ok(_) => panic!("expected pending migrations"),
+    }
+    config.app.migrate_on_start = true;
+    assert!(keel_server::open_database(&config, &schema(V1)).await.is_ok());
+    // Once migrated, a plain start works.
+    config.app.migrate_on_start = false;
+    assert!(keel_server::open_database(&config, &schema(V1)).await.is_ok());
+}
+
+both!(plans_apply_and_record, refuses_what_it_cannot_do, serve_refuses_pending_migrations);
