@@ -17,6 +17,9 @@ pub struct App {
 pub struct DemoSpec {
     pub orgs: u32,
     pub users_per_org: u32,
+    /// Activity-log rows the demo writes in all (one per record, topped up with updates).
+    #[serde(default)]
+    pub activity: u64,
 }
 
 /// One collection (one table).

@@ -170,6 +170,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut demo = DemoSpec {
         orgs: 3,
         users_per_org: 5,
+        activity: 0,
     };
     let mut collection_entries = vec![];
     let mut saw_roles = false;
@@ -238,10 +239,13 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                     let path = format!("demo.{}", demo_entry.key);
                     match demo_entry.key {
                         "orgs" => demo.orgs = int_in(&mut reader, &demo_entry, &path, 1, 100_000).unwrap_or(1) as u32,
+                        "activity" => {
+                            demo.activity = int_in(&mut reader, &demo_entry, &path, 0, 100_000_000).unwrap_or(0) as u64
+                        }
                         "users_per_org" => {
                             demo.users_per_org = int_in(&mut reader, &demo_entry, &path, 1, 10_000).unwrap_or(1) as u32
                         }
-                        _ => unknown_key(&mut reader, &demo_entry, &path, &["orgs", "users_per_org"]),
+                        _ => unknown_key(&mut reader, &demo_entry, &path, &["orgs", "users_per_org", "activity"]),
                     }
                 }
             }

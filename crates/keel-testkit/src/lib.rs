@@ -95,23 +95,42 @@ impl TestDb {
     pub async fn new(backend: Backend) -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
-            Backend::Sqlite => TestDb { location: Location::Sqlite(dir.path().join("keel.db")), dir, pg_schema: None },
+            Backend::Sqlite => TestDb {
+                location: Location::Sqlite(dir.path().join("keel.db")),
+                dir,
+                pg_schema: None,
+            },
             Backend::Postgres => {
-                let schema = format!("keel_test_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+                let schema = format!(
+                    "keel_test_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed)
+                );
                 let admin = Db::connect(
-                    &Location::Postgres { url: pg_url(), schema: None },
-                    &PoolConfig { max_connections: 1, ..PoolConfig::default() },
+                    &Location::Postgres {
+                        url: pg_url(),
+                        schema: None,
+                    },
+                    &PoolConfig {
+                        max_connections: 1,
+                        ..PoolConfig::default()
+                    },
                 )
                 .await
                 .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", pg_url()));
                 let mut tx = admin.begin().await.expect("begin");
-                tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-                    .await
-                    .expect("create schema");
+                tx.execute_script(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .await
+                .expect("create schema");
                 tx.commit().await.expect("commit");
                 admin.close().await;
                 TestDb {
-                    location: Location::Postgres { url: pg_url(), schema: Some(schema.clone()) },
+                    location: Location::Postgres {
+                        url: pg_url(),
+                        schema: Some(schema.clone()),
+                    },
                     dir,
                     pg_schema: Some(schema),
                 }
@@ -121,7 +140,15 @@ impl TestDb {
 
     /// Opens a handle with a small pool.
     pub async fn connect(&self) -> Db {
-        Db::connect(&self.location, &PoolConfig { max_connections: 4, ..PoolConfig::default() }).await.expect("connect")
+        Db::connect(
+            &self.location,
+            &PoolConfig {
+                max_connections: 4,
+                ..PoolConfig::default()
+            },
+        )
+        .await
+        .expect("connect")
     }
 
     /// Points a config at this database.
@@ -148,13 +175,25 @@ impl Drop for TestDb {
 fn drop_schema(schema: String) {
     let url = pg_url();
     let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         runtime.block_on(async move {
             let location = Location::Postgres { url, schema: None };
-            if let Ok(admin) = Db::connect(&location, &PoolConfig { max_connections: 1, ..PoolConfig::default() }).await
+            if let Ok(admin) = Db::connect(
+                &location,
+                &PoolConfig {
+                    max_connections: 1,
+                    ..PoolConfig::default()
+                },
+            )
+            .await
                 && let Ok(mut tx) = admin.begin().await
             {
-                let _ = tx.execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                let _ = tx
+                    .execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await;
                 let _ = tx.commit().await;
                 admin.close().await;
             }
@@ -212,10 +251,17 @@ impl TestApp {
         database.configure(&mut config);
         tweak(&mut config);
         let schema = keel_server::load_schema(spec).unwrap_or_else(|p| panic!("test spec problems: {p:?}"));
-        let db = keel_server::open_database(&config, &schema).await.expect("open database");
+        let db = keel_server::open_database(&config, &schema)
+            .await
+            .expect("open database");
         let state = keel_server::state(config, schema, db);
         let router = keel_server::router(state.clone());
-        TestApp { state, backend, router, _database: database }
+        TestApp {
+            state,
+            backend,
+            router,
+            _database: database,
+        }
     }
 
     pub fn db(&self) -> &Db {

@@ -248,6 +248,7 @@ async fn records(
             counts: HashMap::from([("projects".to_string(), 200), ("tasks".to_string(), rows)]),
             seed: 7,
             activity: false,
+            activity_target: 0,
         },
     )
     .await?;

@@ -42,6 +42,8 @@ pub struct GenOptions {
     pub seed: u64,
     /// Write one activity row per generated record.
     pub activity: bool,
+    /// Top the activity log up with update entries to this many rows in all.
+    pub activity_target: u64,
 }
 
 pub struct Generated {
@@ -413,19 +415,7 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
             rows: Vec::with_capacity(per_statement),
         };
         let mut activity = Batch {
-            columns: [
-                "id",
-                "org",
-                "created_at",
-                "collection",
-                "record",
-                "action",
-                "changes",
-                "request_id",
-                "count",
-            ]
-            .map(String::from)
-            .to_vec(),
+            columns: ACTIVITY_COLUMNS.map(String::from).to_vec(),
             rows: vec![],
         };
         let scopes: Vec<Option<Uuid>> = if collection.global {
@@ -495,17 +485,10 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
                 if options.activity
                     && let Some(org) = scope
                 {
-                    activity.rows.push(vec![
-                        SqlValue::Uuid(Uuid::now_v7()),
-                        SqlValue::Uuid(*org),
-                        SqlValue::Datetime(created),
-                        SqlValue::Text(collection.name.clone()),
-                        SqlValue::Text(id.to_string()),
-                        SqlValue::Text("create".into()),
-                        SqlValue::Json(serde_json::json!({ "demo": true })),
-                        SqlValue::Text("demo".into()),
-                        SqlValue::Int(1),
-                    ]);
+                    let changes = serde_json::json!({ "demo": true });
+                    activity
+                        .rows
+                        .push(activity_row(*org, created, &collection.name, id, "create", changes));
                     activity_rows += 1;
                     if activity.rows.len() >= 3_000 {
                         flush(&mut tx, "keel_activity", &mut activity).await?;
@@ -529,11 +512,92 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
         );
         rows_written.push((collection.name.clone(), written));
     }
+    if options.activity && options.activity_target > activity_rows {
+        activity_rows += top_up_activity(db, &ids, &mut rng, options.activity_target - activity_rows).await?;
+    }
     Ok(Generated {
         orgs,
         rows: rows_written,
         activity_rows,
     })
+}
+
+/// Adds `extra` update entries for random records, so the log reaches the seed's volume.
+async fn top_up_activity(
+    db: &Db,
+    ids: &HashMap<(String, Option<Uuid>), Vec<Uuid>>,
+    rng: &mut StdRng,
+    extra: u64,
+) -> Result<u64> {
+    let started = Instant::now();
+    let now = truncate_micros(Utc::now());
+    let records: Vec<(&String, Uuid, &Vec<Uuid>)> = ids
+        .iter()
+        .filter_map(|((collection, scope), list)| scope.map(|org| (collection, org, list)))
+        .filter(|(_, _, list)| !list.is_empty())
+        .collect();
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = db.begin().await?;
+    let mut activity = Batch {
+        columns: ACTIVITY_COLUMNS.map(String::from).to_vec(),
+        rows: vec![],
+    };
+    for _ in 0..extra {
+        let (collection, org, list) = records[rng.random_range(0..records.len())];
+        let record = list[rng.random_range(0..list.len())];
+        let at = now - Duration::seconds(rng.random_range(0..(180 * 86_400)));
+        let changes = serde_json::json!({ "changed": { "demo": { "old": 1, "new": 2 } } });
+        activity
+            .rows
+            .push(activity_row(org, at, collection, record, "update", changes));
+        if activity.rows.len() >= 3_000 {
+            flush(&mut tx, "keel_activity", &mut activity).await?;
+        }
+    }
+    flush(&mut tx, "keel_activity", &mut activity).await?;
+    tx.commit().await?;
+    eprintln!(
+        "  {:<20} {:>9} rows in {:.1} s",
+        "activity (updates)",
+        extra,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(extra)
+}
+
+const ACTIVITY_COLUMNS: [&str; 9] = [
+    "id",
+    "org",
+    "created_at",
+    "collection",
+    "record",
+    "action",
+    "changes",
+    "request_id",
+    "count",
+];
+
+fn activity_row(
+    org: Uuid,
+    at: chrono::DateTime<Utc>,
+    collection: &str,
+    record: Uuid,
+    action: &str,
+    changes: serde_json::Value,
+) -> Vec<SqlValue> {
+    vec![
+        SqlValue::Uuid(Uuid::now_v7()),
+        SqlValue::Uuid(org),
+        SqlValue::Datetime(at),
+        SqlValue::Text(collection.to_string()),
+        SqlValue::Text(record.to_string()),
+        SqlValue::Text(action.to_string()),
+        SqlValue::Json(changes),
+        SqlValue::Text("demo".into()),
+        SqlValue::Int(1),
+    ]
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -582,6 +646,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 counts: HashMap::new(),
                 seed: 42,
                 activity: true,
+                activity_target: (demo.activity as f64 * args.scale).round() as u64,
             },
         )
         .await?;

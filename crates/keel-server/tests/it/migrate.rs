@@ -39,7 +39,13 @@ async fn insert_note(db: &keel_store::Db, org: uuid::Uuid) -> uuid::Uuid {
     let mut tx = db.begin().await.unwrap();
     tx.execute(&tx.portable(
         "INSERT INTO notes (id, org, created_at, updated_at, version, title, n) VALUES ($1, $2, $3, $3, 1, $4, $5)",
-        vec![SqlValue::Uuid(id), SqlValue::Uuid(org), now, SqlValue::Text("kept".into()), SqlValue::Int(7)],
+        vec![
+            SqlValue::Uuid(id),
+            SqlValue::Uuid(org),
+            now,
+            SqlValue::Text("kept".into()),
+            SqlValue::Int(7),
+        ],
     ))
     .await
     .unwrap();
@@ -56,12 +62,21 @@ async fn plans_apply_and_record(backend: Backend) {
     let sql = plan.to_sql();
     assert!(sql.contains("CREATE TABLE keel_users"), "{sql}");
     assert!(sql.contains("CREATE TABLE \"notes\""), "{sql}");
-    assert!(sql.contains("CREATE TABLE \"keel_activity\""), "the activity log is a built-in collection: {sql}");
+    assert!(
+        sql.contains("CREATE TABLE \"keel_activity\""),
+        "the activity log is a built-in collection: {sql}"
+    );
     migrate::apply(&db, &v1, false).await.unwrap();
-    assert!(migrate::plan_for(&db, &v1).await.unwrap().is_empty(), "nothing is pending after apply");
+    assert!(
+        migrate::plan_for(&db, &v1).await.unwrap().is_empty(),
+        "nothing is pending after apply"
+    );
     assert_eq!(migrate::history(&db).await.unwrap().len(), 1);
 
-    let org = keel_store::system::org_insert(&db, "acme", "Acme", None, "owner").await.unwrap().id;
+    let org = keel_store::system::org_insert(&db, "acme", "Acme", None, "owner")
+        .await
+        .unwrap()
+        .id;
     let id = insert_note(&db, org).await;
 
     // Adding fields, an index and search is not destructive; existing rows get the default.
@@ -71,7 +86,10 @@ async fn plans_apply_and_record(backend: Backend) {
     assert!(plan.to_sql().contains("ADD COLUMN \"done\""), "{}", plan.to_sql());
     migrate::apply(&db, &v2, false).await.unwrap();
     let row = db
-        .query_one(&db.portable("SELECT title, done, n FROM notes WHERE id = $1", vec![SqlValue::Uuid(id)]))
+        .query_one(&db.portable(
+            "SELECT title, done, n FROM notes WHERE id = $1",
+            vec![SqlValue::Uuid(id)],
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -79,7 +97,9 @@ async fn plans_apply_and_record(backend: Backend) {
     assert_eq!(row[1].bool(), Some(false));
     assert_eq!(row[2].int(), Some(7));
     let mut tx = db.begin().await.unwrap();
-    tx.execute(&tx.portable("UPDATE notes SET score = 41 WHERE id = $1", vec![SqlValue::Uuid(id)])).await.unwrap();
+    tx.execute(&tx.portable("UPDATE notes SET score = 41 WHERE id = $1", vec![SqlValue::Uuid(id)]))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     // Dropping a field is destructive: refused without the flag, applied with it.
@@ -90,7 +110,11 @@ async fn plans_apply_and_record(backend: Backend) {
         Err(MigrateError::Destructive(list)) => assert!(list.contains("drop field n"), "{list}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(migrate::history(&db).await.unwrap().len(), 2, "a refused plan records nothing");
+    assert_eq!(
+        migrate::history(&db).await.unwrap().len(),
+        2,
+        "a refused plan records nothing"
+    );
     migrate::apply(&db, &v3, true).await.unwrap();
     let row = db
         .query_one(&db.portable("SELECT title, score FROM notes WHERE id = $1", vec![SqlValue::Uuid(id)]))
@@ -107,14 +131,20 @@ async fn refuses_what_it_cannot_do(backend: Backend) {
     let database = TestDb::new(backend).await;
     let db = database.connect().await;
     migrate::apply(&db, &schema(V1), false).await.unwrap();
-    let needs_default = schema("[collections.notes]\nfields.title = { type = \"text\", required = true }\nfields.n = { type = \"integer\" }\nfields.owner = { type = \"text\", required = true }\n");
+    let needs_default = schema(
+        "[collections.notes]\nfields.title = { type = \"text\", required = true }\nfields.n = { type = \"integer\" }\nfields.owner = { type = \"text\", required = true }\n",
+    );
     match migrate::plan_for(&db, &needs_default).await {
         Err(MigrateError::Unsupported(message)) => assert!(message.contains("notes.owner"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let dropped = schema("[collections.other]\nfields.x = { type = \"text\" }\n");
     let plan = migrate::plan_for(&db, &dropped).await.unwrap();
-    assert!(plan.destructive_steps().iter().any(|s| s.description.contains("drop collection notes")));
+    assert!(
+        plan.destructive_steps()
+            .iter()
+            .any(|s| s.description.contains("drop collection notes"))
+    );
 }
 
 async fn serve_refuses_pending_migrations(backend: Backend) {
@@ -123,7 +153,9 @@ async fn serve_refuses_pending_migrations(backend: Backend) {
     database.configure(&mut config);
     config.app.migrate_on_start = false;
     match keel_server::open_database(&config, &schema(V1)).await {
-        Err(keel_server::StartError::PendingMigrations(steps)) => assert!(steps.contains("create collection notes"), "{steps}"),
+        Err(keel_server::StartError::PendingMigrations(steps)) => {
+            assert!(steps.contains("create collection notes"), "{steps}")
+        }
         Err(other) => panic!("expected pending migrations, got {other}"),
         Ok(_) => panic!("expected pending migrations"),
     }
@@ -134,4 +166,8 @@ async fn serve_refuses_pending_migrations(backend: Backend) {
     assert!(keel_server::open_database(&config, &schema(V1)).await.is_ok());
 }
 
-both!(plans_apply_and_record, refuses_what_it_cannot_do, serve_refuses_pending_migrations);
+both!(
+    plans_apply_and_record,
+    refuses_what_it_cannot_do,
+    serve_refuses_pending_migrations
+);
