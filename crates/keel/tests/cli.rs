@@ -1,0 +1,183 @@
+//! The `keel` binary end to end: check, migrate, serve (JSON logs with request ids, graceful
+//! shutdown on SIGTERM, refusal with pending migrations), demo.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SPEC: &str = r#"
+[app]
+name = "cli"
+[roles]
+order = ["owner", "member"]
+[collections.notes]
+fields.title = { type = "text", required = true }
+"#;
+
+fn keel() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    // The parent's KEEL_* settings must not leak into these runs.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KEEL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A raw HTTP/1.1 request; returns (status, body).
+fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n{body}", body.len()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn wait_for(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("keel exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("keel did not listen on {port}");
+}
+
+fn write_spec(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("keel.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_reports_problems_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_spec(dir.path(), SPEC);
+    let output = keel().arg("check").arg(&good).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.a = { type = \"txt\" }\nrules.list = \"nope = 1\"\n").unwrap();
+    let output = keel().arg("check").arg(&bad).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 6: collections.t.fields.a.type: unknown type 'txt'"), "{stderr}");
+}
+
+#[test]
+fn check_reports_rule_problems_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.a = { type = \"text\" }\nrules.list = \"nope = 1\"\n").unwrap();
+    let output = keel().arg("check").arg(&bad).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 7: collections.t.rules.list: 'nope' is not a field of t"), "{stderr}");
+}
+
+#[test]
+fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), SPEC);
+    let data = dir.path().join("data");
+    let port = free_port();
+    // Serving against an unmigrated database is refused.
+    let refused = keel().args(["serve", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).args(["--port", &port.to_string()]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs migrations"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    let plan = keel().args(["migrate", "plan", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan_text.contains("CREATE TABLE \"notes\""), "{plan_text}");
+    let apply = keel().args(["migrate", "apply", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    let again = keel().args(["migrate", "plan", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+
+    let mut child = keel()
+        .args(["serve", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--port", &port.to_string()])
+        .env("KEEL_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(port, &mut child);
+    let (status, body) = http(port, "GET", "/health/ready", "x-request-id: cli-test-42\r\n", "");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(port, "GET", "/api/v1/auth/me", "x-request-id: cli-test-43\r\n", "");
+    assert_eq!(status, 401);
+    // SIGTERM: the server stops accepting, finishes, and exits cleanly.
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "keel did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    let lines: Vec<serde_json::Value> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    let request_line = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "cli-test-42")
+        .unwrap_or_else(|| panic!("no JSON log line with the request id: {lines:#?}"));
+    assert_eq!(request_line["status"], 200);
+    assert_eq!(request_line["span"]["route"], "/health/ready");
+    assert!(request_line["duration_ms"].is_number());
+    let failed = lines.iter().find(|l| l["span"]["request_id"] == "cli-test-43").expect("second request logged");
+    assert!(failed["error"].as_str().unwrap_or("").starts_with("unauthenticated"), "{failed}");
+    assert!(lines.iter().any(|l| l["message"].as_str().unwrap_or("").contains("shutting down")), "{lines:#?}");
+}
+
+#[test]
+fn demo_generates_and_reuses_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let run = || keel().args(["demo", "pms", "--no-serve", "--scale", "0.02", "--data-dir"]).arg(&data).output().unwrap();
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("tasks"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("admin@demo.keel"), "{stdout}");
+    let second = run();
+    assert!(String::from_utf8_lossy(&second.stderr).contains("reusing"));
+    let unknown = keel().args(["demo", "nope", "--no-serve"]).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("fleet-compliance"));
+}
+
+#[test]
+fn fleet_demo_reaches_the_seeds_year_one_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    let output = keel().args(["demo", "fleet-compliance", "--no-serve", "--data-dir"]).arg(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // seed 000, year 1: 120 orgs, 2,400 drivers, 4,080 vehicles, 25,000 issues, 75,000 activity rows.
+    for expected in ["drivers                   2400", "vehicles                  4080", "issues                   25000", "120 orgs", "75000 activity rows"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+}
