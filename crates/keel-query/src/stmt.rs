@@ -162,6 +162,10 @@ impl<'a> Builder<'a> {
                         .push(&alias);
                     sub.push(" WHERE ").push(&alias).push(".\"id\" = ");
                     sub.push(&table).push(".").push(&ident(field));
+                    // Defence in depth: a tenant record only ever expands to a record of its own org.
+                    if !target_collection.global && !self.collection.global {
+                        sub.push(" AND ").push(&alias).push(".\"org\" = ").push(&table).push(".\"org\"");
+                    }
                     // The related record is shown only if the caller may view it.
                     if !self.caller.superuser {
                         let rule = self.schema.rule(&target_collection.name, Action::View);

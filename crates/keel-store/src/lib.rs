@@ -30,11 +30,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(2);
+        // A fixed default (not derived from the core count) so docs/CONFIG.md is the same on
+        // every machine; PostgreSQL's default max_connections (100) fits several instances.
         PoolConfig {
-            max_connections: (cores * 4).clamp(4, 64),
+            max_connections: 16,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),

@@ -352,7 +352,11 @@ fn validated(
     Ok((values, relations))
 }
 
-fn writable(collection: &Collection) -> ApiResult<()> {
+/// Writes name one org: `-` (every org of the caller) is for reading lists only.
+fn writable(collection: &Collection, org: Option<&str>) -> ApiResult<()> {
+    if org == Some("-") {
+        return Err(ApiError::new("bad_request", "write records in one org: /api/v1/orgs/{org}/..."));
+    }
     if collection.system {
         return Err(ApiError::new(
             "read_only_collection",
@@ -403,13 +407,7 @@ pub async fn create(
     body: Value,
 ) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
-    writable(target.collection)?;
-    if org == Some("-") {
-        return Err(ApiError::new(
-            "bad_request",
-            "create records in one org: /api/v1/orgs/{org}/...",
-        ));
-    }
+    writable(target.collection, org)?;
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::Create)?;
     let (values, relations) = validated(state, target.collection, body, WriteMode::Create)?;
@@ -435,7 +433,7 @@ pub async fn update(
     body: Value,
 ) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
-    writable(target.collection)?;
+    writable(target.collection, org)?;
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::Update)?;
     let id = parse_id(id)?;
@@ -468,7 +466,7 @@ pub async fn delete(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let target = resolve(state, principal, org, name).await?;
-    writable(target.collection)?;
+    writable(target.collection, org)?;
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::Delete)?;
     let id = parse_id(id)?;
