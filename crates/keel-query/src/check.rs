@@ -124,12 +124,14 @@ impl Checker<'_> {
                         format!("'{name}' is not a bool field; compare it with a value"),
                     ));
                 }
+                Side::Bare(name, position) => return Err(self.unknown(&name, position)),
                 _ => return Err(QueryError::syntax(0, "expected a comparison")),
             },
             Expr::IsNull(operand, negated) => {
                 let operand = match self.side(operand)? {
                     Side::Column(name, ty) => TOperand::Column(name, ty),
                     Side::Var(Var::User, _) => TOperand::User,
+                    Side::Bare(name, position) => return Err(self.unknown(&name, position)),
                     _ => {
                         return Err(QueryError::syntax(0, "only a field or @user can be compared with null"));
                     }
@@ -137,11 +139,15 @@ impl Checker<'_> {
                 TExpr::IsNull(operand, *negated)
             }
             Expr::Text(operand, op, value) => {
-                let Side::Column(name, ty) = self.side(operand)? else {
-                    return Err(QueryError::syntax(
-                        0,
-                        "contains/startswith need a text field on the left",
-                    ));
+                let (name, ty) = match self.side(operand)? {
+                    Side::Column(name, ty) => (name, ty),
+                    Side::Bare(name, position) => return Err(self.unknown(&name, position)),
+                    _ => {
+                        return Err(QueryError::syntax(
+                            0,
+                            "contains/startswith need a text field on the left",
+                        ));
+                    }
                 };
                 if !matches!(ty, ColumnType::Text | ColumnType::Select) {
                     return Err(QueryError::invalid_value(
@@ -155,8 +161,10 @@ impl Checker<'_> {
                 TExpr::Like(TOperand::Column(name, ty), *op, text.clone())
             }
             Expr::In(operand, items, negated) => {
-                let Side::Column(name, ty) = self.side(operand)? else {
-                    return Err(QueryError::syntax(0, "'in' needs a field on the left"));
+                let (name, ty) = match self.side(operand)? {
+                    Side::Column(name, ty) => (name, ty),
+                    Side::Bare(name, position) => return Err(self.unknown(&name, position)),
+                    _ => return Err(QueryError::syntax(0, "'in' needs a field on the left")),
                 };
                 let values = items
                     .iter()
@@ -232,6 +240,11 @@ impl Checker<'_> {
             (left, right) => {
                 let left = self.loose(left)?;
                 let right = self.loose(right)?;
+                // No column decides the type, so both sides must agree (PostgreSQL has no
+                // `bigint = text` or `uuid = text`).
+                if loose_class(&left) != loose_class(&right) {
+                    return Err(QueryError::syntax(0, "cannot compare values of different types"));
+                }
                 Ok(TExpr::Cmp(left, op, right))
             }
         }
@@ -385,6 +398,18 @@ impl Checker<'_> {
     }
 }
 
+/// The type family of an operand of a comparison without a column (see `Checker::loose`).
+fn loose_class(operand: &TOperand) -> u8 {
+    match operand {
+        TOperand::Value(SqlValue::Text(_), _) => 0,
+        TOperand::Value(SqlValue::Int(_) | SqlValue::Float(_), _) => 1,
+        TOperand::Value(SqlValue::Bool(_), _) => 2,
+        TOperand::User => 3,
+        TOperand::Now(_) | TOperand::Today(_) => 4,
+        _ => 5,
+    }
+}
+
 /// How `role` is known when a rule is compiled.
 #[derive(Debug, Clone)]
 pub enum RoleSource {
@@ -433,6 +458,7 @@ pub fn compile(expr: &TExpr, dialect: Dialect, table: &str, context: &Context) -
         inline_all: false,
     }
     .expr(expr)
+    .into_frag()
 }
 
 /// Compiles a partial-index condition (spec text only) with every literal inline.
@@ -448,8 +474,40 @@ pub fn compile_index_condition(expr: &TExpr, dialect: Dialect, table: &str) -> S
         context: &context,
         inline_all: true,
     }
-    .expr(expr);
+    .expr(expr)
+    .into_frag();
     frag.into_sql(dialect).text
+}
+
+/// A fragment while compiling: like [`Frag`], plus SQL's unknown (what a comparison with a
+/// missing `@user` yields), which must stay unknown under `NOT` (three-valued logic).
+enum Folded {
+    Const(bool),
+    Null,
+    Sql(Sql),
+}
+
+impl Folded {
+    /// A whole condition: an unknown one does not hold.
+    fn into_frag(self) -> Frag {
+        match self {
+            Folded::Const(b) => Frag::Const(b),
+            Folded::Null => Frag::Const(false),
+            Folded::Sql(sql) => Frag::Sql(sql),
+        }
+    }
+
+    /// One operand of AND/OR next to SQL: an unknown is written as NULL.
+    fn into_sql(self, dialect: Dialect) -> Sql {
+        match self {
+            Folded::Null => {
+                let mut sql = Sql::new(dialect);
+                sql.push("NULL");
+                sql
+            }
+            other => other.into_frag().into_sql(dialect),
+        }
+    }
 }
 
 struct Compiler<'a> {
@@ -460,25 +518,28 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    fn expr(&self, expr: &TExpr) -> Frag {
+    fn expr(&self, expr: &TExpr) -> Folded {
         match expr {
-            TExpr::Const(b) => Frag::Const(*b),
+            TExpr::Const(b) => Folded::Const(*b),
             TExpr::And(a, b) => match (self.expr(a), self.expr(b)) {
-                (Frag::Const(false), _) | (_, Frag::Const(false)) => Frag::Const(false),
-                (Frag::Const(true), other) | (other, Frag::Const(true)) => other,
-                (Frag::Sql(a), Frag::Sql(b)) => self.join(a, " AND ", b),
+                (Folded::Const(false), _) | (_, Folded::Const(false)) => Folded::Const(false),
+                (Folded::Const(true), other) | (other, Folded::Const(true)) => other,
+                (Folded::Null, Folded::Null) => Folded::Null,
+                (a, b) => self.join(a.into_sql(self.dialect), " AND ", b.into_sql(self.dialect)),
             },
             TExpr::Or(a, b) => match (self.expr(a), self.expr(b)) {
-                (Frag::Const(true), _) | (_, Frag::Const(true)) => Frag::Const(true),
-                (Frag::Const(false), other) | (other, Frag::Const(false)) => other,
-                (Frag::Sql(a), Frag::Sql(b)) => self.join(a, " OR ", b),
+                (Folded::Const(true), _) | (_, Folded::Const(true)) => Folded::Const(true),
+                (Folded::Const(false), other) | (other, Folded::Const(false)) => other,
+                (Folded::Null, Folded::Null) => Folded::Null,
+                (a, b) => self.join(a.into_sql(self.dialect), " OR ", b.into_sql(self.dialect)),
             },
             TExpr::Not(a) => match self.expr(a) {
-                Frag::Const(b) => Frag::Const(!b),
-                Frag::Sql(inner) => {
+                Folded::Const(b) => Folded::Const(!b),
+                Folded::Null => Folded::Null,
+                Folded::Sql(inner) => {
                     let mut sql = Sql::new(self.dialect);
                     sql.push("NOT (").append(&inner).push(")");
-                    Frag::Sql(sql)
+                    Folded::Sql(sql)
                 }
             },
             TExpr::Truthy(operand) => {
@@ -486,16 +547,16 @@ impl Compiler<'_> {
                 self.operand(&mut sql, operand);
                 sql.push(" = ");
                 self.literal(&mut sql, &SqlValue::Bool(true), true);
-                Frag::Sql(sql)
+                Folded::Sql(sql)
             }
             TExpr::IsNull(operand, negated) => {
                 if let TOperand::User = operand {
-                    return Frag::Const(self.context.user.is_none() != *negated);
+                    return Folded::Const(self.context.user.is_none() != *negated);
                 }
                 let mut sql = Sql::new(self.dialect);
                 self.operand(&mut sql, operand);
                 sql.push(if *negated { " IS NOT NULL" } else { " IS NULL" });
-                Frag::Sql(sql)
+                Folded::Sql(sql)
             }
             TExpr::Like(operand, op, text) => {
                 let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
@@ -511,11 +572,11 @@ impl Compiler<'_> {
                 });
                 self.literal(&mut sql, &SqlValue::Text(pattern), false);
                 sql.push(" ESCAPE '\\'");
-                Frag::Sql(sql)
+                Folded::Sql(sql)
             }
             TExpr::In(operand, values, negated) => {
                 if values.is_empty() {
-                    return Frag::Const(*negated);
+                    return Folded::Const(*negated);
                 }
                 let mut sql = Sql::new(self.dialect);
                 self.operand(&mut sql, operand);
@@ -527,12 +588,12 @@ impl Compiler<'_> {
                     self.operand(&mut sql, value);
                 }
                 sql.push(")");
-                Frag::Sql(sql)
+                Folded::Sql(sql)
             }
             TExpr::Cmp(left, op, right) => {
                 if let (TOperand::Role, TOperand::RoleRank(rank)) = (left, right) {
                     match &self.context.role {
-                        RoleSource::Rank(None) => return Frag::Const(false),
+                        RoleSource::Rank(None) => return Folded::Const(false),
                         RoleSource::Rank(Some(mine)) => {
                             let holds = match op {
                                 CmpOp::Eq => mine == rank,
@@ -542,27 +603,27 @@ impl Compiler<'_> {
                                 CmpOp::Gt => mine > rank,
                                 CmpOp::Ge => mine >= rank,
                             };
-                            return Frag::Const(holds);
+                            return Folded::Const(holds);
                         }
                         RoleSource::Expression(_) => {}
                     }
                 }
                 if matches!(left, TOperand::User) || matches!(right, TOperand::User) {
-                    // Comparing with a missing user is never true (SQL NULL semantics).
+                    // Comparing with a missing user is NULL (unknown), and so is its negation.
                     if self.context.user.is_none() {
-                        return Frag::Const(false);
+                        return Folded::Null;
                     }
                 }
                 let mut sql = Sql::new(self.dialect);
                 self.operand(&mut sql, left);
                 sql.push(" ").push(op.sql()).push(" ");
                 self.operand(&mut sql, right);
-                Frag::Sql(sql)
+                Folded::Sql(sql)
             }
         }
     }
 
-    fn join(&self, a: Sql, connective: &str, b: Sql) -> Frag {
+    fn join(&self, a: Sql, connective: &str, b: Sql) -> Folded {
         let mut sql = Sql::new(self.dialect);
         sql.push("(")
             .append(&a)
@@ -571,7 +632,7 @@ impl Compiler<'_> {
             .push("(")
             .append(&b)
             .push(")");
-        Frag::Sql(sql)
+        Folded::Sql(sql)
     }
 
     fn operand(&self, sql: &mut Sql, operand: &TOperand) {

@@ -325,23 +325,21 @@ impl Parser {
     }
 
     fn or(&mut self, depth: usize) -> Result<Expr, QueryError> {
-        let mut left = self.and(depth)?;
+        let mut terms = vec![self.and(depth)?];
         while self.peek() == Some(&Token::Or) {
             self.next();
-            let right = self.and(depth)?;
-            left = Expr::Or(Box::new(left), Box::new(right));
+            terms.push(self.and(depth)?);
         }
-        Ok(left)
+        Ok(balanced(terms, Expr::Or))
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, QueryError> {
-        let mut left = self.unary(depth)?;
+        let mut terms = vec![self.unary(depth)?];
         while self.peek() == Some(&Token::And) {
             self.next();
-            let right = self.unary(depth)?;
-            left = Expr::And(Box::new(left), Box::new(right));
+            terms.push(self.unary(depth)?);
         }
-        Ok(left)
+        Ok(balanced(terms, Expr::And))
     }
 
     fn unary(&mut self, depth: usize) -> Result<Expr, QueryError> {
@@ -485,6 +483,17 @@ impl Parser {
             None => Err(syntax(position, "the expression ends too early")),
         }
     }
+}
+
+/// Joins a chain `a || b || c ...` (or `&&`) as a balanced tree: both are associative, and the
+/// tree's depth, which every later pass recurses through, then grows with the logarithm of the
+/// chain's length instead of the length (a flat 4 KB chain would otherwise exhaust the stack).
+fn balanced(mut terms: Vec<Expr>, join: fn(Box<Expr>, Box<Expr>) -> Expr) -> Expr {
+    if terms.len() <= 1 {
+        return terms.pop().expect("a chain has at least one term");
+    }
+    let right = terms.split_off(terms.len() / 2);
+    join(Box::new(balanced(terms, join)), Box::new(balanced(right, join)))
 }
 
 /// Parses an expression into its syntax tree.

@@ -164,7 +164,11 @@ impl<'a> Builder<'a> {
                     sub.push(&table).push(".").push(&ident(field));
                     // Defence in depth: a tenant record only ever expands to a record of its own org.
                     if !target_collection.global && !self.collection.global {
-                        sub.push(" AND ").push(&alias).push(".\"org\" = ").push(&table).push(".\"org\"");
+                        sub.push(" AND ")
+                            .push(&alias)
+                            .push(".\"org\" = ")
+                            .push(&table)
+                            .push(".\"org\"");
                     }
                     // The related record is shown only if the caller may view it.
                     if !self.caller.superuser {

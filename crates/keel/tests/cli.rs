@@ -28,18 +28,30 @@ fn keel() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A raw HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n{body}", body.len()).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -74,7 +86,10 @@ fn check_reports_problems_with_lines() {
     let output = keel().arg("check").arg(&bad).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 6: collections.t.fields.a.type: unknown type 'txt'"), "{stderr}");
+    assert!(
+        stderr.contains("line 6: collections.t.fields.a.type: unknown type 'txt'"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -85,7 +100,10 @@ fn check_reports_rule_problems_with_lines() {
     let output = keel().arg("check").arg(&bad).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 7: collections.t.rules.list: 'nope' is not a field of t"), "{stderr}");
+    assert!(
+        stderr.contains("line 7: collections.t.rules.list: 'nope' is not a field of t"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -95,16 +113,45 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
     let data = dir.path().join("data");
     let port = free_port();
     // Serving against an unmigrated database is refused.
-    let refused = keel().args(["serve", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).args(["--port", &port.to_string()]).output().unwrap();
+    let refused = keel()
+        .args(["serve", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs migrations"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("needs migrations"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
-    let plan = keel().args(["migrate", "plan", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    let plan = keel()
+        .args(["migrate", "plan", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
     let plan_text = String::from_utf8_lossy(&plan.stdout);
     assert!(plan_text.contains("CREATE TABLE \"notes\""), "{plan_text}");
-    let apply = keel().args(["migrate", "apply", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    let apply = keel()
+        .args(["migrate", "apply", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
-    let again = keel().args(["migrate", "plan", "--spec"]).arg(&spec).arg("--data-dir").arg(&data).output().unwrap();
+    let again = keel()
+        .args(["migrate", "plan", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 
     let mut child = keel()
@@ -124,13 +171,19 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
     let (status, _) = http(port, "GET", "/api/v1/auth/me", "x-request-id: cli-test-43\r\n", "");
     assert_eq!(status, 401);
     // SIGTERM: the server stops accepting, finishes, and exits cleanly.
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "keel did not exit after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "keel did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
@@ -146,16 +199,33 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
     assert_eq!(request_line["status"], 200);
     assert_eq!(request_line["span"]["route"], "/health/ready");
     assert!(request_line["duration_ms"].is_number());
-    let failed = lines.iter().find(|l| l["span"]["request_id"] == "cli-test-43").expect("second request logged");
-    assert!(failed["error"].as_str().unwrap_or("").starts_with("unauthenticated"), "{failed}");
-    assert!(lines.iter().any(|l| l["message"].as_str().unwrap_or("").contains("shutting down")), "{lines:#?}");
+    let failed = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "cli-test-43")
+        .expect("second request logged");
+    assert!(
+        failed["error"].as_str().unwrap_or("").starts_with("unauthenticated"),
+        "{failed}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().unwrap_or("").contains("shutting down")),
+        "{lines:#?}"
+    );
 }
 
 #[test]
 fn demo_generates_and_reuses_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let run = || keel().args(["demo", "pms", "--no-serve", "--scale", "0.02", "--data-dir"]).arg(&data).output().unwrap();
+    let run = || {
+        keel()
+            .args(["demo", "pms", "--no-serve", "--scale", "0.02", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
     let first = run();
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
@@ -173,11 +243,21 @@ fn demo_generates_and_reuses_data() {
 fn fleet_demo_reaches_the_seeds_year_one_scale() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fleet");
-    let output = keel().args(["demo", "fleet-compliance", "--no-serve", "--data-dir"]).arg(&data).output().unwrap();
+    let output = keel()
+        .args(["demo", "fleet-compliance", "--no-serve", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     // seed 000, year 1: 120 orgs, 2,400 drivers, 4,080 vehicles, 25,000 issues, 75,000 activity rows.
-    for expected in ["drivers                   2400", "vehicles                  4080", "issues                   25000", "120 orgs", "75000 activity rows"] {
+    for expected in [
+        "drivers                   2400",
+        "vehicles                  4080",
+        "issues                   25000",
+        "120 orgs",
+        "75000 activity rows",
+    ] {
         assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
     }
 }

@@ -355,7 +355,10 @@ fn validated(
 /// Writes name one org: `-` (every org of the caller) is for reading lists only.
 fn writable(collection: &Collection, org: Option<&str>) -> ApiResult<()> {
     if org == Some("-") {
-        return Err(ApiError::new("bad_request", "write records in one org: /api/v1/orgs/{org}/..."));
+        return Err(ApiError::new(
+            "bad_request",
+            "write records in one org: /api/v1/orgs/{org}/...",
+        ));
     }
     if collection.system {
         return Err(ApiError::new(

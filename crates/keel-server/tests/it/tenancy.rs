@@ -211,12 +211,27 @@ async fn cross_org_list_spans_the_callers_orgs(backend: Backend) {
     let create = app.post("/api/v1/orgs/-/tasks", &alice, json!({"title": "x"})).await;
     assert_eq!(create.status, 400);
     // Writes through `-` are refused: they would have no single org to check relations against.
-    let task = app.get("/api/v1/orgs/one/tasks?limit=1", &alice).await.body["items"][0]["id"].as_str().unwrap().to_string();
-    let patch = app.patch(&format!("/api/v1/orgs/-/tasks/{task}"), &alice, json!({"project": bob_project})).await;
+    let task = app.get("/api/v1/orgs/one/tasks?limit=1", &alice).await.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let patch = app
+        .patch(
+            &format!("/api/v1/orgs/-/tasks/{task}"),
+            &alice,
+            json!({"project": bob_project}),
+        )
+        .await;
     assert_eq!((patch.status.as_u16(), patch.code()), (400, "bad_request"));
-    assert_eq!(app.delete(&format!("/api/v1/orgs/-/tasks/{task}"), &alice).await.status, 400);
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/-/tasks/{task}"), &alice).await.status,
+        400
+    );
     // Reading one record through `-` stays within the caller's orgs.
-    assert_eq!(app.get(&format!("/api/v1/orgs/-/tasks/{task}"), &alice).await.status, 200);
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/-/tasks/{task}"), &alice).await.status,
+        200
+    );
     assert_eq!(app.get(&format!("/api/v1/orgs/-/tasks/{task}"), &bob).await.status, 404);
 }
 
