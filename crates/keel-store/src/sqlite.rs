@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use keel_query::{Sql, SqlValue};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+use std::sync::atomic::AtomicUsize;
+
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, oneshot};
 
 use crate::PoolConfig;
 use crate::cell::{Cell, Row};
@@ -22,7 +24,10 @@ use crate::error::StoreError;
 
 pub struct SqliteDb {
     path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
+    /// Transactions waiting for the writer: while there are any, a finished transaction
+    /// leaves its commit to the group (see `SqliteTx::commit`).
+    waiting: Arc<AtomicUsize>,
     readers: std::sync::Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     reader_count: usize,
@@ -143,7 +148,12 @@ impl SqliteDb {
         }
         Ok(SqliteDb {
             path: path.to_path_buf(),
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(Writer {
+                connection: writer,
+                open: false,
+                pending: Vec::new(),
+            })),
+            waiting: Arc::new(AtomicUsize::new(0)),
             readers: std::sync::Mutex::new(readers),
             reader_permits: Semaphore::new(reader_count),
             reader_count,
@@ -184,72 +194,188 @@ impl SqliteDb {
         result
     }
 
-    /// Starts a write transaction on the single writer (`BEGIN IMMEDIATE`).
+    /// Starts a write transaction on the single writer: a savepoint inside the open group
+    /// transaction (`BEGIN IMMEDIATE` when none is open).
     pub async fn begin(&self) -> Result<SqliteTx, StoreError> {
-        let guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.clone().lock_owned())
+        let waiting = WaitGuard::new(&self.waiting);
+        let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.clone().lock_owned())
             .await
             .map_err(|_| StoreError::Busy)?;
-        guard.execute_batch("BEGIN IMMEDIATE")?;
+        drop(waiting);
+        if !guard.open {
+            guard.connection.execute_batch("BEGIN IMMEDIATE")?;
+            guard.open = true;
+        }
+        if let Err(error) = guard.connection.execute_batch("SAVEPOINT keel_tx") {
+            guard.settle();
+            return Err(error.into());
+        }
         Ok(SqliteTx {
-            connection: guard,
+            writer: Some(guard),
+            shared: self.writer.clone(),
+            waiting: self.waiting.clone(),
             finished: false,
             timeout: self.pool.statement_timeout,
             statements: self.statements.clone(),
         })
     }
 
-    /// Runs work on the writer outside a transaction (PRAGMAs, VACUUM, checks).
+    /// Runs work on the writer outside a transaction (PRAGMAs, VACUUM, checks), after
+    /// committing any open group.
     pub async fn with_writer<R>(
         &self,
         work: impl FnOnce(&Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
+        let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
             .await
             .map_err(|_| StoreError::Busy)?;
-        blocking(|| work(&guard))
+        if guard.open {
+            guard.commit_group();
+        }
+        blocking(|| work(&guard.connection))
+    }
+}
+
+/// The writer connection and its group commit: transactions run one after another as
+/// savepoints of one SQLite transaction, which commits when no other writer is waiting (or
+/// the group is full). Every page a group touches is written to the WAL once instead of once
+/// per transaction; each transaction's `commit` returns only after the group's COMMIT.
+struct Writer {
+    connection: Connection,
+    /// A group transaction is open.
+    open: bool,
+    /// Transactions released into the open group, waiting for its COMMIT.
+    pending: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The most transactions one group commit carries.
+const MAX_GROUP: usize = 256;
+
+impl Writer {
+    /// Commits the open group and tells every member how it went.
+    fn commit_group(&mut self) {
+        let result = self.connection.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if result.is_err() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+        self.open = false;
+        for member in self.pending.drain(..) {
+            let _ = member.send(result.clone());
+        }
+    }
+
+    /// After a transaction is abandoned: commit the others' work, or end the empty group.
+    fn settle(&mut self) {
+        if !self.open {
+            return;
+        }
+        if self.pending.is_empty() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+            self.open = false;
+        } else {
+            self.commit_group();
+        }
+    }
+}
+
+/// Counts a transaction waiting for the writer until it gets it (or gives up).
+struct WaitGuard(Arc<AtomicUsize>);
+
+impl WaitGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> WaitGuard {
+        counter.fetch_add(1, Ordering::SeqCst);
+        WaitGuard(counter.clone())
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// A write transaction holding the writer connection; rolls back if dropped unfinished.
 pub struct SqliteTx {
-    connection: OwnedMutexGuard<Connection>,
+    writer: Option<OwnedMutexGuard<Writer>>,
+    shared: Arc<Mutex<Writer>>,
+    waiting: Arc<AtomicUsize>,
     finished: bool,
     timeout: Duration,
     statements: Arc<AtomicU64>,
 }
 
 impl SqliteTx {
+    fn connection_ref(&self) -> &Connection {
+        &self
+            .writer
+            .as_ref()
+            .expect("an unfinished transaction holds the writer")
+            .connection
+    }
+
     pub fn query(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        run_query(&self.connection, sql, self.timeout)
+        run_query(self.connection_ref(), sql, self.timeout)
     }
 
     pub fn execute(&mut self, sql: &Sql) -> Result<u64, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        run_execute(&self.connection, sql, self.timeout)
+        run_execute(self.connection_ref(), sql, self.timeout)
     }
 
     /// Runs several statements of trusted SQL (DDL from the migration planner).
     pub fn execute_script(&mut self, script: &str) -> Result<(), StoreError> {
-        blocking(|| self.connection.execute_batch(script))?;
+        blocking(|| self.connection_ref().execute_batch(script))?;
         Ok(())
     }
 
-    pub fn commit(mut self) -> Result<(), StoreError> {
+    /// Releases the savepoint into the group and waits for the group's COMMIT. The last
+    /// transaction of a burst commits the group itself; if the group is left open (a waiting
+    /// writer went away), the transaction commits it after a short wait.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        let mut writer = self.writer.take().expect("an unfinished transaction holds the writer");
         self.finished = true;
-        self.connection.execute_batch("COMMIT")?;
-        Ok(())
+        if let Err(error) = writer.connection.execute_batch("RELEASE keel_tx") {
+            let _ = writer.connection.execute_batch("ROLLBACK TO keel_tx; RELEASE keel_tx");
+            writer.settle();
+            return Err(error.into());
+        }
+        let (sender, mut receiver) = oneshot::channel();
+        writer.pending.push(sender);
+        if self.waiting.load(Ordering::SeqCst) == 0 || writer.pending.len() >= MAX_GROUP {
+            writer.commit_group();
+        }
+        drop(writer);
+        let outcome = match tokio::time::timeout(Duration::from_millis(5), &mut receiver).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let mut writer = self.shared.lock().await;
+                if writer.open && !writer.pending.is_empty() {
+                    writer.commit_group();
+                }
+                drop(writer);
+                receiver.await
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Other(format!("commit failed: {message}"))),
+            Err(_) => Err(StoreError::Other("the writer dropped the commit".into())),
+        }
     }
 
     pub fn connection(&self) -> &Connection {
-        &self.connection
+        self.connection_ref()
     }
 }
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.connection.execute_batch("ROLLBACK");
+        if let Some(writer) = self.writer.as_mut()
+            && !self.finished
+        {
+            let _ = writer.connection.execute_batch("ROLLBACK TO keel_tx; RELEASE keel_tx");
+            writer.settle();
         }
     }
 }

@@ -12,6 +12,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use keel_server::{App, Config, load_schema};
 
+// mimalloc: the request path allocates many short-lived buffers; glibc malloc was ~15% of a
+// list request's CPU in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keel",

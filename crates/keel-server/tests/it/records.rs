@@ -207,6 +207,61 @@ async fn concurrent_updates_never_lose_a_write(backend: Backend) {
     assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 7, "{statuses:?}");
 }
 
+async fn concurrent_creates_commit_independently(backend: Backend) {
+    // On SQLite concurrent writes share group commits; a failing write must not take the
+    // others down, and every acknowledged write must be there afterwards.
+    let (app, owner, _) = setup(backend).await;
+    let app = std::sync::Arc::new(app);
+    let mut handles = vec![];
+    for n in 0..40 {
+        let app = app.clone();
+        let owner = owner.clone();
+        handles.push(tokio::spawn(async move {
+            let response = app
+                .post(
+                    "/api/v1/orgs/acme/projects",
+                    &owner,
+                    json!({"name": format!("p{}", n % 30)}),
+                )
+                .await;
+            (
+                response.status.as_u16(),
+                response.body["id"].as_str().map(str::to_string),
+            )
+        }));
+    }
+    let mut created = vec![];
+    let mut conflicts = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            (201, Some(id)) => created.push(id),
+            (409, _) => conflicts += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((created.len(), conflicts), (30, 10));
+    for id in &created {
+        assert_eq!(
+            app.get(&format!("/api/v1/orgs/acme/projects/{id}"), &owner)
+                .await
+                .status,
+            200
+        );
+    }
+    let count = app.get("/api/v1/orgs/acme/projects?count=exact&limit=1", &owner).await;
+    assert_eq!(count.body["count"], 31, "30 new projects and the setup's");
+    let log = app
+        .get(
+            "/api/v1/orgs/acme/activity?count=exact&limit=1&filter=collection%20%3D%20%27projects%27",
+            &owner,
+        )
+        .await;
+    assert_eq!(
+        log.body["count"], 31,
+        "one activity row per committed create, none for the failed ones"
+    );
+}
+
 async fn keyset_pagination_visits_every_row_once(backend: Backend) {
     let (app, owner, project) = setup(backend).await;
     for n in 0..23 {
@@ -616,6 +671,7 @@ both!(
     unique_and_restrict_conflicts,
     if_match_makes_writes_conditional,
     concurrent_updates_never_lose_a_write,
+    concurrent_creates_commit_independently,
     keyset_pagination_visits_every_row_once,
     list_parameters_are_checked,
     filters_select_the_right_rows,
