@@ -134,15 +134,16 @@ pub fn json_to_sql(ty: ColumnType, value: &serde_json::Value) -> Option<SqlValue
     })
 }
 
-/// `ASC`/`DESC` with Keel's NULL order: NULLs sort as the smallest value on both backends
-/// (SQLite's native order; PostgreSQL is told explicitly, and its indexes are built the same
-/// way, so an index still serves the ORDER BY).
-pub fn order_suffix(dialect: Dialect, descending: bool) -> &'static str {
-    match (dialect, descending) {
-        (Dialect::Sqlite, false) => " ASC",
-        (Dialect::Sqlite, true) => " DESC",
-        (Dialect::Postgres, false) => " ASC NULLS FIRST",
-        (Dialect::Postgres, true) => " DESC NULLS LAST",
+/// `ASC`/`DESC` with Keel's NULL order: NULLs sort as the smallest value on both backends.
+/// That is SQLite's native order; PostgreSQL is told explicitly for nullable columns, and
+/// Keel builds its indexes the same way (`keel_store::migrate`), so an index still serves the
+/// ORDER BY. Non-null columns get no NULLS clause, so either direction of a plain index fits.
+pub fn order_suffix(dialect: Dialect, descending: bool, nullable: bool) -> &'static str {
+    match (dialect, descending, nullable) {
+        (Dialect::Postgres, false, true) => " ASC NULLS FIRST",
+        (Dialect::Postgres, true, true) => " DESC NULLS LAST",
+        (_, false, _) => " ASC",
+        (_, true, _) => " DESC",
     }
 }
 

@@ -250,7 +250,7 @@ impl<'a> Builder<'a> {
                 sql.push(", ");
             }
             sql.push(&table).push(".").push(&ident(&key.field));
-            sql.push(crate::cursor::order_suffix(self.dialect, key.descending));
+            sql.push(crate::cursor::order_suffix(self.dialect, key.descending, key.nullable));
         }
         sql.push(" LIMIT ").push(&(spec.limit + 1).to_string());
         sql

@@ -209,15 +209,20 @@ fn add_foreign_key(app: &App, collection: &Collection, field: &Field) -> Option<
     ))
 }
 
-/// The direction of an index column in Keel's NULL order (NULLs smallest; see
-/// `keel_query::cursor::order_suffix`).
-fn index_order(dialect: Dialect, descending: bool) -> &'static str {
-    match (dialect, descending) {
-        (Dialect::Sqlite, false) => "",
-        (Dialect::Sqlite, true) => " DESC",
-        (Dialect::Postgres, false) => " NULLS FIRST",
-        (Dialect::Postgres, true) => " DESC NULLS LAST",
+/// The direction of an index column in Keel's NULL order (NULLs smallest), matching
+/// `keel_query::cursor::order_suffix` for the same column.
+fn index_order(dialect: Dialect, descending: bool, nullable: bool) -> &'static str {
+    match (dialect, descending, nullable) {
+        (Dialect::Postgres, false, true) => " NULLS FIRST",
+        (Dialect::Postgres, true, true) => " DESC NULLS LAST",
+        (_, false, _) => "",
+        (_, true, _) => " DESC",
     }
+}
+
+/// Whether a column may hold NULL (system columns and required fields never do).
+fn nullable(collection: &Collection, column: &str) -> bool {
+    collection.field(column).is_some_and(|f| !f.required)
 }
 
 /// Every index of a collection, by name, with its CREATE statement.
@@ -262,7 +267,7 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
                     "CREATE INDEX {} ON {quoted} ({org_prefix}{}{}, \"id\")",
                     ident(&name),
                     ident(&field.name),
-                    index_order(dialect, false)
+                    index_order(dialect, false, !field.required)
                 ),
             ));
         }
@@ -271,13 +276,19 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
         let mut columns: Vec<String> = index
             .columns
             .iter()
-            .map(|c| format!("{}{}", ident(&c.field), index_order(dialect, c.descending)))
+            .map(|c| {
+                format!(
+                    "{}{}",
+                    ident(&c.field),
+                    index_order(dialect, c.descending, nullable(collection, &c.field))
+                )
+            })
             .collect();
         // Non-unique indexes end with `id`, the keyset tie-breaker, so a filtered, sorted page
         // is one index range scan with no sort step.
         let last = index.columns.last().expect("an index has columns");
         if !index.unique && last.field != "id" {
-            columns.push(format!("\"id\"{}", index_order(dialect, last.descending)));
+            columns.push(format!("\"id\"{}", index_order(dialect, last.descending, false)));
         }
         let mut statement = format!(
             "CREATE {}INDEX {} ON {quoted} ({org_prefix}{})",

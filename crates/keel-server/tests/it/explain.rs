@@ -77,4 +77,21 @@ async fn declared_indexes_are_used(backend: Backend) {
     assert!(plan.contains("tasks_ix_status_p"), "partial index: {plan}");
 }
 
-both!(declared_indexes_are_used);
+async fn pages_need_no_sort_step(backend: Backend) {
+    // The default order (newest first) and a declared index's order are served by an index:
+    // no sort of the whole org per page, whatever the NULL order of the columns.
+    let app = TestApp::spawn(backend).await;
+    for (filter, sort) in [
+        ("title = 'x'", None),
+        ("due >= '2026-01-01'", Some("-due")),
+        ("status != 'done'", Some("status")),
+    ] {
+        let plan = plan_text(&app, filter, sort).await;
+        assert!(
+            !plan.contains("TEMP B-TREE FOR ORDER BY") && !plan.contains("Sort Key"),
+            "{filter} / {sort:?}: {plan}"
+        );
+    }
+}
+
+both!(declared_indexes_are_used, pages_need_no_sort_step);
