@@ -291,7 +291,7 @@ impl<'a> Builder<'a> {
                 // Each word becomes a quoted FTS5 string, so user text is never FTS syntax.
                 let terms: Vec<String> = query
                     .split_whitespace()
-                    .take(32)
+                    .take(32) // the handler refuses longer queries
                     .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
                     .collect();
                 let fts = ident(&format!("{}_fts", self.collection.table()));
@@ -521,7 +521,8 @@ impl<'a> Builder<'a> {
             let columns: Vec<String> = request.group.iter().map(|g| format!("{table}.{}", ident(g))).collect();
             sql.push(&columns.join(", "));
             sql.push(" ORDER BY count(*) DESC, ").push(&columns.join(", "));
-            sql.push(" LIMIT ").push(&request.limit.to_string());
+            // One more than asked, so the caller can say the groups were cut off.
+            sql.push(" LIMIT ").push(&(request.limit + 1).to_string());
         }
         sql
     }

@@ -122,6 +122,9 @@ fn default_value(kind: &FieldKind, default: &DefaultValue, now: DateTime<Utc>) -
         (FieldKind::Date, DefaultValue::Now) => SqlValue::Date(now.date_naive()),
         (_, DefaultValue::Now) => SqlValue::Datetime(now),
         (FieldKind::Date, DefaultValue::Text(s)) => parse_date(s).map(SqlValue::Date).unwrap_or(SqlValue::Null),
+        (FieldKind::Datetime, DefaultValue::Text(s)) => {
+            parse_datetime(s).map(SqlValue::Datetime).unwrap_or(SqlValue::Null)
+        }
         (_, DefaultValue::Text(s)) => SqlValue::Text(s.clone()),
         (_, DefaultValue::Integer(i)) => SqlValue::Int(*i),
         (_, DefaultValue::Number(f)) => SqlValue::Float(*f),

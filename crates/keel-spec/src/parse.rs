@@ -787,6 +787,7 @@ fn default_value(reader: &mut Reader, entry: &Entry, path: &str, kind: &FieldKin
         (FieldKind::Bool, Node::Bool(b)) => DefaultValue::Bool(b),
         (FieldKind::Date | FieldKind::Datetime, Node::Str("@now")) => DefaultValue::Now,
         (FieldKind::Date, Node::Str(s)) if is_date(s) => DefaultValue::Text(s.to_string()),
+        (FieldKind::Datetime, Node::Str(s)) if is_datetime(s) => DefaultValue::Text(s.to_string()),
         _ => {
             reader.problem(
                 entry.span(),
@@ -799,15 +800,47 @@ fn default_value(reader: &mut Reader, entry: &Entry, path: &str, kind: &FieldKin
     Some(value)
 }
 
+/// A real calendar date in `YYYY-MM-DD` form (so `2026-13-45` is refused).
 fn is_date(s: &str) -> bool {
     let bytes = s.as_bytes();
-    bytes.len() == 10
+    let shape = bytes.len() == 10
         && bytes[4] == b'-'
         && bytes[7] == b'-'
         && bytes
             .iter()
             .enumerate()
-            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+    if !shape {
+        return false;
+    }
+    let number = |range: std::ops::Range<usize>| s[range].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
+}
+
+/// An RFC 3339 datetime: a valid date, `T`, `HH:MM:SS`, optional fraction, and `Z` or an offset.
+fn is_datetime(s: &str) -> bool {
+    let Some((date, time)) = s.split_once(['T', 't']) else {
+        return false;
+    };
+    let bytes = time.as_bytes();
+    let clock = bytes.len() >= 9
+        && bytes[2] == b':'
+        && bytes[5] == b':'
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| bytes[i].is_ascii_digit())
+        && time[0..2].parse::<u32>().is_ok_and(|h| h < 24)
+        && time[3..5].parse::<u32>().is_ok_and(|m| m < 60)
+        && time[6..8].parse::<u32>().is_ok_and(|sec| sec < 61);
+    let zone = time.ends_with(['Z', 'z']) || time.rfind(['+', '-']).is_some_and(|i| i >= 8 && time.len() - i == 6);
+    is_date(date) && clock && zone
 }
 
 fn index(reader: &mut Reader, item: NodeRef, path: &str, collection: &Collection) -> Option<Index> {

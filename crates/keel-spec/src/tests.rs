@@ -115,3 +115,19 @@ fn model_round_trips_through_json() {
     let back: App = serde_json::from_str(&json).unwrap();
     assert_eq!(app, back);
 }
+
+#[test]
+fn date_and_datetime_defaults_are_real_values() {
+    let spec = |default: &str, kind: &str| {
+        format!(
+            "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.d = {{ type = \"{kind}\", default = \"{default}\" }}\n"
+        )
+    };
+    assert!(parse_app(&spec("2024-02-29", "date")).is_ok());
+    assert!(parse_app(&spec("2026-13-45", "date")).is_err());
+    assert!(parse_app(&spec("2025-02-29", "date")).is_err());
+    assert!(parse_app(&spec("2026-01-31T12:00:00Z", "datetime")).is_ok());
+    assert!(parse_app(&spec("2026-01-31T12:00:00.5+02:00", "datetime")).is_ok());
+    assert!(parse_app(&spec("2026-01-31 noon", "datetime")).is_err());
+    assert!(parse_app(&spec("@now", "datetime")).is_ok());
+}

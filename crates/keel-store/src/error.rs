@@ -50,7 +50,8 @@ impl From<rusqlite::Error> for StoreError {
                                 columns,
                             }
                         }
-                        787 => StoreError::ForeignKey(None),
+                        // 787: FOREIGN KEY; ON DELETE RESTRICT fails as a trigger (1811) with the same message.
+                        _ if code.extended_code == 787 || message.starts_with("FOREIGN KEY") => StoreError::ForeignKey(None),
                         _ => StoreError::Other(error.to_string()),
                     }
                 }

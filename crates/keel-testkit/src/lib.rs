@@ -76,6 +76,10 @@ rules.create = "role >= member"
 rules.update = "role >= admin || assignee = @user"
 rules.delete = "role >= admin"
 
+[collections.comments]
+fields.task = { type = "relation", to = "tasks", required = true }
+fields.body = { type = "text", required = true }
+
 [collections.countries]
 global = true
 fields.code = { type = "text", required = true, unique = true, max = 2 }

@@ -198,12 +198,17 @@ pub async fn logout_all(State(state): State<AppState>, Auth(principal): Auth) ->
 pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
     match principal {
         Principal::User { user, .. } => {
-            let orgs = system::orgs_of_user(&state.db, user.id, None, 500).await?;
+            // The first 500 memberships; the rest are listed by GET /api/v1/orgs (paginated).
+            let mut orgs = system::orgs_of_user(&state.db, user.id, None, 501).await?;
+            let truncated = orgs.len() > 500;
+            orgs.truncate(500);
             let memberships: Vec<_> = orgs
                 .into_iter()
                 .map(|(org, role)| json!({ "org": org, "role": role }))
                 .collect();
-            Ok(Json(json!({ "user": user, "memberships": memberships })))
+            Ok(Json(
+                json!({ "user": user, "memberships": memberships, "memberships_truncated": truncated }),
+            ))
         }
         Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),
     }

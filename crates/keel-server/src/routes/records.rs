@@ -239,6 +239,9 @@ fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<Li
             ));
         }
         Some(q) if q.len() > 512 => return Err(ApiError::new("invalid_query", "q is at most 512 bytes")),
+        Some(q) if q.split_whitespace().count() > 32 => {
+            return Err(ApiError::new("invalid_query", "q has at most 32 words"));
+        }
         Some(q) => Some(q.to_string()),
         None => None,
     };
@@ -525,8 +528,11 @@ pub async fn aggregate(
         filter,
         limit,
     };
-    let rows = records::aggregate(&state.db, &builder, &spec).await?;
-    let body = format!("{{\"groups\":[{}]}}", rows.join(","));
+    let limit = spec.limit as usize;
+    let mut rows = records::aggregate(&state.db, &builder, &spec).await?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let body = format!("{{\"groups\":[{}],\"truncated\":{truncated}}}", rows.join(","));
     Ok(json_response(StatusCode::OK, body))
 }
 

@@ -137,6 +137,55 @@ async fn unique_and_restrict_conflicts(backend: Backend) {
     );
 }
 
+async fn on_delete_cascade_and_restrict(backend: Backend) {
+    let (app, owner, project) = setup(backend).await;
+    let task = app
+        .post(
+            "/api/v1/orgs/acme/tasks",
+            &owner,
+            json!({"project": project, "title": "t"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let comment = app
+        .post(
+            "/api/v1/orgs/acme/comments",
+            &owner,
+            json!({"task": task, "body": "hi"}),
+        )
+        .await;
+    assert_eq!(comment.status, 201, "{}", comment.text);
+    // comments.task is `restrict` (the default): the task cannot go while a comment points at it.
+    let refused = app.delete(&format!("/api/v1/orgs/acme/tasks/{task}"), &owner).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (409, "still_referenced"));
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/acme/tasks/{task}"), &owner).await.status,
+        200,
+        "nothing was deleted"
+    );
+    let comment_id = comment.body["id"].as_str().unwrap();
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/comments/{comment_id}"), &owner)
+            .await
+            .status,
+        204
+    );
+    // tasks.project is `cascade`: deleting the project deletes its tasks.
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/projects/{project}"), &owner)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/acme/tasks/{task}"), &owner).await.status,
+        404
+    );
+}
+
 async fn if_match_makes_writes_conditional(backend: Backend) {
     let (app, owner, project) = setup(backend).await;
     let path = format!("/api/v1/orgs/acme/projects/{project}");
@@ -531,6 +580,13 @@ async fn full_text_search(backend: Backend) {
     );
     let count = app.get("/api/v1/orgs/acme/tasks?q=audit&count=exact", &owner).await;
     assert_eq!(count.body["count"], 2);
+    let long = vec!["word"; 33].join("%20");
+    assert_eq!(
+        app.get(&format!("/api/v1/orgs/acme/tasks?q={long}"), &owner)
+            .await
+            .code(),
+        "invalid_query"
+    );
     let no_search = app.get("/api/v1/global/countries?q=x", &owner).await;
     assert_eq!(no_search.code(), "search_not_enabled");
 }
@@ -669,6 +725,7 @@ both!(
     crud_round_trip,
     validation_lists_every_field,
     unique_and_restrict_conflicts,
+    on_delete_cascade_and_restrict,
     if_match_makes_writes_conditional,
     concurrent_updates_never_lose_a_write,
     concurrent_creates_commit_independently,
