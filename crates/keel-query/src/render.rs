@@ -29,47 +29,15 @@ pub fn datetime_text(expression: &str) -> String {
 
 /// Builds a JSON object from `(key, sql)` pairs. Keys are spec identifiers.
 pub fn json_object(dialect: Dialect, pairs: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(64 * pairs.len());
-    match dialect {
-        Dialect::Sqlite => {
-            out.push_str("json_object(");
-            for (i, (key, value)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&spec_literal(key));
-                out.push_str(", ");
-                out.push_str(value);
-            }
-            out.push(')');
-        }
-        Dialect::Postgres if pairs.len() <= 50 => {
-            out.push_str("json_build_object(");
-            for (i, (key, value)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&spec_literal(key));
-                out.push_str(", ");
-                out.push_str(value);
-            }
-            out.push(')');
-        }
-        Dialect::Postgres => {
-            // json_build_object takes at most 100 arguments; a row of aliased columns has no limit.
-            out.push_str("(SELECT row_to_json(keel_row) FROM (SELECT ");
-            for (i, (key, value)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(value);
-                out.push_str(" AS ");
-                out.push_str(&ident(key));
-            }
-            out.push_str(") keel_row)");
-        }
-    }
-    out
+    let pairs: Vec<(String, Sql)> = pairs
+        .iter()
+        .map(|(key, value)| {
+            let mut part = Sql::new(dialect);
+            part.push(value);
+            (key.clone(), part)
+        })
+        .collect();
+    json_object_sql(dialect, &pairs).text
 }
 
 /// Like [`json_object`], for values that carry bound parameters.

@@ -230,16 +230,7 @@ impl<'a> Builder<'a> {
                 .push(")::text"),
         };
         self.from(&mut sql);
-        let mut extra = vec![];
-        if let Some(filter) = &spec.filter {
-            match compile(filter, self.dialect, &table, &self.context()) {
-                Frag::Const(true) => {}
-                other => extra.push(other.into_sql(self.dialect)),
-            }
-        }
-        if let Some(query) = &spec.search {
-            extra.push(self.search(query));
-        }
+        let mut extra = self.filter_and_search(spec.filter.as_ref(), spec.search.as_deref());
         if let Some(after) = &spec.after {
             extra.push(crate::cursor::keyset_predicate(self.dialect, &table, &spec.sort, after));
         }
@@ -256,23 +247,28 @@ impl<'a> Builder<'a> {
         sql
     }
 
+    /// The conditions a request adds to its scope and rule: its filter and its search.
+    fn filter_and_search(&self, filter: Option<&TExpr>, search: Option<&str>) -> Vec<Sql> {
+        let mut conditions = vec![];
+        if let Some(filter) = filter {
+            match compile(filter, self.dialect, &self.table(), &self.context()) {
+                Frag::Const(true) => {}
+                other => conditions.push(other.into_sql(self.dialect)),
+            }
+        }
+        if let Some(query) = search {
+            conditions.push(self.search(query));
+        }
+        conditions
+    }
+
     /// `SELECT count(*)` with the same scope, rule, filter and search as a list.
     /// `cap` bounds the work for an estimate-style count.
     pub fn count(&self, spec: &ListSpec, cap: Option<u64>) -> Sql {
-        let table = self.table();
         let mut inner = Sql::new(self.dialect);
         inner.push("SELECT 1");
         self.from(&mut inner);
-        let mut extra = vec![];
-        if let Some(filter) = &spec.filter {
-            match compile(filter, self.dialect, &table, &self.context()) {
-                Frag::Const(true) => {}
-                other => extra.push(other.into_sql(self.dialect)),
-            }
-        }
-        if let Some(query) = &spec.search {
-            extra.push(self.search(query));
-        }
+        let extra = self.filter_and_search(spec.filter.as_ref(), spec.search.as_deref());
         self.where_clause(&mut inner, self.rule(Action::List), extra);
         if let Some(cap) = cap {
             inner.push(" LIMIT ").push(&cap.to_string());
@@ -508,13 +504,7 @@ impl<'a> Builder<'a> {
             sql.push("::text");
         }
         self.from(&mut sql);
-        let mut extra = vec![];
-        if let Some(filter) = &request.filter {
-            match compile(filter, self.dialect, &table, &self.context()) {
-                Frag::Const(true) => {}
-                other => extra.push(other.into_sql(self.dialect)),
-            }
-        }
+        let extra = self.filter_and_search(request.filter.as_ref(), None);
         self.where_clause(&mut sql, self.rule(Action::List), extra);
         if !request.group.is_empty() {
             sql.push(" GROUP BY ");

@@ -51,7 +51,9 @@ impl From<rusqlite::Error> for StoreError {
                             }
                         }
                         // 787: FOREIGN KEY; ON DELETE RESTRICT fails as a trigger (1811) with the same message.
-                        _ if code.extended_code == 787 || message.starts_with("FOREIGN KEY") => StoreError::ForeignKey(None),
+                        _ if code.extended_code == 787 || message.starts_with("FOREIGN KEY") => {
+                            StoreError::ForeignKey(None)
+                        }
                         _ => StoreError::Other(error.to_string()),
                     }
                 }

@@ -31,6 +31,8 @@ pub struct Target<'a> {
     pub org: Option<Uuid>,
     pub caller: Caller,
     pub info: CallerInfo,
+    /// Who writes, for the activity log.
+    pub actor: Actor,
 }
 
 impl Target<'_> {
@@ -44,11 +46,12 @@ impl Target<'_> {
         }
     }
 
-    fn actor(&self) -> Actor {
-        Actor {
-            user: self.info.user,
-            api_key: self.info.api_key,
-            request_id: current_request_id().unwrap_or_default(),
+    /// The scope of a write made through `builder`.
+    fn scope<'b>(&'b self, builder: &'b Builder<'b>) -> WriteScope<'b> {
+        WriteScope {
+            builder,
+            org: self.org,
+            actor: &self.actor,
         }
     }
 }
@@ -112,6 +115,11 @@ pub async fn resolve<'a>(
                 now,
             },
             superuser: info.superuser,
+        },
+        actor: Actor {
+            user: info.user,
+            api_key: info.api_key,
+            request_id: current_request_id().unwrap_or_default(),
         },
         info,
     })
@@ -372,6 +380,20 @@ fn writable(collection: &Collection, org: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
+/// Resolves a write: one org, a writable collection, and a rule that can hold for the caller.
+async fn resolve_write<'a>(
+    state: &'a AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    action: Action,
+) -> ApiResult<Target<'a>> {
+    let target = resolve(state, principal, org, name).await?;
+    writable(target.collection, org)?;
+    ensure_allowed(&target.builder(state), action)?;
+    Ok(target)
+}
+
 /// Maps a record error, naming the fields of a unique violation.
 fn record_error(collection: &Collection, error: RecordError) -> ApiError {
     match error {
@@ -412,18 +434,10 @@ pub async fn create(
     name: &str,
     body: Value,
 ) -> ApiResult<Response> {
-    let target = resolve(state, principal, org, name).await?;
-    writable(target.collection, org)?;
-    let builder = target.builder(state);
-    ensure_allowed(&builder, Action::Create)?;
+    let target = resolve_write(state, principal, org, name, Action::Create).await?;
     let (values, relations) = validated(state, target.collection, body, WriteMode::Create)?;
-    let actor = target.actor();
-    let scope = WriteScope {
-        builder: &builder,
-        org: target.org,
-        actor: &actor,
-    };
-    let json = records::create(&state.db, &scope, values, &relations)
+    let builder = target.builder(state);
+    let json = records::create(&state.db, &target.scope(&builder), values, &relations)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(record_response(StatusCode::CREATED, json))
@@ -438,26 +452,18 @@ pub async fn update(
     headers: &HeaderMap,
     body: Value,
 ) -> ApiResult<Response> {
-    let target = resolve(state, principal, org, name).await?;
-    writable(target.collection, org)?;
-    let builder = target.builder(state);
-    ensure_allowed(&builder, Action::Update)?;
+    let target = resolve_write(state, principal, org, name, Action::Update).await?;
     let id = parse_id(id)?;
-    let expected = if_match(headers)?;
+    let if_match = if_match(headers)?;
     let (values, relations) = validated(state, target.collection, body, WriteMode::Update)?;
-    let actor = target.actor();
-    let scope = WriteScope {
-        builder: &builder,
-        org: target.org,
-        actor: &actor,
-    };
+    let builder = target.builder(state);
     let change = Change {
         id,
-        if_match: expected,
+        if_match,
         values,
         relations: &relations,
     };
-    let json = records::update(&state.db, &scope, change)
+    let json = records::update(&state.db, &target.scope(&builder), change)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(record_response(StatusCode::OK, json))
@@ -471,19 +477,11 @@ pub async fn delete(
     id: &str,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let target = resolve(state, principal, org, name).await?;
-    writable(target.collection, org)?;
-    let builder = target.builder(state);
-    ensure_allowed(&builder, Action::Delete)?;
+    let target = resolve_write(state, principal, org, name, Action::Delete).await?;
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
-    let actor = target.actor();
-    let scope = WriteScope {
-        builder: &builder,
-        org: target.org,
-        actor: &actor,
-    };
-    records::delete(&state.db, &scope, id, expected)
+    let builder = target.builder(state);
+    records::delete(&state.db, &target.scope(&builder), id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
