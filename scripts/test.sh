@@ -17,6 +17,8 @@
 #      + cargo test --workspace --doc (nextest does not run doctests; skipped
 #        when ARGS are given, since a filtered run wants just those tests),
 #      or, without cargo-nextest, cargo test --workspace --no-fail-fast [ARGS...]
+#   5. scripts/check-openapi.sh: every example app's OpenAPI document through
+#      openapi-spec-validator (PyPI, in a venv under target/).
 #   It stops at the first failing stage and exits with its status.
 #
 # Environment:
@@ -110,4 +112,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     echo "test.sh: cargo-nextest not found; falling back to cargo test" >&2
     run_stage cargo test --workspace --no-fail-fast "$@"
+fi
+
+# --- the OpenAPI documents of the example apps, checked by a standard validator ----------
+if [[ $# -eq 0 ]]; then
+    run_stage scripts/check-openapi.sh
 fi

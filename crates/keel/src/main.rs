@@ -79,6 +79,8 @@ enum Command {
     },
     /// Check a spec and report every problem with its line.
     Check { file: PathBuf },
+    /// Print the OpenAPI document of a spec (what /api/v1/openapi.json serves).
+    Openapi { file: PathBuf },
     /// Plan or apply migrations.
     Migrate {
         #[command(subcommand)]
@@ -241,6 +243,16 @@ async fn main() -> Result<()> {
                     bail!("{} problem(s) in {}", problems.len(), file.display())
                 }
             }
+        }
+        Command::Openapi { file } => {
+            let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let schema = load_schema(&source)
+                .map_err(|problems| anyhow::anyhow!("{} has problems:\n{}", file.display(), problems.join("\n")))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&keel_server::openapi::document(&schema.app))?
+            );
+            Ok(())
         }
         Command::Migrate { action } => {
             let (common, apply, allow_destructive, history) = match action {
