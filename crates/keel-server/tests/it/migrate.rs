@@ -138,6 +138,17 @@ async fn refuses_what_it_cannot_do(backend: Backend) {
         Err(MigrateError::Unsupported(message)) => assert!(message.contains("notes.owner"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    let narrowed = schema(
+        "[collections.notes]\nfields.title = { type = \"text\", required = true }\nfields.n = { type = \"bool\" }\n",
+    );
+    let plan = migrate::plan_for(&db, &narrowed).await.unwrap();
+    assert!(
+        plan.destructive_steps()
+            .iter()
+            .any(|s| s.description.contains("change n from integer to bool")),
+        "{}",
+        plan.to_sql()
+    );
     let dropped = schema("[collections.other]\nfields.x = { type = \"text\" }\n");
     let plan = migrate::plan_for(&db, &dropped).await.unwrap();
     assert!(
