@@ -45,12 +45,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     ApiError::new("bad_request", rejection.body_text())
                 }
             })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new("invalid_json", format!("the body is not valid JSON: {e}")))?;
+        if contains_nul(&value) {
+            // PostgreSQL text cannot hold NUL; SQLite would cut strings at it. Refuse it everywhere.
+            return Err(ApiError::new(
+                "invalid_json",
+                "strings must not contain NUL (\\u0000) characters",
+            ));
+        }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
             ApiError::new(
                 "invalid_json",
                 format!("the body is not valid JSON for this request: {e}"),
             )
         })
+    }
+}
+
+/// Whether any string (or key) in a JSON value holds a NUL character.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
     }
 }
 
@@ -67,6 +86,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         }
         let mut params = HashMap::new();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if key.contains('\0') || value.contains('\0') {
+                return Err(ApiError::new(
+                    "invalid_query",
+                    "the query string must not contain NUL characters",
+                ));
+            }
             if params.insert(key.to_string(), value.to_string()).is_some() {
                 return Err(ApiError::new(
                     "invalid_query",
@@ -183,7 +208,12 @@ pub async fn org_access(
     principal: &Principal,
     slug: &str,
 ) -> Result<(Org, Option<String>), ApiError> {
-    if slug.len() > 64 {
+    // Only a well-formed slug can name an org; anything else is simply not found.
+    let well_formed = (2..=63).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !well_formed {
         return Err(ApiError::not_found());
     }
     match principal {

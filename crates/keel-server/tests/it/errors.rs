@@ -67,7 +67,22 @@ async fn malformed_bodies_get_clear_codes(backend: Backend) {
         (too_large.status.as_u16(), too_large.code()),
         (413, "payload_too_large")
     );
-    for response in [&broken, &wrong_type, &too_large] {
+    let nul = app
+        .request_with(
+            "POST",
+            "/api/v1/orgs",
+            auth(),
+            Some(r#"{"slug": "a\u0000b", "name": "x"}"#.into()),
+        )
+        .await;
+    assert_eq!(
+        (nul.status.as_u16(), nul.code()),
+        (400, "invalid_json"),
+        "NUL never reaches the database"
+    );
+    let nul_query = app.request_with("GET", "/api/v1/orgs?after=%00", auth(), None).await;
+    assert_eq!((nul_query.status.as_u16(), nul_query.code()), (400, "invalid_query"));
+    for response in [&broken, &wrong_type, &too_large, &nul, &nul_query] {
         assert!(
             response.body["error"]["request_id"].is_string(),
             "every error carries the request id"

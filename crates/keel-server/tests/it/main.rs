@@ -4,6 +4,7 @@ mod auth;
 mod docs;
 mod errors;
 mod explain;
+mod hostile;
 mod migrate;
 mod ops;
 mod orgs;
