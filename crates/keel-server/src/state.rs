@@ -64,10 +64,6 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts("keel_http_requests_total", labels.clone()), &METADATA)
             .increment(1);
-        let labels = vec![
-            Label::new("method", method.to_string()),
-            Label::new("route", route.to_string()),
-        ];
         self.recorder
             .register_histogram(
                 &Key::from_parts("keel_http_request_duration_seconds", labels),

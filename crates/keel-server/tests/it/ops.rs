@@ -22,7 +22,7 @@ async fn health_and_metrics(backend: Backend) {
         ),
         "{text}"
     );
-    assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",le=\"0.005\"}"), "{text}");
+    assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\",le=\"0.005\"}"), "{text}");
     assert!(text.contains("keel_db_pool_connections{state=\"idle\"}"), "{text}");
     assert!(
         !text.contains("/api/v1/orgs/acme"),
