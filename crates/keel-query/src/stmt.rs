@@ -152,6 +152,14 @@ impl<'a> Builder<'a> {
                     sub.push(" FROM keel_users ").push(&alias);
                     sub.push(" WHERE ").push(&alias).push(".\"id\" = ");
                     sub.push(&table).push(".").push(&ident(field));
+                    // A user is shown only while a member of the record's org.
+                    if !self.collection.global {
+                        sub.push(" AND EXISTS (SELECT 1 FROM keel_memberships keel_em WHERE keel_em.user_id = ");
+                        sub.push(&alias)
+                            .push(".\"id\" AND keel_em.org_id = ")
+                            .push(&table)
+                            .push(".\"org\")");
+                    }
                 }
                 Some(target_collection) => {
                     let target_pairs = record_pairs(self.dialect, target_collection, &alias, None);
@@ -432,9 +440,19 @@ impl<'a> Builder<'a> {
             let mut check = Sql::new(self.dialect);
             check.push("EXISTS (SELECT 1 FROM ");
             match target {
-                None => {
-                    check.push("keel_users WHERE \"id\" = ").bind(SqlValue::Uuid(*id));
-                }
+                // A tenant record may point only at a member of its org.
+                None => match self.scope {
+                    Scope::Org(org) if !self.collection.global => {
+                        check
+                            .push("keel_memberships WHERE user_id = ")
+                            .bind(SqlValue::Uuid(*id))
+                            .push(" AND org_id = ")
+                            .bind(SqlValue::Uuid(org));
+                    }
+                    _ => {
+                        check.push("keel_users WHERE \"id\" = ").bind(SqlValue::Uuid(*id));
+                    }
+                },
                 Some(target) => {
                     check
                         .push(&ident(&target.table()))

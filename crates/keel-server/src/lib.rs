@@ -187,8 +187,12 @@ impl App {
 }
 
 pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
+    let dummy_password_hash = routes::auth::hash_password_blocking(&config.auth, &uuid::Uuid::new_v4().to_string())
+        .map_err(|e| e.cause.unwrap_or(e.message))
+        .expect("argon2 hashes with valid parameters");
     AppState {
         inner: Arc::new(state::Inner {
+            dummy_password_hash,
             patterns: Patterns::new(&schema.app.collections),
             schema,
             db,

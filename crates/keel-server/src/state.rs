@@ -22,6 +22,9 @@ pub struct Inner {
     pub config: Config,
     pub metrics: Metrics,
     pub started: Instant,
+    /// A hash of a random password at the configured cost, verified when a login names an
+    /// unknown email.
+    pub dummy_password_hash: String,
 }
 
 impl std::ops::Deref for AppState {

@@ -43,20 +43,23 @@ fn hasher(auth: &crate::config::AuthSection) -> Argon2<'static> {
     Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
-/// Hashes a password with argon2id on a blocking thread (it is deliberately slow).
+/// Hashes a password with argon2id (deliberately slow: call it off the async workers).
+pub fn hash_password_blocking(auth: &crate::config::AuthSection, password: &str) -> ApiResult<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
+    hasher(auth)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(ApiError::internal)
+}
+
+/// Hashes a password with argon2id on a blocking thread.
 pub async fn hash_password(auth: &crate::config::AuthSection, password: String) -> ApiResult<String> {
-    let argon = hasher(auth);
-    tokio::task::spawn_blocking(move || {
-        let mut salt = [0u8; 16];
-        rand::rng().fill_bytes(&mut salt);
-        let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-        argon
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(ApiError::internal)
-    })
-    .await
-    .map_err(ApiError::internal)?
+    let auth = auth.clone();
+    tokio::task::spawn_blocking(move || hash_password_blocking(&auth, &password))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 /// Verifies a password; the hash carries its own parameters.
@@ -157,12 +160,11 @@ pub async fn signup(
 pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim().to_lowercase();
     let found = system::user_by_email(&state.db, &email).await?;
-    // Verify against a fixed hash when the user does not exist, so timing does not tell.
-    const DUMMY: &str =
-        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3S5u0hRdfgeCSLfXZVxrXBkIrtH6WeHWJjOwfsTL6ws";
+    // Verify against a hash made with the same cost when the user does not exist, so the
+    // answer's timing does not tell whether the email has an account.
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), hash),
-        None => (None, DUMMY.to_string()),
+        None => (None, state.dummy_password_hash.clone()),
     };
     let ok = verify_password(body.password, hash).await;
     let Some(user) = user.filter(|_| ok) else {

@@ -101,6 +101,30 @@ async fn no_route_leaks_or_alters_another_org(backend: Backend) {
         .await;
     assert_eq!(cross.code(), "validation_failed");
     assert_eq!(cross.body["error"]["details"][0]["code"], "invalid_relation");
+    // Nor at a user who is not a member of the org (their email would show in `expand`).
+    let (alice_id_row, _) = (
+        app.get("/api/v1/auth/me", &alice).await.body["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        (),
+    );
+    let evil_project = app
+        .post("/api/v1/orgs/evil/projects", &mallory, json!({"name": "mine"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let outsider = app
+        .post(
+            "/api/v1/orgs/evil/tasks",
+            &mallory,
+            json!({"project": evil_project, "title": "x", "assignee": alice_id_row}),
+        )
+        .await;
+    assert_eq!(outsider.code(), "validation_failed", "{}", outsider.text);
+    assert_eq!(outsider.body["error"]["details"][0]["field"], "assignee");
     // Filters cannot reach across either.
     let filter: String = form_urlencoded::byte_serialize(format!("id = '{task}'").as_bytes()).collect();
     assert_eq!(
