@@ -661,20 +661,41 @@ pub fn plan(
 
 /// The latest recorded migration: its version and the app it brought the database to.
 pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
-    let exists = match db.dialect() {
-        Dialect::Sqlite => db.portable("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_migrations'", vec![]),
-        Dialect::Postgres => db.portable("SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'keel_migrations' AND schemaname = current_schema()", vec![]),
-    };
-    let found = db.query_one(&exists).await?.and_then(|row| row[0].int()).unwrap_or(0);
-    if found == 0 {
+    let found = db.query_one(&migrations_table_exists(db.dialect())).await?;
+    if found.and_then(|row| row[0].int()).unwrap_or(0) == 0 {
         return Ok((0, None));
     }
-    let row = db
-        .query_one(&db.portable(
-            "SELECT version, app FROM keel_migrations ORDER BY version DESC LIMIT 1",
-            vec![],
-        ))
-        .await?;
+    recorded(db.query_one(&latest_migration(db.dialect())).await?)
+}
+
+/// The same, read inside a transaction (so a pool of one connection can migrate).
+async fn current_in(tx: &mut Tx) -> Result<(i64, Option<App>), StoreError> {
+    let found = tx.query_one(&migrations_table_exists(tx.dialect())).await?;
+    if found.and_then(|row| row[0].int()).unwrap_or(0) == 0 {
+        return Ok((0, None));
+    }
+    recorded(tx.query_one(&latest_migration(tx.dialect())).await?)
+}
+
+fn migrations_table_exists(dialect: Dialect) -> keel_query::Sql {
+    let text = match dialect {
+        Dialect::Sqlite => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_migrations'",
+        Dialect::Postgres => {
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'keel_migrations' AND schemaname = current_schema()"
+        }
+    };
+    crate::db::portable(dialect, text, vec![])
+}
+
+fn latest_migration(dialect: Dialect) -> keel_query::Sql {
+    crate::db::portable(
+        dialect,
+        "SELECT version, app FROM keel_migrations ORDER BY version DESC LIMIT 1",
+        vec![],
+    )
+}
+
+fn recorded(row: Option<crate::Row>) -> Result<(i64, Option<App>), StoreError> {
     match row {
         None => Ok((0, None)),
         Some(row) => {
@@ -687,16 +708,20 @@ pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
     }
 }
 
-/// Plans the migration from the database's recorded state to `next`.
-pub async fn plan_for(db: &Db, next: &Schema) -> Result<Plan, MigrateError> {
-    let (version, previous_app) = current(db).await?;
+fn plan_from(dialect: Dialect, recorded: (i64, Option<App>), next: &Schema) -> Result<Plan, MigrateError> {
+    let (version, previous_app) = recorded;
     let previous = match previous_app {
         Some(app) => Some(Schema::new(app).map_err(|problems| {
             MigrateError::Unsupported(format!("the recorded app no longer checks: {problems:?}"))
         })?),
         None => None,
     };
-    plan(db.dialect(), previous.as_ref(), next, version)
+    plan(dialect, previous.as_ref(), next, version)
+}
+
+/// Plans the migration from the database's recorded state to `next`.
+pub async fn plan_for(db: &Db, next: &Schema) -> Result<Plan, MigrateError> {
+    plan_from(db.dialect(), current(db).await?, next)
 }
 
 /// Applies the plan in one transaction and records it. Concurrent instances serialise on
@@ -737,8 +762,8 @@ async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -
         tx.execute(&tx.portable("SELECT pg_advisory_xact_lock(4242424242)", vec![]))
             .await?;
     }
-    // Re-plan under the lock: another instance may have migrated meanwhile.
-    let plan = plan_for(db, next).await?;
+    // Re-plan under the lock, inside the transaction: another instance may have migrated meanwhile.
+    let plan = plan_from(tx.dialect(), current_in(&mut tx).await?, next)?;
     if plan.is_empty() {
         return Ok(plan);
     }

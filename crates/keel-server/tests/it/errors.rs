@@ -90,4 +90,37 @@ async fn malformed_bodies_get_clear_codes(backend: Backend) {
     }
 }
 
-both!(envelope_and_request_ids, malformed_bodies_get_clear_codes);
+async fn a_busy_database_is_a_503_with_retry_after(backend: Backend) {
+    let app = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
+        c.database.max_connections = 1;
+        c.database.acquire_timeout_ms = 150;
+    })
+    .await;
+    let (_, token) = app.signup("a@example.com").await;
+    // Hold the only write connection, as a long transaction would.
+    let held = app.db().begin().await.unwrap();
+    let response = app
+        .post("/api/v1/orgs", &token, json!({"slug": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(
+        (response.status.as_u16(), response.code()),
+        (503, "database_busy"),
+        "{}",
+        response.text
+    );
+    assert_eq!(response.header("retry-after"), Some("1"));
+    drop(held);
+    assert_eq!(
+        app.post("/api/v1/orgs", &token, json!({"slug": "acme", "name": "Acme"}))
+            .await
+            .status,
+        201,
+        "and it recovers"
+    );
+}
+
+both!(
+    envelope_and_request_ids,
+    malformed_bodies_get_clear_codes,
+    a_busy_database_is_a_503_with_retry_after
+);

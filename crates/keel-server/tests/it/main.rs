@@ -10,4 +10,5 @@ mod ops;
 mod orgs;
 mod records;
 mod rules;
+mod store;
 mod tenancy;
