@@ -4,7 +4,7 @@
 //! caller's context (user, role, clock) and folds what it already knows into constants.
 
 use chrono::{DateTime, Duration, Utc};
-use keel_spec::{App, Collection, FieldKind, RelationTarget};
+use keel_spec::{App, Collection, FieldKind};
 use uuid::Uuid;
 
 use crate::QueryError;
@@ -695,17 +695,3 @@ impl Compiler<'_> {
     }
 }
 
-/// Whether a relation field points at a tenant collection (writes must stay in one org).
-pub fn relation_target<'a>(app: &'a App, kind: &FieldKind) -> Option<Option<&'a Collection>> {
-    match kind {
-        FieldKind::Relation {
-            to: RelationTarget::Users,
-            ..
-        } => Some(None),
-        FieldKind::Relation {
-            to: RelationTarget::Collection(name),
-            ..
-        } => Some(app.collection(name)),
-        _ => None,
-    }
-}

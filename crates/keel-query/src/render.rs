@@ -135,10 +135,3 @@ pub fn expand_target<'a>(app: &'a App, collection: &Collection, field: &str) -> 
         _ => None,
     }
 }
-
-/// Appends `sql_text` to `sql` (helper for building with trusted text).
-pub fn push_all(sql: &mut Sql, parts: &[&str]) {
-    for part in parts {
-        sql.push(part);
-    }
-}

@@ -147,13 +147,6 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
     }
 }
 
-pub async fn user_by_id(db: &Db, id: Uuid) -> Result<Option<User>, StoreError> {
-    let sql = db.portable(
-        &format!("SELECT {USER_COLUMNS} FROM keel_users u WHERE u.id = $1"),
-        vec![SqlValue::Uuid(id)],
-    );
-    db.query_one(&sql).await?.map(|row| user_from(&row)).transpose()
-}
 
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
