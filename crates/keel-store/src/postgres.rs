@@ -17,7 +17,6 @@ use crate::error::StoreError;
 pub struct PgDb {
     pool: PgPool,
     statements: Arc<AtomicU64>,
-    max_connections: u32,
 }
 
 fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<'q, Postgres, PgArguments> {
@@ -91,7 +90,6 @@ impl PgDb {
         Ok(PgDb {
             pool: pool_handle,
             statements: Arc::new(AtomicU64::new(0)),
-            max_connections: pool.max_connections,
         })
     }
 
@@ -102,7 +100,6 @@ impl PgDb {
     pub fn pool_state(&self) -> (usize, usize) {
         let size = self.pool.size() as usize;
         let idle = self.pool.num_idle();
-        let _ = self.max_connections;
         (size.saturating_sub(idle), idle)
     }
 
