@@ -694,4 +694,3 @@ impl Compiler<'_> {
         sql.push(&text);
     }
 }
-

@@ -68,6 +68,8 @@ pub struct DatabaseSection {
     pub idle_timeout_seconds: u64,
     pub max_lifetime_seconds: u64,
     pub statement_timeout_ms: u64,
+    /// Statements taking at least this long are logged as slow queries.
+    pub slow_query_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +140,7 @@ impl Default for DatabaseSection {
             idle_timeout_seconds: pool.idle_timeout.as_secs(),
             max_lifetime_seconds: pool.max_lifetime.as_secs(),
             statement_timeout_ms: pool.statement_timeout.as_millis() as u64,
+            slow_query_ms: pool.slow_query.as_millis() as u64,
         }
     }
 }
@@ -319,6 +322,7 @@ impl Config {
             idle_timeout: Duration::from_secs(self.database.idle_timeout_seconds),
             max_lifetime: Duration::from_secs(self.database.max_lifetime_seconds),
             statement_timeout: Duration::from_millis(self.database.statement_timeout_ms),
+            slow_query: Duration::from_millis(self.database.slow_query_ms),
         }
     }
 
@@ -386,6 +390,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "database.statement_timeout_ms",
         "A statement running longer is cancelled (503 `database_timeout`).",
+    ),
+    (
+        "database.slow_query_ms",
+        "Statements taking at least this long are logged (`slow query`, with the SQL, route and request id).",
     ),
     ("auth.signup", "Whether anyone may sign up through the API."),
     ("auth.session_ttl_hours", "How long a session token lives."),

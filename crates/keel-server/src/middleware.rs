@@ -46,13 +46,16 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), async move {
-            match tokio::time::timeout(timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::new("request_timeout", "the request took too long").into_response(),
-            }
-        })
+    let (mut response, queries) = REQUEST_ID
+        .scope(
+            request_id.clone(),
+            keel_store::observe::measured(async move {
+                match tokio::time::timeout(timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::new("request_timeout", "the request took too long").into_response(),
+                }
+            }),
+        )
         .instrument(span.clone())
         .await;
     let status = response.status().as_u16();
@@ -60,20 +63,21 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
     state
         .metrics
         .http_request(&method, &route, status, elapsed.as_secs_f64());
+    state
+        .metrics
+        .db_queries(&route, queries.statements, queries.total.as_secs_f64());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let cause = response.extensions().get::<ErrorCause>().map(|c| c.0.clone());
     let _entered = span.enter();
+    let db_statements = queries.statements;
+    let db_ms = queries.total.as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::error!(
-            status,
-            duration_ms,
-            cause = cause.as_deref().unwrap_or(""),
-            "request failed"
-        );
+        let cause = cause.as_deref().unwrap_or("");
+        tracing::error!(status, duration_ms, db_statements, db_ms, cause, "request failed");
     } else if let Some(cause) = cause {
-        tracing::info!(status, duration_ms, error = %cause, "request");
+        tracing::info!(status, duration_ms, db_statements, db_ms, error = %cause, "request");
     } else {
-        tracing::info!(status, duration_ms, "request");
+        tracing::info!(status, duration_ms, db_statements, db_ms, "request");
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

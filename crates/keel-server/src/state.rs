@@ -75,6 +75,20 @@ impl Metrics {
             .record(seconds);
     }
 
+    /// Database work of one request: statements run and their total time, per route (D11).
+    pub fn db_queries(&self, route: &str, statements: u32, seconds: f64) {
+        if statements == 0 {
+            return;
+        }
+        let labels = vec![Label::new("route", route.to_string())];
+        self.recorder
+            .register_counter(&Key::from_parts("keel_db_statements_total", labels.clone()), &METADATA)
+            .increment(u64::from(statements));
+        self.recorder
+            .register_histogram(&Key::from_parts("keel_db_query_duration_seconds", labels), &METADATA)
+            .record(seconds);
+    }
+
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
         let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
         self.recorder

@@ -2,12 +2,14 @@
 //! write each operation once for both databases.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use keel_query::{Dialect, Sql, SqlValue};
 
 use crate::PoolConfig;
 use crate::cell::Row;
 use crate::error::StoreError;
+use crate::observe;
 use crate::postgres::{PgDb, PgTx};
 use crate::sqlite::{SqliteDb, SqliteTx};
 
@@ -36,9 +38,10 @@ pub enum Db {
     Postgres(PgDb),
 }
 
+/// A write transaction; the second field is the slow-query threshold.
 pub enum Tx {
-    Sqlite(SqliteTx),
-    Postgres(PgTx),
+    Sqlite(SqliteTx, Duration),
+    Postgres(PgTx, Duration),
 }
 
 impl Db {
@@ -68,9 +71,19 @@ impl Db {
 
     /// A read, on a reader (SQLite) or any pooled connection (PostgreSQL).
     pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
-        match self {
+        let started = Instant::now();
+        let result = match self {
             Db::Sqlite(db) => db.query(sql).await,
             Db::Postgres(db) => db.query(sql).await,
+        };
+        observe::record(&sql.text, started.elapsed(), self.slow_query());
+        result
+    }
+
+    fn slow_query(&self) -> std::time::Duration {
+        match self {
+            Db::Sqlite(db) => db.slow_query(),
+            Db::Postgres(db) => db.slow_query(),
         }
     }
 
@@ -80,9 +93,10 @@ impl Db {
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let slow_query = self.slow_query();
         match self {
-            Db::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?)),
-            Db::Postgres(db) => Ok(Tx::Postgres(db.begin().await?)),
+            Db::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?, slow_query)),
+            Db::Postgres(db) => Ok(Tx::Postgres(db.begin().await?, slow_query)),
         }
     }
 
@@ -117,8 +131,8 @@ impl Db {
 impl Tx {
     pub fn dialect(&self) -> Dialect {
         match self {
-            Tx::Sqlite(_) => Dialect::Sqlite,
-            Tx::Postgres(_) => Dialect::Postgres,
+            Tx::Sqlite(..) => Dialect::Sqlite,
+            Tx::Postgres(..) => Dialect::Postgres,
         }
     }
 
@@ -127,10 +141,13 @@ impl Tx {
     }
 
     pub async fn query(&mut self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
-        match self {
-            Tx::Sqlite(tx) => tx.query(sql),
-            Tx::Postgres(tx) => tx.query(sql).await,
-        }
+        let started = Instant::now();
+        let (result, slow_query) = match self {
+            Tx::Sqlite(tx, slow) => (tx.query(sql), *slow),
+            Tx::Postgres(tx, slow) => (tx.query(sql).await, *slow),
+        };
+        observe::record(&sql.text, started.elapsed(), slow_query);
+        result
     }
 
     pub async fn query_one(&mut self, sql: &Sql) -> Result<Option<Row>, StoreError> {
@@ -138,23 +155,26 @@ impl Tx {
     }
 
     pub async fn execute(&mut self, sql: &Sql) -> Result<u64, StoreError> {
-        match self {
-            Tx::Sqlite(tx) => tx.execute(sql),
-            Tx::Postgres(tx) => tx.execute(sql).await,
-        }
+        let started = Instant::now();
+        let (result, slow_query) = match self {
+            Tx::Sqlite(tx, slow) => (tx.execute(sql), *slow),
+            Tx::Postgres(tx, slow) => (tx.execute(sql).await, *slow),
+        };
+        observe::record(&sql.text, started.elapsed(), slow_query);
+        result
     }
 
     pub async fn execute_script(&mut self, script: &str) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.execute_script(script),
-            Tx::Postgres(tx) => tx.execute_script(script).await,
+            Tx::Sqlite(tx, _) => tx.execute_script(script),
+            Tx::Postgres(tx, _) => tx.execute_script(script).await,
         }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await,
-            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx, _) => tx.commit().await,
+            Tx::Postgres(tx, _) => tx.commit().await,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod cell;
 pub mod db;
 pub mod error;
 pub mod migrate;
+pub mod observe;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -26,6 +27,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub statement_timeout: Duration,
+    /// Statements that take at least this long are logged as slow queries.
+    pub slow_query: Duration,
 }
 
 impl Default for PoolConfig {
@@ -39,6 +42,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(1800),
             statement_timeout: Duration::from_secs(10),
+            slow_query: Duration::from_millis(250),
         }
     }
 }

@@ -758,7 +758,7 @@ fn check_destructive(plan: &Plan, allow_destructive: bool) -> Result<(), Migrate
 
 async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -> Result<Plan, MigrateError> {
     let mut tx = db.begin().await?;
-    if let Tx::Postgres(_) = &tx {
+    if let Tx::Postgres(..) = &tx {
         tx.execute(&tx.portable("SELECT pg_advisory_xact_lock(4242424242)", vec![]))
             .await?;
     }
@@ -773,7 +773,7 @@ async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -
             tx.execute_script(statement).await?;
         }
     }
-    if let Tx::Sqlite(sqlite) = &tx
+    if let Tx::Sqlite(sqlite, _) = &tx
         && plan.rebuilds
     {
         let broken: i64 = sqlite

@@ -17,6 +17,7 @@ use crate::error::StoreError;
 pub struct PgDb {
     pool: PgPool,
     statements: Arc<AtomicU64>,
+    slow_query: std::time::Duration,
 }
 
 fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<'q, Postgres, PgArguments> {
@@ -90,7 +91,12 @@ impl PgDb {
         Ok(PgDb {
             pool: pool_handle,
             statements: Arc::new(AtomicU64::new(0)),
+            slow_query: pool.slow_query,
         })
+    }
+
+    pub fn slow_query(&self) -> std::time::Duration {
+        self.slow_query
     }
 
     pub fn statements(&self) -> u64 {

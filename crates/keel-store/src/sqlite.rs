@@ -162,6 +162,10 @@ impl SqliteDb {
         })
     }
 
+    pub fn slow_query(&self) -> Duration {
+        self.pool.slow_query
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

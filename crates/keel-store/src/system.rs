@@ -147,7 +147,6 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
     }
 }
 
-
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
     let n = tx

@@ -161,6 +161,7 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
         .arg(&data)
         .args(["--port", &port.to_string()])
         .env("KEEL_LOG__FORMAT", "json")
+        .env("KEEL_DATABASE__SLOW_QUERY_MS", "0")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -194,14 +195,14 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
         .collect();
     let request_line = lines
         .iter()
-        .find(|l| l["span"]["request_id"] == "cli-test-42")
+        .find(|l| l["span"]["request_id"] == "cli-test-42" && l["message"] == "request")
         .unwrap_or_else(|| panic!("no JSON log line with the request id: {lines:#?}"));
     assert_eq!(request_line["status"], 200);
     assert_eq!(request_line["span"]["route"], "/health/ready");
     assert!(request_line["duration_ms"].is_number());
     let failed = lines
         .iter()
-        .find(|l| l["span"]["request_id"] == "cli-test-43")
+        .find(|l| l["span"]["request_id"] == "cli-test-43" && l["message"] == "request")
         .expect("second request logged");
     assert!(
         failed["error"].as_str().unwrap_or("").starts_with("unauthenticated"),

@@ -24,6 +24,15 @@ async fn health_and_metrics(backend: Backend) {
     );
     assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\",le=\"0.005\"}"), "{text}");
     assert!(text.contains("keel_db_pool_connections{state=\"idle\"}"), "{text}");
+    // Database time per route: the list above ran three statements (session, org, page).
+    assert!(
+        text.contains("keel_db_statements_total{route=\"/api/v1/orgs/{org}/{collection}\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keel_db_query_duration_seconds_count{route=\"/api/v1/orgs/{org}/{collection}\"} 1"),
+        "{text}"
+    );
     assert!(
         !text.contains("/api/v1/orgs/acme"),
         "routes are templates, never raw paths"
