@@ -63,9 +63,7 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
     state
         .metrics
         .http_request(&method, &route, status, elapsed.as_secs_f64());
-    state
-        .metrics
-        .db_queries(&route, queries.statements, queries.total.as_secs_f64());
+    state.metrics.db_queries(&route, queries);
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let cause = response.extensions().get::<ErrorCause>().map(|c| c.0.clone());
     let _entered = span.enter();

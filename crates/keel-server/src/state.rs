@@ -76,10 +76,20 @@ impl Metrics {
     }
 
     /// Database work of one request: statements run and their total time, per route (D11).
-    pub fn db_queries(&self, route: &str, statements: u32, seconds: f64) {
-        if statements == 0 {
+    pub fn db_queries(&self, route: &str, queries: keel_store::observe::QueryStats) {
+        if queries.statements == 0 {
             return;
         }
+        let (statements, seconds) = (queries.statements, queries.total.as_secs_f64());
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(
+                    "keel_db_pool_acquire_seconds",
+                    vec![Label::new("route", route.to_string())],
+                ),
+                &METADATA,
+            )
+            .record(queries.acquire_wait.as_secs_f64());
         let labels = vec![Label::new("route", route.to_string())];
         self.recorder
             .register_counter(&Key::from_parts("keel_db_statements_total", labels.clone()), &METADATA)

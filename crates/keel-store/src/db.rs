@@ -108,8 +108,8 @@ impl Db {
         }
     }
 
-    /// Connections (in use, idle).
-    pub fn pool_state(&self) -> (usize, usize) {
+    /// Connections in use, idle, and callers waiting.
+    pub fn pool_state(&self) -> crate::PoolState {
         match self {
             Db::Sqlite(db) => db.pool_state(),
             Db::Postgres(db) => db.pool_state(),

@@ -17,6 +17,31 @@ pub use cell::{Cell, Row};
 pub use db::{Db, Location, Tx};
 pub use error::StoreError;
 
+/// A snapshot of a pool: connections in use and idle, and callers waiting for one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolState {
+    pub in_use: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    pub max: usize,
+}
+
+/// Counts a caller waiting for a connection until it has one (or gives up).
+pub(crate) struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Connection-pool settings (D1). For SQLite, `max_connections` is the number of readers;
 /// writes always go through the single writer.
 #[derive(Debug, Clone)]

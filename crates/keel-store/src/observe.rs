@@ -15,6 +15,8 @@ tokio::task_local! {
 pub struct QueryStats {
     pub statements: u32,
     pub total: Duration,
+    /// Time spent waiting for a pooled connection (or the SQLite writer).
+    pub acquire_wait: Duration,
 }
 
 /// Runs `work` with a fresh accumulator and returns what it ran.
@@ -26,6 +28,15 @@ pub async fn measured<F: Future>(work: F) -> (F::Output, QueryStats) {
             (output, stats)
         })
         .await
+}
+
+/// Records the wait for a connection.
+pub(crate) fn acquired(wait: Duration) {
+    let _ = STATS.try_with(|stats| {
+        let mut current = stats.get();
+        current.acquire_wait += wait;
+        stats.set(current);
+    });
 }
 
 /// Records one statement: adds it to the scope's totals and logs it when it was slow. The

@@ -16,6 +16,7 @@ use crate::error::StoreError;
 
 pub struct PgDb {
     pool: PgPool,
+    waiting: std::sync::atomic::AtomicUsize,
     statements: Arc<AtomicU64>,
     slow_query: std::time::Duration,
 }
@@ -90,6 +91,7 @@ impl PgDb {
             .await?;
         Ok(PgDb {
             pool: pool_handle,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             statements: Arc::new(AtomicU64::new(0)),
             slow_query: pool.slow_query,
         })
@@ -103,20 +105,41 @@ impl PgDb {
         self.statements.load(Ordering::Relaxed)
     }
 
-    pub fn pool_state(&self) -> (usize, usize) {
+    pub fn pool_state(&self) -> crate::PoolState {
         let size = self.pool.size() as usize;
         let idle = self.pool.num_idle();
-        (size.saturating_sub(idle), idle)
+        crate::PoolState {
+            in_use: size.saturating_sub(idle),
+            idle,
+            waiting: self.waiting.load(Ordering::Relaxed),
+            max: self.pool.options().get_max_connections() as usize,
+        }
+    }
+
+    /// A connection from the pool, counting the wait.
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        let waiting = crate::Waiting::new(&self.waiting);
+        let connection = self.pool.acquire().await?;
+        drop(waiting);
+        crate::observe::acquired(started.elapsed());
+        Ok(connection)
     }
 
     pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        let rows = build(sql).fetch_all(&self.pool).await?;
+        let mut connection = self.acquire().await?;
+        let rows = build(sql).fetch_all(&mut *connection).await?;
         rows.iter().map(cells).collect()
     }
 
+    /// A transaction on a pooled connection (the measured wait includes the BEGIN round trip).
     pub async fn begin(&self) -> Result<PgTx, StoreError> {
+        let started = std::time::Instant::now();
+        let waiting = crate::Waiting::new(&self.waiting);
         let transaction = self.pool.begin().await?;
+        drop(waiting);
+        crate::observe::acquired(started.elapsed());
         Ok(PgTx {
             transaction,
             statements: self.statements.clone(),

@@ -31,6 +31,7 @@ pub struct SqliteDb {
     readers: std::sync::Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     reader_count: usize,
+    readers_waiting: AtomicUsize,
     pool: PoolConfig,
     statements: Arc<AtomicU64>,
 }
@@ -157,6 +158,7 @@ impl SqliteDb {
             readers: std::sync::Mutex::new(readers),
             reader_permits: Semaphore::new(reader_count),
             reader_count,
+            readers_waiting: AtomicUsize::new(0),
             pool,
             statements: Arc::new(AtomicU64::new(0)),
         })
@@ -174,17 +176,27 @@ impl SqliteDb {
         self.statements.load(Ordering::Relaxed)
     }
 
-    pub fn pool_state(&self) -> (usize, usize) {
+    /// The reader pool (writes wait for the single writer and show under `waiting` too).
+    pub fn pool_state(&self) -> crate::PoolState {
         let idle = self.reader_permits.available_permits();
-        (self.reader_count - idle, idle)
+        crate::PoolState {
+            in_use: self.reader_count - idle,
+            idle,
+            waiting: self.readers_waiting.load(Ordering::Relaxed) + self.waiting.load(Ordering::SeqCst),
+            max: self.reader_count,
+        }
     }
 
     /// Runs a read on a reader connection.
     pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        let started = Instant::now();
+        let waiting = crate::Waiting::new(&self.readers_waiting);
         let permit = tokio::time::timeout(self.pool.acquire_timeout, self.reader_permits.acquire())
             .await
             .map_err(|_| StoreError::Busy)?
             .map_err(|_| StoreError::Unavailable("the reader pool is closed".into()))?;
+        drop(waiting);
+        crate::observe::acquired(started.elapsed());
         let connection = self
             .readers
             .lock()
@@ -201,11 +213,13 @@ impl SqliteDb {
     /// Starts a write transaction on the single writer: a savepoint inside the open group
     /// transaction (`BEGIN IMMEDIATE` when none is open).
     pub async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        let started = Instant::now();
         let waiting = WaitGuard::new(&self.waiting);
         let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.clone().lock_owned())
             .await
             .map_err(|_| StoreError::Busy)?;
         drop(waiting);
+        crate::observe::acquired(started.elapsed());
         if !guard.open {
             guard.connection.execute_batch("BEGIN IMMEDIATE")?;
             guard.open = true;

@@ -48,13 +48,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let (in_use, idle) = state.db.pool_state();
+    let pool = state.db.pool_state();
+    for (name, value) in [("in_use", pool.in_use), ("idle", pool.idle), ("waiting", pool.waiting)] {
+        state
+            .metrics
+            .gauge("keel_db_pool_connections", &[("state", name.into())], value as f64);
+    }
     state
         .metrics
-        .gauge("keel_db_pool_connections", &[("state", "in_use".into())], in_use as f64);
-    state
-        .metrics
-        .gauge("keel_db_pool_connections", &[("state", "idle".into())], idle as f64);
+        .gauge("keel_db_pool_max_connections", &[], pool.max as f64);
     state
         .metrics
         .gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());

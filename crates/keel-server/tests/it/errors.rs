@@ -93,7 +93,7 @@ async fn malformed_bodies_get_clear_codes(backend: Backend) {
 async fn a_busy_database_is_a_503_with_retry_after(backend: Backend) {
     let app = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
         c.database.max_connections = 1;
-        c.database.acquire_timeout_ms = 150;
+        c.database.acquire_timeout_ms = 1_000;
     })
     .await;
     let (_, token) = app.signup("a@example.com").await;
@@ -109,6 +109,23 @@ async fn a_busy_database_is_a_503_with_retry_after(backend: Backend) {
         response.text
     );
     assert_eq!(response.header("retry-after"), Some("1"));
+    // While a request waits for the connection, the pool metrics say so.
+    let app = std::sync::Arc::new(app);
+    let waiter = {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move {
+            app.post("/api/v1/orgs", &token, json!({"slug": "beta", "name": "Beta"}))
+                .await
+                .status
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("keel_db_pool_connections{state=\"waiting\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(waiter.await.unwrap(), 503);
     drop(held);
     assert_eq!(
         app.post("/api/v1/orgs", &token, json!({"slug": "acme", "name": "Acme"}))

@@ -24,6 +24,11 @@ async fn health_and_metrics(backend: Backend) {
     );
     assert!(text.contains("keel_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{org}/{collection}\",status=\"200\",le=\"0.005\"}"), "{text}");
     assert!(text.contains("keel_db_pool_connections{state=\"idle\"}"), "{text}");
+    assert!(text.contains("keel_db_pool_connections{state=\"waiting\"} 0"), "{text}");
+    assert!(
+        text.contains("keel_db_pool_acquire_seconds_bucket{route=\"/api/v1/orgs/{org}/{collection}\",le=\"0.001\"}"),
+        "{text}"
+    );
     // Database time per route: the list above ran three statements (session, org, page).
     assert!(
         text.contains("keel_db_statements_total{route=\"/api/v1/orgs/{org}/{collection}\"} 3"),
