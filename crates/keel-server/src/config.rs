@@ -27,6 +27,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub limits: LimitsSection,
     pub log: LogSection,
+    pub redis: RedisSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +95,30 @@ pub struct LimitsSection {
     pub estimate_count_cap: u64,
     pub max_expand: usize,
     pub max_aggregate_groups: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://host:port/db`; unset runs without shared state (one instance).
+    pub url: Option<Secret>,
+    /// Every Redis call gives up after this long and Keel falls back to the database.
+    pub timeout_ms: u64,
+    /// How long a token lookup stays cached (at most the token's own lifetime).
+    pub session_cache_seconds: u64,
+    /// Prefix of every key Keel writes.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: None,
+            timeout_ms: 100,
+            session_cache_seconds: 60,
+            key_prefix: "keel".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +316,15 @@ impl Config {
         if self.auth.min_password_length < 8 {
             return fail("auth.min_password_length", "must be at least 8");
         }
+        if let Some(url) = &self.redis.url
+            && !url.0.is_empty()
+            && !(url.0.starts_with("redis://") || url.0.starts_with("rediss://"))
+        {
+            return fail("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.redis.timeout_ms == 0 {
+            return fail("redis.timeout_ms", "must be at least 1");
+        }
         if let Some(url) = &self.database.url
             && !url.0.is_empty()
             && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://") || url.0.starts_with("sqlite:"))
@@ -412,6 +446,19 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("limits.max_expand", "The most relations one request may expand."),
     ("limits.max_aggregate_groups", "The most groups an aggregate returns."),
     (
+        "redis.url",
+        "`redis://host:port/db` turns on shared state across instances (the token cache); unset: none.",
+    ),
+    (
+        "redis.timeout_ms",
+        "Each Redis call gives up after this long; Keel then uses the database and reports Redis as degraded.",
+    ),
+    (
+        "redis.session_cache_seconds",
+        "How long a token lookup stays cached in Redis (never past the token's expiry).",
+    ),
+    ("redis.key_prefix", "Prefix of every Redis key Keel writes."),
+    (
         "log.format",
         "`json` (one object per line, with the request id) or `pretty`.",
     ),
@@ -456,6 +503,7 @@ mod tests {
         // Optional keys are absent from the defaults but must still be described.
         keys.push("database.url".into());
         keys.push("database.schema".into());
+        keys.push("redis.url".into());
         for key in keys {
             assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");
         }

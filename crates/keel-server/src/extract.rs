@@ -145,13 +145,59 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>,
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?;
-    match system::principal_by_token(&state.db, &token_hash(token)).await? {
-        Some(principal) => Ok(Some(principal)),
-        None => Err(ApiError::new(
+    let hash = token_hash(token);
+    let key = state.shared.key(&["auth", &hash]);
+    let now = chrono::Utc::now();
+    if let Some(cached) = state.shared.get(&key).await
+        && let Ok(principal) = serde_json::from_str::<Principal>(&cached)
+        && principal.expires_at().is_none_or(|at| at > now)
+    {
+        state
+            .metrics
+            .counter("keel_token_cache_total", &[("result", "hit".into())], 1);
+        return Ok(Some(principal));
+    }
+    let principal = system::principal_by_token(&state.db, &hash).await?;
+    let Some(principal) = principal else {
+        return Err(ApiError::new(
             "unauthenticated",
             "the token is unknown, expired or revoked",
-        )),
+        ));
+    };
+    if state.shared.enabled() {
+        state
+            .metrics
+            .counter("keel_token_cache_total", &[("result", "miss".into())], 1);
+        // Cached no longer than the token lives; revocation deletes the entry (forget_tokens).
+        let remaining = principal.expires_at().map(|at| (at - now).num_seconds().max(0) as u64);
+        let seconds = state
+            .config
+            .redis
+            .session_cache_seconds
+            .min(remaining.unwrap_or(u64::MAX));
+        if seconds > 0
+            && let Ok(json) = serde_json::to_string(&principal)
+        {
+            state.shared.set_ex(&key, &json, seconds).await;
+        }
     }
+    Ok(Some(principal))
+}
+
+/// Drops revoked tokens from the shared cache, so every instance refuses them at once.
+pub async fn forget_tokens(state: &AppState, hashes: &[String]) {
+    let keys: Vec<String> = hashes.iter().map(|hash| state.shared.key(&["auth", hash])).collect();
+    state.shared.del(&keys).await;
+}
+
+/// The hash of the request's bearer token, if it sent one.
+pub fn request_token_hash(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then(|| token_hash(token))
 }
 
 impl FromRequestParts<AppState> for Auth {

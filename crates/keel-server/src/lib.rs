@@ -7,6 +7,7 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod shared;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -187,6 +188,11 @@ impl App {
 }
 
 pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
+    // A malformed URL is refused by `Config::validate`; what is left cannot fail here.
+    let shared = shared::Shared::connect(&config.redis).unwrap_or_else(|error| {
+        tracing::error!(error, "redis is configured but unusable; running without shared state");
+        shared::Shared::none()
+    });
     let dummy_password_hash = routes::auth::hash_password_blocking(&config.auth, &uuid::Uuid::new_v4().to_string())
         .map_err(|e| e.cause.unwrap_or(e.message))
         .expect("argon2 hashes with valid parameters");
@@ -198,6 +204,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             db,
             config,
             metrics: Metrics::new(),
+            shared,
             started: Instant::now(),
         }),
     }

@@ -21,6 +21,7 @@ pub struct Inner {
     pub db: Db,
     pub config: Config,
     pub metrics: Metrics,
+    pub shared: crate::shared::Shared,
     pub started: Instant,
     /// A hash of a random password at the configured cost, verified when a login names an
     /// unknown email.

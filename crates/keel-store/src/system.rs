@@ -3,14 +3,14 @@
 use chrono::{DateTime, Utc};
 use keel_query::SqlValue;
 use keel_query::value::truncate_micros;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::cell::{Cell, Row};
 use crate::db::Db;
 use crate::error::StoreError;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -19,7 +19,7 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Org {
     pub id: Uuid,
     pub slug: String,
@@ -27,14 +27,14 @@ pub struct Org {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Member {
     pub user: User,
     pub role: String,
     pub joined_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiKey {
     pub id: Uuid,
     pub org: Uuid,
@@ -46,10 +46,25 @@ pub struct ApiKey {
 }
 
 /// Who a bearer token stands for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
-    User { user: User, session: Uuid },
+    User {
+        user: User,
+        session: Uuid,
+        expires_at: DateTime<Utc>,
+    },
     ApiKey(ApiKey),
+}
+
+impl Principal {
+    /// When the token stops being valid (`None`: an API key without expiry).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Principal::User { expires_at, .. } => Some(*expires_at),
+            Principal::ApiKey(key) => key.expires_at,
+        }
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -186,13 +201,18 @@ pub async fn session_insert(
 pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Principal>, StoreError> {
     let at = SqlValue::Datetime(now());
     let session = db.portable(
-        &format!("SELECT {USER_COLUMNS}, s.id FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
+        &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
         vec![SqlValue::Text(token_hash.to_string()), at.clone()],
     );
     if let Some(row) = db.query_one(&session).await? {
         let user = user_from(&row)?;
         let session = row[5].uuid().ok_or_else(|| bad_row("session"))?;
-        return Ok(Some(Principal::User { user, session }));
+        let expires_at = row[6].datetime().ok_or_else(|| bad_row("session"))?;
+        return Ok(Some(Principal::User {
+            user,
+            session,
+            expires_at,
+        }));
     }
     let key = db.portable(
         &format!("SELECT {KEY_COLUMNS} FROM keel_api_keys k WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)"),
@@ -202,6 +222,20 @@ pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Prin
         Some(row) => Ok(Some(Principal::ApiKey(key_from(&row)?))),
         None => Ok(None),
     }
+}
+
+/// The token hashes of a user's live sessions (to drop them from a shared cache).
+pub async fn session_token_hashes(db: &Db, user: Uuid) -> Result<Vec<String>, StoreError> {
+    let sql = db.portable(
+        "SELECT token_hash FROM keel_sessions WHERE user_id = $1 AND revoked_at IS NULL",
+        vec![SqlValue::Uuid(user)],
+    );
+    Ok(db
+        .query(&sql)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
+        .collect())
 }
 
 pub async fn session_revoke(db: &Db, session: Uuid) -> Result<(), StoreError> {
@@ -494,14 +528,20 @@ pub async fn api_keys(db: &Db, org: Uuid, limit: u32) -> Result<Vec<ApiKey>, Sto
     db.query(&sql).await?.iter().map(|row| key_from(row)).collect()
 }
 
-pub async fn api_key_revoke(db: &Db, org: Uuid, id: Uuid) -> Result<bool, StoreError> {
+/// Revokes a key; returns its token hash (to drop it from a shared cache), or `None` when
+/// there was no such live key.
+pub async fn api_key_revoke(db: &Db, org: Uuid, id: Uuid) -> Result<Option<String>, StoreError> {
     let mut tx = db.begin().await?;
-    let n = tx
-        .execute(&tx.portable(
-            "UPDATE keel_api_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL",
+    let rows = tx
+        .query(&tx.portable(
+            "UPDATE keel_api_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL RETURNING token_hash",
             vec![SqlValue::Datetime(now()), SqlValue::Uuid(org), SqlValue::Uuid(id)],
         ))
         .await?;
     tx.commit().await?;
-    Ok(n == 1)
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
+        .and_then(|c| c.into_text()))
 }

@@ -174,10 +174,17 @@ pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credent
     Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": user })))
 }
 
-pub async fn logout(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<StatusCode> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Auth(principal): Auth,
+) -> ApiResult<StatusCode> {
     match principal {
         Principal::User { session, .. } => {
             system::session_revoke(&state.db, session).await?;
+            if let Some(hash) = crate::extract::request_token_hash(&headers) {
+                crate::extract::forget_tokens(&state, &[hash]).await;
+            }
             Ok(StatusCode::NO_CONTENT)
         }
         Principal::ApiKey(_) => Err(ApiError::new(
@@ -190,7 +197,9 @@ pub async fn logout(State(state): State<AppState>, Auth(principal): Auth) -> Api
 pub async fn logout_all(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
     match principal {
         Principal::User { user, .. } => {
+            let hashes = system::session_token_hashes(&state.db, user.id).await?;
             let revoked = system::sessions_revoke_all(&state.db, user.id).await?;
+            crate::extract::forget_tokens(&state, &hashes).await;
             Ok(Json(json!({ "revoked_sessions": revoked })))
         }
         Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys have no sessions")),

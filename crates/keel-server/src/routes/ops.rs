@@ -28,17 +28,29 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if let Some(error) = &error {
         tracing::warn!(error = %error, "readiness: database check failed");
     }
-    let body = json!({
-        "status": if ok { "ok" } else { "failing" },
-        "checks": {
-            "database": {
-                "status": if ok { "ok" } else { "failing" },
-                "required": true,
-                "latency_ms": latency_ms,
-                "backend": format!("{:?}", state.db.dialect()).to_lowercase(),
-            }
+    let mut checks = json!({
+        "database": {
+            "status": if ok { "ok" } else { "failing" },
+            "required": true,
+            "latency_ms": latency_ms,
+            "backend": format!("{:?}", state.db.dialect()).to_lowercase(),
         }
     });
+    // Redis is optional: when it fails Keel serves from the database and says "degraded".
+    let mut degraded = false;
+    if let Some(outcome) = state.shared.ping().await {
+        degraded = outcome.is_err();
+        checks["redis"] = match outcome {
+            Ok(latency) => json!({ "status": "ok", "required": false, "latency_ms": latency.as_secs_f64() * 1000.0 }),
+            Err(error) => json!({ "status": "failing", "required": false, "error": error }),
+        };
+    }
+    let overall = match (ok, degraded) {
+        (false, _) => "failing",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    let body = json!({ "status": overall, "checks": checks });
     let status = if ok {
         StatusCode::OK
     } else {
@@ -60,6 +72,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
+    if state.shared.enabled() {
+        state
+            .metrics
+            .gauge("keel_redis_up", &[], if state.shared.healthy() { 1.0 } else { 0.0 });
+    }
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -351,9 +351,11 @@ pub async fn revoke_key(
     let (org, role) = org_access(&state, &principal, &slug).await?;
     require_manager(&state, &principal, &role)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
-    if system::api_key_revoke(&state.db, org.id, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found())
+    match system::api_key_revoke(&state.db, org.id, id).await? {
+        Some(hash) => {
+            crate::extract::forget_tokens(&state, &[hash]).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(ApiError::not_found()),
     }
 }

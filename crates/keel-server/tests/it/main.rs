@@ -9,6 +9,7 @@ mod migrate;
 mod ops;
 mod orgs;
 mod records;
+mod redis;
 mod rules;
 mod store;
 mod tenancy;

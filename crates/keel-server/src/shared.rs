@@ -1,0 +1,149 @@
+//! Optional shared state in Redis (`redis.url`): a cache of token lookups shared by every
+//! instance. Redis is never required: every call has a short timeout, a failure falls back
+//! to the database, `/health/ready` reports "degraded", and the connection manager
+//! reconnects by itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::Client;
+use redis::aio::ConnectionManager;
+
+use crate::config::RedisSection;
+
+pub struct Shared {
+    redis: Option<Redis>,
+}
+
+struct Redis {
+    manager: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    /// The last call succeeded; flips are logged once each way.
+    up: AtomicBool,
+}
+
+impl Shared {
+    /// No Redis: one instance, state in the database only.
+    pub fn none() -> Shared {
+        Shared { redis: None }
+    }
+
+    /// Sets up the connection lazily: Keel starts even when Redis is down.
+    pub fn connect(config: &RedisSection) -> Result<Shared, String> {
+        let Some(url) = config.url.as_ref().map(|s| s.0.clone()).filter(|u| !u.is_empty()) else {
+            return Ok(Shared::none());
+        };
+        let client = Client::open(url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| format!("redis: {e}"))?;
+        Ok(Shared {
+            redis: Some(Redis {
+                manager,
+                prefix: config.key_prefix.clone(),
+                timeout,
+                up: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// A namespaced key.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let prefix = self.redis.as_ref().map(|r| r.prefix.as_str()).unwrap_or("keel");
+        let mut key = prefix.to_string();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// Runs one command with the timeout; `None` when Redis is off or failing.
+    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+        let redis = self.redis.as_ref()?;
+        let mut manager = redis.manager.clone();
+        let outcome = tokio::time::timeout(redis.timeout, command.query_async::<T>(&mut manager)).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                if !redis.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis is reachable again");
+                }
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                redis.down(&error.to_string());
+                None
+            }
+            Err(_) => {
+                redis.down("timed out");
+                None
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.run::<Option<String>>(redis::cmd("GET").arg(key).clone())
+            .await
+            .flatten()
+    }
+
+    pub async fn set_ex(&self, key: &str, value: &str, seconds: u64) {
+        let _ = self
+            .run::<()>(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("EX")
+                    .arg(seconds.max(1))
+                    .clone(),
+            )
+            .await;
+    }
+
+    pub async fn del(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let _ = self.run::<i64>(redis::cmd("DEL").arg(keys).clone()).await;
+    }
+
+    /// PING with its latency, for `/health/ready`; `None` when Redis is not configured.
+    pub async fn ping(&self) -> Option<Result<Duration, String>> {
+        let redis = self.redis.as_ref()?;
+        let started = Instant::now();
+        Some(match self.run::<String>(redis::cmd("PING")).await {
+            Some(_) => Ok(started.elapsed()),
+            None => Err(if redis.up.load(Ordering::Relaxed) {
+                "no answer".into()
+            } else {
+                "unreachable".into()
+            }),
+        })
+    }
+
+    /// Whether the last call to Redis worked (`true` when Redis is not configured).
+    pub fn healthy(&self) -> bool {
+        self.redis.as_ref().is_none_or(|r| r.up.load(Ordering::Relaxed))
+    }
+}
+
+impl Redis {
+    fn down(&self, error: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error,
+                "redis is unreachable; serving from the database until it is back"
+            );
+        }
+    }
+}
