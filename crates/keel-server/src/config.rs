@@ -54,6 +54,9 @@ pub struct ServerSection {
     pub body_limit_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_seconds: u64,
+    /// After SIGTERM, how long Keel keeps serving with readiness failing before it stops
+    /// accepting (time for a load balancer to notice).
+    pub drain_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ impl Default for ServerSection {
             request_timeout_ms: 30_000,
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_seconds: 30,
+            drain_ms: 0,
         }
     }
 }
@@ -392,6 +396,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "server.shutdown_grace_seconds",
         "On SIGTERM, how long in-flight requests may take to finish.",
+    ),
+    (
+        "server.drain_ms",
+        "After SIGTERM, keep serving this long with /health/ready answering 503 `draining`, so load balancers move away first.",
     ),
     (
         "database.url",

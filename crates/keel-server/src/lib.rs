@@ -166,8 +166,18 @@ impl App {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_seconds);
         let state = self.state.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain = Duration::from_millis(self.state.config.server.drain_ms);
+        let draining_state = self.state.clone();
         let server = axum::serve(self.listener, router(self.state.clone())).with_graceful_shutdown(async move {
             shutdown.await;
+            // First say "not ready" while still serving, so load balancers stop sending new
+            // requests; then stop accepting and let in-flight requests finish.
+            draining_state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "draining: /health/ready answers 503"
+            );
+            tokio::time::sleep(drain).await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = stopped_tx.send(());
         });
@@ -205,6 +215,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             config,
             metrics: Metrics::new(),
             shared,
+            draining: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         }),
     }

@@ -22,6 +22,8 @@ pub struct Inner {
     pub config: Config,
     pub metrics: Metrics,
     pub shared: crate::shared::Shared,
+    /// Set on SIGTERM: readiness fails while requests are still served (see `App::run_until`).
+    pub draining: std::sync::atomic::AtomicBool,
     pub started: Instant,
     /// A hash of a random password at the configured cost, verified when a login names an
     /// unknown email.

@@ -15,8 +15,15 @@ pub async fn live() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Checks the database within a bound; 503 when it fails.
+/// Checks the database within a bound; 503 when it fails or the instance is draining.
 pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining", "checks": {} })),
+        )
+            .into_response();
+    }
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -2,88 +2,9 @@
 //! restarts: token lookups are cached and revoked across instances, and when Redis goes down
 //! Keel keeps serving, reports "degraded", and reconnects by itself.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_testkit::{Backend, TestApp, both, json};
-
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.restart();
-        server
-    }
-
-    /// Starts (again) on the same port.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn keys(&self, pattern: &str) -> Vec<String> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--raw", "KEYS", pattern])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use keel_testkit::{Backend, RedisServer, TestApp, both, json};
 
 async fn keeps_serving_while_redis_is_down_and_reconnects(backend: Backend) {
     let mut redis = RedisServer::start();
