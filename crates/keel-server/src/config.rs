@@ -74,6 +74,12 @@ pub struct DatabaseSection {
     pub statement_timeout_ms: u64,
     /// Statements taking at least this long are logged as slow queries.
     pub slow_query_ms: u64,
+    /// PostgreSQL read replicas; reads go to a healthy one.
+    pub replica_urls: Vec<Secret>,
+    /// A replica further behind than this is skipped.
+    pub replica_max_lag_ms: u64,
+    /// After a client writes, its reads go to the primary for this long (read-your-writes).
+    pub read_your_writes_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +176,9 @@ impl Default for DatabaseSection {
             max_lifetime_seconds: pool.max_lifetime.as_secs(),
             statement_timeout_ms: pool.statement_timeout.as_millis() as u64,
             slow_query_ms: pool.slow_query.as_millis() as u64,
+            replica_urls: vec![],
+            replica_max_lag_ms: pool.replica_max_lag.as_millis() as u64,
+            read_your_writes_ms: 5_000,
         }
     }
 }
@@ -329,6 +338,12 @@ impl Config {
         if self.redis.timeout_ms == 0 {
             return fail("redis.timeout_ms", "must be at least 1");
         }
+        if self.database.replica_urls.iter().any(|u| !u.0.starts_with("postgres")) {
+            return fail(
+                "database.replica_urls",
+                "each must start with postgres:// or postgresql://",
+            );
+        }
         if let Some(url) = &self.database.url
             && !url.0.is_empty()
             && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://") || url.0.starts_with("sqlite:"))
@@ -344,6 +359,7 @@ impl Config {
             Some(url) if url.starts_with("postgres") => keel_store::Location::Postgres {
                 url: url.to_string(),
                 schema: self.database.schema.clone(),
+                replicas: self.database.replica_urls.iter().map(|u| u.0.clone()).collect(),
             },
             Some(url) if url.starts_with("sqlite:") => keel_store::Location::Sqlite(PathBuf::from(
                 url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"),
@@ -361,6 +377,7 @@ impl Config {
             max_lifetime: Duration::from_secs(self.database.max_lifetime_seconds),
             statement_timeout: Duration::from_millis(self.database.statement_timeout_ms),
             slow_query: Duration::from_millis(self.database.slow_query_ms),
+            replica_max_lag: Duration::from_millis(self.database.replica_max_lag_ms),
         }
     }
 
@@ -436,6 +453,18 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "database.slow_query_ms",
         "Statements taking at least this long are logged (`slow query`, with the SQL, route and request id).",
+    ),
+    (
+        "database.replica_urls",
+        "PostgreSQL streaming replicas (`[\"postgres://…\"]`); reads go to a healthy one unless the client wrote recently.",
+    ),
+    (
+        "database.replica_max_lag_ms",
+        "A replica further behind than this (or down) is skipped; reads go to the primary.",
+    ),
+    (
+        "database.read_your_writes_ms",
+        "After a client's write, its reads go to the primary for this long (shared through Redis across instances).",
     ),
     ("auth.signup", "Whether anyone may sign up through the API."),
     ("auth.session_ttl_hours", "How long a session token lives."),

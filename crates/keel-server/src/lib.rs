@@ -216,6 +216,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             metrics: Metrics::new(),
             shared,
             draining: std::sync::atomic::AtomicBool::new(false),
+            recent_writers: shared::RecentWriters::default(),
             started: Instant::now(),
         }),
     }

@@ -46,10 +46,27 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    // The client, for read-your-writes (only when replicas exist).
+    let client = if state.db.has_replicas() {
+        crate::extract::request_token_hash(request.headers())
+    } else {
+        None
+    };
+    let write_client = client.clone();
+    let read_state = state.clone();
     let (mut response, queries) = REQUEST_ID
         .scope(
             request_id.clone(),
             keel_store::observe::measured(async move {
+                // Read-your-writes: a client that wrote recently reads from the primary.
+                if let Some(client) = &client
+                    && read_state
+                        .shared
+                        .wrote_recently(&read_state.recent_writers, client)
+                        .await
+                {
+                    keel_store::observe::require_primary();
+                }
                 match tokio::time::timeout(timeout, next.run(request)).await {
                     Ok(response) => response,
                     Err(_) => ApiError::new("request_timeout", "the request took too long").into_response(),
@@ -59,6 +76,12 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .instrument(span.clone())
         .await;
     let status = response.status().as_u16();
+    if queries.wrote
+        && let Some(client) = &write_client
+    {
+        let window = Duration::from_millis(state.config.database.read_your_writes_ms);
+        state.shared.record_write(&state.recent_writers, client, window).await;
+    }
     let elapsed = started.elapsed();
     state
         .metrics

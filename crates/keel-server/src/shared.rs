@@ -147,3 +147,68 @@ impl Redis {
         }
     }
 }
+
+/// The local record of clients that wrote recently, for read-your-writes on one instance
+/// (with Redis the record is shared instead). Bounded: when full, expired entries go first,
+/// then the oldest.
+#[derive(Default)]
+pub struct RecentWriters {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+const RECENT_WRITERS_MAX: usize = 100_000;
+
+impl RecentWriters {
+    pub fn record(&self, client: &str, window: Duration) {
+        let mut entries = self.entries.lock().expect("recent writers lock");
+        let now = Instant::now();
+        if entries.len() >= RECENT_WRITERS_MAX {
+            entries.retain(|_, until| *until > now);
+            if entries.len() >= RECENT_WRITERS_MAX
+                && let Some(oldest) = entries.iter().min_by_key(|(_, until)| **until).map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(client.to_string(), now + window);
+    }
+
+    pub fn wrote_recently(&self, client: &str) -> bool {
+        let entries = self.entries.lock().expect("recent writers lock");
+        entries.get(client).is_some_and(|until| *until > Instant::now())
+    }
+}
+
+impl Shared {
+    /// Records that a client (token hash) wrote: its reads go to the primary for `window`.
+    pub async fn record_write(&self, local: &RecentWriters, client: &str, window: Duration) {
+        if self.enabled() {
+            let key = self.key(&["ryw", client]);
+            let _ = self
+                .run::<()>(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(window.as_millis() as u64)
+                        .clone(),
+                )
+                .await;
+        } else {
+            local.record(client, window);
+        }
+    }
+
+    /// Whether a client wrote within the read-your-writes window (on any instance, with Redis).
+    /// If Redis cannot answer, the safe answer is yes: the primary is always up to date.
+    pub async fn wrote_recently(&self, local: &RecentWriters, client: &str) -> bool {
+        if self.enabled() {
+            let key = self.key(&["ryw", client]);
+            self.run::<Option<String>>(redis::cmd("GET").arg(&key).clone())
+                .await
+                .is_none_or(|v| v.is_some())
+        } else {
+            local.wrote_recently(client)
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub struct Inner {
     pub config: Config,
     pub metrics: Metrics,
     pub shared: crate::shared::Shared,
+    /// Clients that wrote recently, by token hash (read-your-writes without Redis).
+    pub recent_writers: crate::shared::RecentWriters,
     /// Set on SIGTERM: readiness fails while requests are still served (see `App::run_until`).
     pub draining: std::sync::atomic::AtomicBool,
     pub started: Instant,

@@ -17,7 +17,12 @@ use crate::sqlite::{SqliteDb, SqliteTx};
 #[derive(Clone)]
 pub enum Location {
     Sqlite(PathBuf),
-    Postgres { url: String, schema: Option<String> },
+    Postgres {
+        url: String,
+        schema: Option<String>,
+        /// Streaming replicas that may serve reads.
+        replicas: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for Location {
@@ -25,9 +30,13 @@ impl std::fmt::Debug for Location {
         match self {
             Location::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
             // The URL may hold a password: show only its host part.
-            Location::Postgres { url, schema } => {
+            Location::Postgres { url, schema, replicas } => {
                 let host = url.rsplit('@').next().unwrap_or("?");
-                write!(f, "Postgres(…@{host}, schema {schema:?})")
+                write!(
+                    f,
+                    "Postgres(…@{host}, schema {schema:?}, {} replica(s))",
+                    replicas.len()
+                )
             }
         }
     }
@@ -48,7 +57,13 @@ impl Db {
     pub async fn connect(location: &Location, pool: &PoolConfig) -> Result<Db, StoreError> {
         match location {
             Location::Sqlite(path) => Ok(Db::Sqlite(SqliteDb::open(path, pool.clone())?)),
-            Location::Postgres { url, schema } => Ok(Db::Postgres(PgDb::connect(url, schema.as_deref(), pool).await?)),
+            Location::Postgres { url, schema, replicas } => {
+                let mut db = PgDb::connect(url, schema.as_deref(), pool).await?;
+                if !replicas.is_empty() {
+                    db.set_replicas(crate::replicas::Replicas::connect(replicas, schema.as_deref(), pool)?);
+                }
+                Ok(Db::Postgres(db))
+            }
         }
     }
 
@@ -93,6 +108,7 @@ impl Db {
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        observe::wrote();
         let slow_query = self.slow_query();
         match self {
             Db::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?, slow_query)),
@@ -105,6 +121,36 @@ impl Db {
         match self {
             Db::Sqlite(db) => db.statements(),
             Db::Postgres(db) => db.statements(),
+        }
+    }
+
+    /// Reads served by read replicas so far (PostgreSQL with replicas only).
+    pub fn replica_statements(&self) -> u64 {
+        match self {
+            Db::Postgres(db) => db.replica_statements(),
+            Db::Sqlite(_) => 0,
+        }
+    }
+
+    /// Whether reads may be served by replicas.
+    pub fn has_replicas(&self) -> bool {
+        matches!(self, Db::Postgres(db) if db.replicas().is_some())
+    }
+
+    /// The read replicas and their state, if any.
+    pub fn replica_states(&self) -> Vec<crate::replicas::ReplicaState> {
+        match self {
+            Db::Postgres(db) => db.replicas().map(|r| r.states()).unwrap_or_default(),
+            Db::Sqlite(_) => vec![],
+        }
+    }
+
+    /// Measures replica lag now (the monitor does it every second).
+    pub async fn check_replicas(&self) {
+        if let Db::Postgres(db) = self
+            && let Some(replicas) = db.replicas()
+        {
+            replicas.check().await;
         }
     }
 

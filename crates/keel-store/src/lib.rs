@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod observe;
 pub mod postgres;
 pub mod records;
+pub mod replicas;
 pub mod sqlite;
 pub mod system;
 
@@ -54,6 +55,8 @@ pub struct PoolConfig {
     pub statement_timeout: Duration,
     /// Statements that take at least this long are logged as slow queries.
     pub slow_query: Duration,
+    /// A PostgreSQL replica further behind than this is skipped.
+    pub replica_max_lag: Duration,
 }
 
 impl Default for PoolConfig {
@@ -68,6 +71,7 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(1800),
             statement_timeout: Duration::from_secs(10),
             slow_query: Duration::from_millis(250),
+            replica_max_lag: Duration::from_secs(5),
         }
     }
 }

@@ -17,6 +17,12 @@ pub struct QueryStats {
     pub total: Duration,
     /// Time spent waiting for a pooled connection (or the SQLite writer).
     pub acquire_wait: Duration,
+    /// The scope opened a write transaction.
+    pub wrote: bool,
+    /// Reads served by a replica.
+    pub replica_statements: u32,
+    /// Reads must go to the primary (the client wrote recently: read-your-writes).
+    pub primary_only: bool,
 }
 
 /// Runs `work` with a fresh accumulator and returns what it ran.
@@ -28,6 +34,42 @@ pub async fn measured<F: Future>(work: F) -> (F::Output, QueryStats) {
             (output, stats)
         })
         .await
+}
+
+/// Sends this scope's reads to the primary (read-your-writes).
+pub fn require_primary() {
+    let _ = STATS.try_with(|stats| {
+        let mut current = stats.get();
+        current.primary_only = true;
+        stats.set(current);
+    });
+}
+
+/// Whether a read may go to a replica: only inside a request scope, and not once the
+/// request has written or the client wrote recently. Outside a scope reads use the primary.
+pub(crate) fn may_use_replica() -> bool {
+    STATS
+        .try_with(|stats| {
+            let current = stats.get();
+            !current.primary_only && !current.wrote
+        })
+        .unwrap_or(false)
+}
+
+pub(crate) fn wrote() {
+    let _ = STATS.try_with(|stats| {
+        let mut current = stats.get();
+        current.wrote = true;
+        stats.set(current);
+    });
+}
+
+pub(crate) fn replica_read() {
+    let _ = STATS.try_with(|stats| {
+        let mut current = stats.get();
+        current.replica_statements += 1;
+        stats.set(current);
+    });
 }
 
 /// Records the wait for a connection.

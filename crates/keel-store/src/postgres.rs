@@ -19,6 +19,9 @@ pub struct PgDb {
     waiting: std::sync::atomic::AtomicUsize,
     statements: Arc<AtomicU64>,
     slow_query: std::time::Duration,
+    /// Streaming replicas that may serve this primary's reads.
+    replicas: Option<Arc<crate::replicas::Replicas>>,
+    replica_statements: AtomicU64,
 }
 
 fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<'q, Postgres, PgArguments> {
@@ -70,7 +73,11 @@ fn cells(row: &PgRow) -> Result<Row, StoreError> {
 }
 
 impl PgDb {
-    pub async fn connect(url: &str, schema: Option<&str>, pool: &PoolConfig) -> Result<PgDb, StoreError> {
+    fn options(
+        url: &str,
+        schema: Option<&str>,
+        pool: &PoolConfig,
+    ) -> Result<(PgConnectOptions, PgPoolOptions), StoreError> {
         let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?
             .application_name("keel")
@@ -81,20 +88,52 @@ impl PgDb {
             settings.push(("search_path", schema.to_string()));
         }
         options = options.options(settings);
-        let pool_handle = PgPoolOptions::new()
+        let pool_options = PgPoolOptions::new()
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(pool.acquire_timeout)
             .idle_timeout(Some(pool.idle_timeout))
-            .max_lifetime(Some(pool.max_lifetime))
-            .connect_with(options)
-            .await?;
-        Ok(PgDb {
-            pool: pool_handle,
+            .max_lifetime(Some(pool.max_lifetime));
+        Ok((options, pool_options))
+    }
+
+    fn new(pool: PgPool, config: &PoolConfig) -> PgDb {
+        PgDb {
+            pool,
             waiting: std::sync::atomic::AtomicUsize::new(0),
             statements: Arc::new(AtomicU64::new(0)),
-            slow_query: pool.slow_query,
-        })
+            slow_query: config.slow_query,
+            replicas: None,
+            replica_statements: AtomicU64::new(0),
+        }
+    }
+
+    /// Connects now (the primary: Keel does not start without it).
+    pub async fn connect(url: &str, schema: Option<&str>, pool: &PoolConfig) -> Result<PgDb, StoreError> {
+        let (options, pool_options) = PgDb::options(url, schema, pool)?;
+        Ok(PgDb::new(pool_options.connect_with(options).await?, pool))
+    }
+
+    /// Connects on first use (replicas: one that is down at start is simply skipped).
+    pub fn connect_lazy(url: &str, schema: Option<&str>, pool: &PoolConfig) -> Result<PgDb, StoreError> {
+        let (options, pool_options) = PgDb::options(url, schema, pool)?;
+        Ok(PgDb::new(
+            pool_options.min_connections(0).connect_lazy_with(options),
+            pool,
+        ))
+    }
+
+    pub fn set_replicas(&mut self, replicas: Arc<crate::replicas::Replicas>) {
+        self.replicas = Some(replicas);
+    }
+
+    pub fn replicas(&self) -> Option<&crate::replicas::Replicas> {
+        self.replicas.as_deref()
+    }
+
+    /// Reads served by replicas so far.
+    pub fn replica_statements(&self) -> u64 {
+        self.replica_statements.load(Ordering::Relaxed)
     }
 
     pub fn slow_query(&self) -> std::time::Duration {
@@ -126,7 +165,31 @@ impl PgDb {
         Ok(connection)
     }
 
+    /// A read: on a usable replica when the request may read from one, else here. A replica
+    /// that fails is marked down and the read is retried on the primary.
     pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        if let Some(replicas) = &self.replicas
+            && crate::observe::may_use_replica()
+            && let Some(replica) = replicas.pick()
+        {
+            match replica.db.query_here(sql).await {
+                Ok(rows) => {
+                    crate::observe::replica_read();
+                    self.replica_statements.fetch_add(1, Ordering::Relaxed);
+                    return Ok(rows);
+                }
+                Err(StoreError::Timeout) => return Err(StoreError::Timeout),
+                Err(error) => {
+                    tracing::warn!(replica = %replica.name, error = %error, "replica read failed; using the primary");
+                    replica.failed();
+                }
+            }
+        }
+        self.query_here(sql).await
+    }
+
+    /// A read on this server's own pool.
+    pub async fn query_here(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.acquire().await?;
         let rows = build(sql).fetch_all(&mut *connection).await?;

@@ -114,6 +114,7 @@ impl TestDb {
                     &Location::Postgres {
                         url: pg_url(),
                         schema: None,
+                        replicas: vec![],
                     },
                     &PoolConfig {
                         max_connections: 1,
@@ -134,6 +135,7 @@ impl TestDb {
                     location: Location::Postgres {
                         url: pg_url(),
                         schema: Some(schema.clone()),
+                        replicas: vec![],
                     },
                     dir,
                     pg_schema: Some(schema),
@@ -159,7 +161,7 @@ impl TestDb {
     pub fn configure(&self, config: &mut Config) {
         match &self.location {
             Location::Sqlite(path) => config.app.data_dir = path.parent().expect("parent").to_path_buf(),
-            Location::Postgres { url, schema } => {
+            Location::Postgres { url, schema, .. } => {
                 config.database.url = Some(keel_server::config::Secret(url.clone()));
                 config.database.schema = schema.clone();
             }
@@ -184,7 +186,11 @@ fn drop_schema(schema: String) {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let location = Location::Postgres { url, schema: None };
+            let location = Location::Postgres {
+                url,
+                schema: None,
+                replicas: vec![],
+            };
             if let Ok(admin) = Db::connect(
                 &location,
                 &PoolConfig {
@@ -474,5 +480,149 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A throwaway PostgreSQL primary with a streaming replica (`pg_basebackup -R`), on free
+/// ports, run as the `postgres` user (initdb refuses root). For the read-replica tests.
+pub struct PgCluster {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+}
+
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("runuser");
+    assert!(
+        output.status.success(),
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("pg_basebackup").exists())
+            .max()
+            .expect("a PostgreSQL version with pg_basebackup");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port()
+        };
+        let (primary_port, replica_port) = (free(), free());
+        let cluster = PgCluster {
+            primary_port,
+            replica_port,
+            dir,
+            bin,
+        };
+        as_postgres(
+            &cluster.bin.join("initdb"),
+            &[
+                "-D",
+                &cluster.path("primary"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl_start("primary", primary_port);
+        as_postgres(
+            &cluster.bin.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &cluster.path("replica"),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        cluster.start_replica();
+        cluster
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn pg_ctl_start(&self, name: &str, port: u16) {
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            self.dir.path().display()
+        );
+        let log = self.path(&format!("{name}.log"));
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.path(name), "-o", &options, "-l", &log, "-w", "start"],
+        );
+    }
+
+    pub fn start_replica(&self) {
+        self.pg_ctl_start("replica", self.replica_port);
+    }
+
+    pub fn stop_replica(&self) {
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.path("replica"), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    pub fn primary_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.primary_port)
+    }
+
+    pub fn replica_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.replica_port)
+    }
+
+    /// Runs SQL on the replica with psql (e.g. pausing WAL replay).
+    pub fn replica_sql(&self, sql: &str) {
+        let port = self.replica_port.to_string();
+        as_postgres(
+            &self.bin.join("psql"),
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-Atc", sql],
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        for name in ["replica", "primary"] {
+            let _ = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", &self.path(name), "-m", "immediate", "-w", "stop"])
+                .output();
+        }
     }
 }

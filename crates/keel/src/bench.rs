@@ -221,6 +221,7 @@ async fn records(
             &keel_store::Location::Postgres {
                 url: url.clone(),
                 schema: None,
+                replicas: vec![],
             },
             &config.pool(),
         )

@@ -179,7 +179,7 @@ impl Drop for Balancer {
 }
 
 fn configure(database: &TestDb, redis: &RedisServer) -> Vec<(String, String)> {
-    let keel_store::Location::Postgres { url, schema } = &database.location else {
+    let keel_store::Location::Postgres { url, schema, .. } = &database.location else {
         panic!("PostgreSQL only")
     };
     vec![

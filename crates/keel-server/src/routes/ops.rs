@@ -52,6 +52,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             Err(error) => json!({ "status": "failing", "required": false, "error": error }),
         };
     }
+    // Replicas are optional too: reads fall back to the primary.
+    let replicas = state.db.replica_states();
+    if !replicas.is_empty() {
+        degraded |= replicas.iter().any(|r| !r.healthy);
+        checks["replicas"] = json!(replicas
+            .iter()
+            .map(|r| json!({ "name": r.name, "status": if r.healthy { "ok" } else { "failing" }, "required": false, "lag_ms": r.lag_ms }))
+            .collect::<Vec<_>>());
+    }
     let overall = match (ok, degraded) {
         (false, _) => "failing",
         (true, true) => "degraded",
@@ -79,6 +88,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .gauge("keel_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
+    for replica in state.db.replica_states() {
+        let labels = [("replica", replica.name.clone())];
+        state
+            .metrics
+            .gauge("keel_db_replica_up", &labels, if replica.healthy { 1.0 } else { 0.0 });
+        state
+            .metrics
+            .gauge("keel_db_replica_lag_seconds", &labels, replica.lag_ms as f64 / 1000.0);
+    }
     if state.shared.enabled() {
         state
             .metrics

@@ -10,6 +10,7 @@ mod ops;
 mod orgs;
 mod records;
 mod redis;
+mod replicas;
 mod rules;
 mod store;
 mod tenancy;
