@@ -182,6 +182,7 @@ impl App {
             let _ = stopped_tx.send(());
         });
         let serving = tokio::spawn(async move { server.await });
+        let maintenance = spawn_maintenance(self.state.clone());
         let result = tokio::select! {
             result = serving => result.map_err(std::io::Error::other)?,
             _ = async {
@@ -192,9 +193,27 @@ impl App {
                 Ok(())
             }
         };
+        maintenance.abort();
         state.db.close().await;
         result
     }
+}
+
+/// Runs time-series maintenance (partitions ahead, retention) at start and every hour. Every
+/// step is idempotent, so instances running it at the same time do no harm.
+fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !state.schema.app.collections.iter().any(|c| c.timeseries.is_some()) {
+            return;
+        }
+        loop {
+            match keel_store::partitions::maintain(&state.db, &state.schema, chrono::Utc::now()).await {
+                Ok(report) => tracing::info!(?report, "time-series maintenance"),
+                Err(error) => tracing::warn!(%error, "time-series maintenance failed; retrying in an hour"),
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    })
 }
 
 pub fn state(config: Config, schema: Schema, db: Db) -> AppState {

@@ -32,6 +32,9 @@ pub struct Collection {
     pub indexes: Vec<Index>,
     pub rules: Rules,
     pub demo_count: Option<u64>,
+    /// A time series: partitioned by month on PostgreSQL, with optional retention.
+    #[serde(default)]
+    pub timeseries: Option<TimeSeries>,
     /// A built-in collection (the activity log): read-only through the API, no
     /// `updated_at`/`version`, stored in a `keel_`-prefixed table.
     #[serde(default)]
@@ -119,6 +122,15 @@ impl OnDelete {
             OnDelete::SetNull => "SET NULL",
         }
     }
+}
+
+/// Time-series settings of a collection (D9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeSeries {
+    /// The required datetime field rows are partitioned by.
+    pub field: String,
+    /// Rows older than this many days are removed (whole partitions on PostgreSQL).
+    pub retention_days: Option<u32>,
 }
 
 /// A default value, already checked against the field's type.
@@ -307,6 +319,7 @@ pub fn activity_collection(roles: &[String]) -> Collection {
             delete: never(),
         },
         demo_count: None,
+        timeseries: None,
         system: true,
     }
 }

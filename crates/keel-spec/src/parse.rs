@@ -401,6 +401,7 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
     let mut rules = Rules::default();
     let mut demo_count = None;
     let mut field_entries = vec![];
+    let mut timeseries_entry = None;
     for item in table_entries(reader, entry, &base) {
         let path = format!("{base}.{}", item.key);
         match item.key {
@@ -435,7 +436,13 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
                     }
                 }
             }
-            _ => unknown_key(reader, &item, &path, &["global", "fields", "indexes", "rules", "demo"]),
+            "timeseries" => timeseries_entry = Some((table_entries(reader, &item, &path), path, item.span())),
+            _ => unknown_key(
+                reader,
+                &item,
+                &path,
+                &["global", "fields", "indexes", "rules", "demo", "timeseries"],
+            ),
         }
     }
     if field_entries.is_empty() {
@@ -459,8 +466,15 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
         indexes: vec![],
         rules,
         demo_count,
+        timeseries: None,
         system: false,
     };
+    if let Some((items, path, span)) = timeseries_entry {
+        collection.timeseries = timeseries(reader, items, &path, span, &collection);
+        if collection.timeseries.is_none() {
+            ok = false;
+        }
+    }
     if let Some((items, path)) = index_items {
         for (i, item) in items.into_iter().enumerate() {
             let item_path = format!("{path}[{i}]");
@@ -477,6 +491,66 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
         }
     }
     ok.then_some(collection)
+}
+
+/// `timeseries = { field = "ts", retention = "90d" }`.
+fn timeseries(
+    reader: &mut Reader,
+    items: Vec<Entry>,
+    path: &str,
+    span: Option<Range<usize>>,
+    collection: &Collection,
+) -> Option<TimeSeries> {
+    let mut field = None;
+    let mut retention_days = None;
+    let mut ok = true;
+    for item in &items {
+        let item_path = format!("{path}.{}", item.key);
+        match item.key {
+            "field" => field = string(reader, item, &item_path).map(str::to_string),
+            "retention" => match string(reader, item, &item_path) {
+                Some(text) => match text
+                    .strip_suffix('d')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| *n > 0)
+                {
+                    Some(days) => retention_days = Some(days),
+                    None => {
+                        reader.problem(item.span(), &item_path, "a retention is a number of days, e.g. \"90d\"");
+                        ok = false;
+                    }
+                },
+                None => ok = false,
+            },
+            _ => unknown_key(reader, item, &item_path, &["field", "retention"]),
+        }
+    }
+    let Some(field) = field else {
+        reader.problem(
+            span,
+            &format!("{path}.field"),
+            "is required: the datetime field rows are partitioned by",
+        );
+        return None;
+    };
+    match collection.field(&field) {
+        Some(f) if matches!(f.kind, FieldKind::Datetime) && f.required => {}
+        _ => {
+            reader.problem(
+                span.clone(),
+                &format!("{path}.field"),
+                format!("'{field}' must be a required datetime field of {}", collection.name),
+            );
+            ok = false;
+        }
+    }
+    for f in &collection.fields {
+        if f.unique {
+            reader.problem(span.clone(), &format!("collections.{}.fields.{}", collection.name, f.name), "a time series cannot have a unique field (uniqueness cannot span partitions); use a unique index that includes the time field");
+            ok = false;
+        }
+    }
+    ok.then_some(TimeSeries { field, retention_days })
 }
 
 fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> Option<Field> {
@@ -954,11 +1028,42 @@ fn fnv(text: &str) -> u64 {
 
 fn check_relations(reader: &mut Reader, collections: &[Collection], entries: &[Entry]) {
     for collection in collections {
+        if let Some(timeseries) = &collection.timeseries {
+            let span = entries
+                .iter()
+                .find(|e| e.key == collection.name)
+                .and_then(|e| e.key_span.clone());
+            for index in collection.indexes.iter().filter(|i| i.unique) {
+                if !index.columns.iter().any(|c| c.field == timeseries.field) {
+                    reader.problem(
+                        span.clone(),
+                        &format!("collections.{}.indexes", collection.name),
+                        format!(
+                            "unique index {} must include the time field '{}' (uniqueness is per partition)",
+                            index.name, timeseries.field
+                        ),
+                    );
+                }
+            }
+        }
         let span = entries
             .iter()
             .find(|e| e.key == collection.name)
             .and_then(|e| e.key_span.clone());
         for field in &collection.fields {
+            if let FieldKind::Relation {
+                to: RelationTarget::Collection(target),
+                ..
+            } = &field.kind
+                && let Some(target) = collections.iter().find(|c| &c.name == target)
+                && target.timeseries.is_some()
+            {
+                reader.problem(
+                    span.clone(),
+                    &format!("collections.{}.fields.{}.to", collection.name, field.name),
+                    format!("'{}' is a time series; records cannot point at one (its ids are unique only with the time field)", target.name),
+                );
+            }
             if let FieldKind::Relation {
                 to: RelationTarget::Collection(target),
                 ..

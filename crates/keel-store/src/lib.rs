@@ -6,6 +6,7 @@ pub mod db;
 pub mod error;
 pub mod migrate;
 pub mod observe;
+pub mod partitions;
 pub mod postgres;
 pub mod records;
 pub mod replicas;

@@ -177,7 +177,14 @@ fn column_definition(dialect: Dialect, app: &App, field: &Field, with_default: b
 
 fn create_table(dialect: Dialect, app: &App, collection: &Collection, table_name: &str) -> String {
     let (uuid, ts, _, bigint) = types(dialect);
-    let mut columns = vec![format!("\"id\" {uuid} PRIMARY KEY")];
+    // A PostgreSQL time series is partitioned by its time field, which must then be part of
+    // the primary key.
+    let partitioned = dialect == Dialect::Postgres && collection.timeseries.is_some();
+    let mut columns = vec![if partitioned {
+        format!("\"id\" {uuid} NOT NULL")
+    } else {
+        format!("\"id\" {uuid} PRIMARY KEY")
+    }];
     if !collection.global {
         columns.push(format!(
             "\"org\" {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE"
@@ -191,7 +198,18 @@ fn create_table(dialect: Dialect, app: &App, collection: &Collection, table_name
     for field in &collection.fields {
         columns.push(column_definition(dialect, app, field, false));
     }
-    format!("CREATE TABLE {} (\n  {}\n)", ident(table_name), columns.join(",\n  "))
+    match (&collection.timeseries, partitioned) {
+        (Some(timeseries), true) => {
+            columns.push(format!("PRIMARY KEY (\"id\", {})", ident(&timeseries.field)));
+            format!(
+                "CREATE TABLE {} (\n  {}\n) PARTITION BY RANGE ({})",
+                ident(table_name),
+                columns.join(",\n  "),
+                ident(&timeseries.field)
+            )
+        }
+        _ => format!("CREATE TABLE {} (\n  {}\n)", ident(table_name), columns.join(",\n  ")),
+    }
 }
 
 fn fk_name(collection: &Collection, field: &str) -> String {
@@ -435,6 +453,11 @@ pub fn plan(
     for collection in &app.collections {
         let Some(old) = old_collections.iter().find(|c| c.name == collection.name) else {
             let mut statements = vec![create_table(dialect, app, collection, &collection.table())];
+            if dialect == Dialect::Postgres && collection.timeseries.is_some() {
+                // A default partition catches rows outside the monthly ones, so no insert fails;
+                // the maintenance task keeps months created ahead (`crate::partitions`).
+                statements.extend(crate::partitions::initial_partitions(collection, Utc::now()));
+            }
             statements.extend(indexes(dialect, next, collection).into_iter().map(|(_, s)| s));
             if dialect == Dialect::Postgres {
                 for field in &collection.fields {

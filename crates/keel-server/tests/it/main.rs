@@ -14,3 +14,4 @@ mod replicas;
 mod rules;
 mod store;
 mod tenancy;
+mod timeseries;

@@ -182,3 +182,22 @@ both!(
     refuses_what_it_cannot_do,
     serve_refuses_pending_migrations
 );
+
+async fn every_example_app_migrates(backend: Backend) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for example in ["fleet-compliance", "pms", "hoa", "schedules", "ge-metrics"] {
+        let source = std::fs::read_to_string(root.join(example).join("keel.toml")).unwrap();
+        let schema = keel_server::load_schema(&source).unwrap_or_else(|p| panic!("{example}: {p:?}"));
+        let database = TestDb::new(backend).await;
+        let db = database.connect().await;
+        migrate::apply(&db, &schema, false)
+            .await
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        assert!(
+            migrate::plan_for(&db, &schema).await.unwrap().is_empty(),
+            "{example}: nothing left to do"
+        );
+    }
+}
+
+both!(every_example_app_migrates);
