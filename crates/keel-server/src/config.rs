@@ -72,6 +72,8 @@ pub struct DatabaseSection {
     pub idle_timeout_seconds: u64,
     pub max_lifetime_seconds: u64,
     pub statement_timeout_ms: u64,
+    /// The statement timeout of writes (statement_timeout_ms is the reads').
+    pub write_statement_timeout_ms: u64,
     /// Statements taking at least this long are logged as slow queries.
     pub slow_query_ms: u64,
     /// PostgreSQL read replicas; reads go to a healthy one.
@@ -175,6 +177,7 @@ impl Default for DatabaseSection {
             idle_timeout_seconds: pool.idle_timeout.as_secs(),
             max_lifetime_seconds: pool.max_lifetime.as_secs(),
             statement_timeout_ms: pool.statement_timeout.as_millis() as u64,
+            write_statement_timeout_ms: pool.write_statement_timeout.as_millis() as u64,
             slow_query_ms: pool.slow_query.as_millis() as u64,
             replica_urls: vec![],
             replica_max_lag_ms: pool.replica_max_lag.as_millis() as u64,
@@ -338,6 +341,9 @@ impl Config {
         if self.redis.timeout_ms == 0 {
             return fail("redis.timeout_ms", "must be at least 1");
         }
+        if self.database.statement_timeout_ms == 0 || self.database.write_statement_timeout_ms == 0 {
+            return fail("database.statement_timeout_ms", "timeouts must be at least 1 ms");
+        }
         if self.database.replica_urls.iter().any(|u| !u.0.starts_with("postgres")) {
             return fail(
                 "database.replica_urls",
@@ -376,6 +382,7 @@ impl Config {
             idle_timeout: Duration::from_secs(self.database.idle_timeout_seconds),
             max_lifetime: Duration::from_secs(self.database.max_lifetime_seconds),
             statement_timeout: Duration::from_millis(self.database.statement_timeout_ms),
+            write_statement_timeout: Duration::from_millis(self.database.write_statement_timeout_ms),
             slow_query: Duration::from_millis(self.database.slow_query_ms),
             replica_max_lag: Duration::from_millis(self.database.replica_max_lag_ms),
         }
@@ -457,6 +464,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "database.replica_urls",
         "PostgreSQL streaming replicas (`[\"postgres://…\"]`); reads go to a healthy one unless the client wrote recently.",
+    ),
+    (
+        "database.write_statement_timeout_ms",
+        "The statement timeout inside write transactions (`statement_timeout_ms` applies to reads).",
     ),
     (
         "database.replica_max_lag_ms",

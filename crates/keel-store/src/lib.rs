@@ -54,6 +54,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub statement_timeout: Duration,
+    /// The statement timeout inside write transactions (the other request class).
+    pub write_statement_timeout: Duration,
     /// Statements that take at least this long are logged as slow queries.
     pub slow_query: Duration,
     /// A PostgreSQL replica further behind than this is skipped.
@@ -71,6 +73,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(1800),
             statement_timeout: Duration::from_secs(10),
+            write_statement_timeout: Duration::from_secs(10),
             slow_query: Duration::from_millis(250),
             replica_max_lag: Duration::from_secs(5),
         }

@@ -22,6 +22,8 @@ pub struct PgDb {
     /// Streaming replicas that may serve this primary's reads.
     replicas: Option<Arc<crate::replicas::Replicas>>,
     replica_statements: AtomicU64,
+    statement_timeout: std::time::Duration,
+    write_statement_timeout: std::time::Duration,
 }
 
 fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<'q, Postgres, PgArguments> {
@@ -105,6 +107,8 @@ impl PgDb {
             slow_query: config.slow_query,
             replicas: None,
             replica_statements: AtomicU64::new(0),
+            statement_timeout: config.statement_timeout,
+            write_statement_timeout: config.write_statement_timeout,
         }
     }
 
@@ -200,9 +204,17 @@ impl PgDb {
     pub async fn begin(&self) -> Result<PgTx, StoreError> {
         let started = std::time::Instant::now();
         let waiting = crate::Waiting::new(&self.waiting);
-        let transaction = self.pool.begin().await?;
+        let mut transaction = self.pool.begin().await?;
         drop(waiting);
         crate::observe::acquired(started.elapsed());
+        // Writes have their own statement timeout (the connection's default is the reads').
+        if self.write_statement_timeout != self.statement_timeout {
+            let set = format!(
+                "SET LOCAL statement_timeout = {}",
+                self.write_statement_timeout.as_millis()
+            );
+            sqlx::raw_sql(AssertSqlSafe(set)).execute(&mut *transaction).await?;
+        }
         Ok(PgTx {
             transaction,
             statements: self.statements.clone(),

@@ -233,7 +233,7 @@ impl SqliteDb {
             shared: self.writer.clone(),
             waiting: self.waiting.clone(),
             finished: false,
-            timeout: self.pool.statement_timeout,
+            timeout: self.pool.write_statement_timeout,
             statements: self.statements.clone(),
         })
     }

@@ -130,6 +130,34 @@ async fn slow_statements_time_out_and_the_connection_survives(backend: Backend) 
     );
 }
 
+async fn writes_have_their_own_statement_timeout(backend: Backend) {
+    let database = TestDb::new(backend).await;
+    let db = connect(
+        &database,
+        PoolConfig {
+            write_statement_timeout: Duration::from_millis(200),
+            max_connections: 1,
+            ..PoolConfig::default()
+        },
+    )
+    .await;
+    let slow = match backend {
+        Backend::Sqlite => "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+        Backend::Postgres => "SELECT pg_sleep(5)",
+    };
+    let started = std::time::Instant::now();
+    let mut tx = db.begin().await.unwrap();
+    let error = tx.query(&db.portable(slow, vec![])).await.unwrap_err();
+    assert!(matches!(error, StoreError::Timeout), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the write timeout, not the read one"
+    );
+    drop(tx);
+    let quick = db.query_one(&db.portable("SELECT 1", vec![])).await.unwrap().unwrap();
+    assert_eq!(quick[0].int(), Some(1));
+}
+
 async fn a_saturated_pool_answers_busy(backend: Backend) {
     let database = TestDb::new(backend).await;
     let db = connect(
@@ -163,3 +191,5 @@ both!(
     slow_statements_time_out_and_the_connection_survives,
     a_saturated_pool_answers_busy
 );
+
+both!(writes_have_their_own_statement_timeout);
