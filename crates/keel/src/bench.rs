@@ -28,6 +28,20 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 pub enum Scenario {
+    /// Read throughput through one instance and through two behind a proxy, on PostgreSQL,
+    /// with CPU per request, then requests per second while the instances restart one by one.
+    Scaleout {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        redis_url: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -49,15 +63,15 @@ pub enum Scenario {
     },
 }
 
-struct Summary {
-    requests: u64,
-    errors: u64,
-    seconds: f64,
-    histogram: Histogram<u64>,
+pub(crate) struct Summary {
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) histogram: Histogram<u64>,
 }
 
 impl Summary {
-    fn line(&self, name: &str) -> String {
+    pub(crate) fn line(&self, name: &str) -> String {
         let h = &self.histogram;
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         format!(
@@ -72,12 +86,12 @@ impl Summary {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
-async fn wait_ready(address: SocketAddr) -> Result<()> {
+pub(crate) async fn wait_ready(address: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(mut connection) = Connection::connect(address).await
@@ -111,8 +125,10 @@ async fn sequential(address: SocketAddr, token: &str, path: &str, samples: u64) 
     })
 }
 
-/// Runs `concurrency` connections for `duration`, each sending what `request` builds.
-async fn load<F>(
+/// Runs `concurrency` connections for `duration`, each sending what `request` builds. A
+/// connection the server closed (an instance going away) is reopened and the request retried
+/// once, as HTTP clients do with stale keep-alive connections; a second failure is an error.
+pub(crate) async fn load<F>(
     address: SocketAddr,
     token: &str,
     concurrency: usize,
@@ -142,10 +158,22 @@ where
                 n += 1;
                 let (method, path, body) = request(n);
                 let sent = Instant::now();
-                let (status, _) = connection.send(method, &path, Some(&token), body.as_deref()).await?;
+                let status = match connection.send(method, &path, Some(&token), body.as_deref()).await {
+                    Ok((status, _)) => status,
+                    Err(_) => match Connection::connect(address).await {
+                        Ok(fresh) => {
+                            connection = fresh;
+                            match connection.send(method, &path, Some(&token), body.as_deref()).await {
+                                Ok((status, _)) => status,
+                                Err(_) => 0,
+                            }
+                        }
+                        Err(_) => 0,
+                    },
+                };
                 local.record(sent.elapsed().as_micros() as u64).ok();
                 requests += 1;
-                if status >= 400 {
+                if status == 0 || status >= 400 {
                     errors += 1;
                 }
             }
@@ -189,6 +217,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Duration::from_secs(duration),
                 samples,
                 data_dir,
+            )
+            .await
+        }
+        Scenario::Scaleout {
+            database_url,
+            redis_url,
+            rows,
+            concurrency,
+            duration,
+        } => {
+            crate::scaleout::run(
+                database_url,
+                redis_url,
+                rows,
+                concurrency,
+                Duration::from_secs(duration),
             )
             .await
         }
@@ -362,7 +406,7 @@ async fn records(
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf> {
+pub(crate) fn tempdir() -> Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("keel-bench-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&path)?;
     Ok(path)

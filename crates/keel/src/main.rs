@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod examples;
 mod http_client;
+mod scaleout;
 
 use std::path::PathBuf;
 
