@@ -3,6 +3,7 @@
 //! to the database, `/health/ready` reports "degraded", and the connection manager
 //! reconnects by itself.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,11 +14,59 @@ use crate::config::RedisSection;
 
 pub struct Shared {
     redis: Option<Redis>,
+    /// A short-lived in-process copy of token lookups in front of Redis, kept honest by
+    /// invalidations other instances publish (cleared whole when the subscription breaks).
+    local: Arc<LocalCache>,
+    /// Wakes the subscriber to subscribe again after Redis came back (a subscription on a
+    /// dead connection may never end on its own).
+    resubscribe: Arc<tokio::sync::Notify>,
+}
+
+/// Entries of the in-process cache: key → (value, valid until).
+#[derive(Default)]
+struct LocalCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, Instant)>>,
+}
+
+/// The in-process cache holds at most this many entries, each at most this long.
+const LOCAL_MAX: usize = 10_000;
+const LOCAL_TTL: Duration = Duration::from_secs(10);
+
+impl LocalCache {
+    fn get(&self, key: &str) -> Option<String> {
+        let entries = self.entries.lock().expect("local cache lock");
+        entries
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, key: &str, value: &str, ttl: Duration) {
+        let mut entries = self.entries.lock().expect("local cache lock");
+        let now = Instant::now();
+        if entries.len() >= LOCAL_MAX {
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= LOCAL_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(key.to_string(), (value.to_string(), now + ttl.min(LOCAL_TTL)));
+    }
+
+    fn remove(&self, key: &str) {
+        self.entries.lock().expect("local cache lock").remove(key);
+    }
+
+    fn clear(&self) {
+        self.entries.lock().expect("local cache lock").clear();
+    }
 }
 
 struct Redis {
     manager: ConnectionManager,
     prefix: String,
+    /// Where instances announce keys whose in-process copies must go.
+    channel: String,
     timeout: Duration,
     /// The last call succeeded; flips are logged once each way.
     up: AtomicBool,
@@ -26,7 +75,11 @@ struct Redis {
 impl Shared {
     /// No Redis: one instance, state in the database only.
     pub fn none() -> Shared {
-        Shared { redis: None }
+        Shared {
+            redis: None,
+            local: Arc::default(),
+            resubscribe: Arc::default(),
+        }
     }
 
     /// Sets up the connection lazily: Keel starts even when Redis is down.
@@ -41,15 +94,27 @@ impl Shared {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| format!("redis: {e}"))?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| format!("redis: {e}"))?;
+        let local: Arc<LocalCache> = Arc::default();
+        let resubscribe: Arc<tokio::sync::Notify> = Arc::default();
+        let channel = format!("{}:invalidate", config.key_prefix);
+        tokio::spawn(subscribe(
+            client,
+            channel.clone(),
+            Arc::downgrade(&local),
+            resubscribe.clone(),
+        ));
         Ok(Shared {
             redis: Some(Redis {
                 manager,
                 prefix: config.key_prefix.clone(),
+                channel,
                 timeout,
                 up: AtomicBool::new(true),
             }),
+            local,
+            resubscribe,
         })
     }
 
@@ -77,44 +142,65 @@ impl Shared {
             Ok(Ok(value)) => {
                 if !redis.up.swap(true, Ordering::Relaxed) {
                     tracing::info!("redis is reachable again");
+                    self.resubscribe.notify_one();
                 }
                 Some(value)
             }
             Ok(Err(error)) => {
-                redis.down(&error.to_string());
+                self.went_down(redis, &error.to_string());
                 None
             }
             Err(_) => {
-                redis.down("timed out");
+                self.went_down(redis, "timed out");
                 None
             }
         }
     }
 
+    /// A cached value: the in-process copy while Redis is healthy, else Redis itself.
     pub async fn get(&self, key: &str) -> Option<String> {
-        self.run::<Option<String>>(redis::cmd("GET").arg(key).clone())
+        if self.healthy()
+            && let Some(value) = self.local.get(key)
+        {
+            return Some(value);
+        }
+        let value = self
+            .run::<Option<String>>(redis::cmd("GET").arg(key).clone())
             .await
-            .flatten()
+            .flatten()?;
+        self.local.put(key, &value, LOCAL_TTL);
+        Some(value)
     }
 
     pub async fn set_ex(&self, key: &str, value: &str, seconds: u64) {
-        let _ = self
-            .run::<()>(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("EX")
-                    .arg(seconds.max(1))
-                    .clone(),
-            )
-            .await;
+        let command = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(seconds.max(1))
+            .clone();
+        if self.run::<()>(command).await.is_some() {
+            self.local.put(key, value, Duration::from_secs(seconds));
+        }
     }
 
+    /// Deletes keys in Redis and, through the invalidation channel, in every instance's
+    /// in-process copy.
     pub async fn del(&self, keys: &[String]) {
         if keys.is_empty() {
             return;
         }
+        for key in keys {
+            self.local.remove(key);
+        }
         let _ = self.run::<i64>(redis::cmd("DEL").arg(keys).clone()).await;
+        if let Some(redis) = &self.redis {
+            for key in keys {
+                let _ = self
+                    .run::<i64>(redis::cmd("PUBLISH").arg(&redis.channel).arg(key).clone())
+                    .await;
+            }
+        }
     }
 
     /// PING with its latency, for `/health/ready`; `None` when Redis is not configured.
@@ -131,9 +217,51 @@ impl Shared {
         })
     }
 
+    /// Invalidations may be lost while Redis is away: the in-process copies go too.
+    fn went_down(&self, redis: &Redis, error: &str) {
+        self.local.clear();
+        redis.down(error);
+    }
+
     /// Whether the last call to Redis worked (`true` when Redis is not configured).
     pub fn healthy(&self) -> bool {
         self.redis.as_ref().is_none_or(|r| r.up.load(Ordering::Relaxed))
+    }
+}
+
+/// Listens for invalidations from other instances and drops those keys from the in-process
+/// cache. When the subscription breaks, invalidations may have been missed, so the whole
+/// cache is cleared before subscribing again.
+async fn subscribe(
+    client: Client,
+    channel: String,
+    local: std::sync::Weak<LocalCache>,
+    resubscribe: Arc<tokio::sync::Notify>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        match local.upgrade() {
+            Some(cache) => cache.clear(),
+            None => return,
+        }
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(cache) = local.upgrade() else { return };
+                        if let Ok(key) = message.get_payload::<String>() {
+                            cache.remove(&key);
+                        }
+                    }
+                    _ = resubscribe.notified() => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

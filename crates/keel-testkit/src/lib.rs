@@ -274,6 +274,28 @@ impl TestApp {
         }
     }
 
+    /// Another instance on the same database, spec and configuration (as a second
+    /// `keel serve` would be).
+    pub async fn sibling(&self) -> TestApp {
+        let config = self.state.config.clone();
+        let db = keel_server::open_database(&config, &self.state.schema)
+            .await
+            .expect("open database");
+        let state = keel_server::state(config, self.state.schema.clone(), db);
+        let router = keel_server::router(state.clone());
+        let database = TestDb {
+            location: self._database.location.clone(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg_schema: None,
+        };
+        TestApp {
+            state,
+            backend: self.backend,
+            router,
+            _database: database,
+        }
+    }
+
     pub fn db(&self) -> &Db {
         &self.state.db
     }

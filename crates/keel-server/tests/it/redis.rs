@@ -79,4 +79,41 @@ async fn keeps_serving_while_redis_is_down_and_reconnects(backend: Backend) {
     assert_eq!(redis.keys("keel:auth:*").len(), 1, "the cache fills again");
 }
 
-both!(keeps_serving_while_redis_is_down_and_reconnects);
+async fn a_logout_on_one_instance_reaches_the_others_at_once(backend: Backend) {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let first = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
+        c.redis.url = Some(keel_server::config::Secret(url))
+    })
+    .await;
+    let second = first.sibling().await;
+    let (_, token) = first.signup("a@example.com").await;
+    // Both instances now hold the token lookup in their in-process caches.
+    assert_eq!(first.get("/api/v1/auth/me", &token).await.status, 200);
+    assert_eq!(second.get("/api/v1/auth/me", &token).await.status, 200);
+    let before = second.statements();
+    assert_eq!(second.get("/api/v1/auth/me", &token).await.status, 200);
+    assert_eq!(second.statements() - before, 1, "the token came from the cache");
+    // A logout on the first is published; the second drops its copy (it would otherwise keep
+    // it for its 10-second lifetime).
+    assert_eq!(
+        first
+            .request("POST", "/api/v1/auth/logout", Some(&token), None)
+            .await
+            .status,
+        204
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while second.get("/api/v1/auth/me", &token).await.status != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance still accepts the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+both!(
+    keeps_serving_while_redis_is_down_and_reconnects,
+    a_logout_on_one_instance_reaches_the_others_at_once
+);
