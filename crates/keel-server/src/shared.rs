@@ -340,3 +340,125 @@ impl Shared {
         }
     }
 }
+
+/// The outcome of a rate-limit check (GCRA): whether the request may go, and what to put in
+/// the `RateLimit-*` and `Retry-After` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Milliseconds until the next request would be allowed (0 when allowed).
+    pub retry_after_ms: u64,
+    /// Milliseconds until the full limit is available again.
+    pub reset_ms: u64,
+    /// Decided by the shared (Redis) state rather than this instance's own table.
+    pub shared: bool,
+}
+
+/// GCRA over a theoretical arrival time (TAT) in milliseconds, timed by Redis's own clock so
+/// instances with skewed clocks agree (invariant 9). KEYS[1]: the limit's key; ARGV[1]: the
+/// emission interval; ARGV[2]: the burst tolerance. Returns {allowed, remaining, retry_after, reset}.
+const GCRA_LUA: &str = r"
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local owed = tat - now
+if owed > tolerance then
+  return {0, 0, owed - tolerance, owed}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+return {1, math.floor((tolerance - (new_tat - now) + interval) / interval), 0, new_tat - now}
+";
+
+/// The same algorithm for one instance, bounded: when full, expired entries go first, then all.
+#[derive(Default)]
+pub struct LocalLimits {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+const LOCAL_LIMITS_MAX: usize = 100_000;
+
+impl LocalLimits {
+    fn decide(&self, key: &str, interval: Duration, tolerance: Duration, limit: u64) -> RateDecision {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("local limits lock");
+        if entries.len() >= LOCAL_LIMITS_MAX && !entries.contains_key(key) {
+            entries.retain(|_, tat| *tat > now);
+            if entries.len() >= LOCAL_LIMITS_MAX {
+                entries.clear();
+            }
+        }
+        let tat = entries.get(key).copied().filter(|t| *t > now).unwrap_or(now);
+        let owed = tat - now;
+        if owed > tolerance {
+            return RateDecision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                retry_after_ms: (owed - tolerance).as_millis() as u64,
+                reset_ms: owed.as_millis() as u64,
+                shared: false,
+            };
+        }
+        let new_tat = tat + interval;
+        entries.insert(key.to_string(), new_tat);
+        let ahead = new_tat - now;
+        let remaining = ((tolerance + interval).saturating_sub(ahead).as_millis() / interval.as_millis().max(1)) as u64;
+        RateDecision {
+            allowed: true,
+            limit,
+            remaining,
+            retry_after_ms: 0,
+            reset_ms: ahead.as_millis() as u64,
+            shared: false,
+        }
+    }
+}
+
+impl Shared {
+    /// Counts one request against `limit` per `period` under `key` (GCRA, bursts up to
+    /// `limit`): in Redis for all instances when it is configured and healthy, else in this
+    /// instance's table (`shared: false` says which).
+    pub async fn gcra(&self, local: &LocalLimits, key: &str, limit: u64, period: Duration) -> RateDecision {
+        let limit = limit.max(1);
+        let interval = (period / limit as u32).max(Duration::from_millis(1));
+        let tolerance = interval * (limit as u32 - 1);
+        if let Some(redis) = &self.redis {
+            let key = self.key(&["rl", key]);
+            let mut manager = redis.manager.clone();
+            let script = redis::Script::new(GCRA_LUA);
+            let mut invocation = script.key(&key);
+            invocation
+                .arg(interval.as_millis() as u64)
+                .arg(tolerance.as_millis() as u64);
+            let outcome = tokio::time::timeout(
+                redis.timeout,
+                invocation.invoke_async::<(u64, u64, u64, u64)>(&mut manager),
+            )
+            .await;
+            match outcome {
+                Ok(Ok((allowed, remaining, retry_after_ms, reset_ms))) => {
+                    if !redis.up.swap(true, Ordering::Relaxed) {
+                        self.resubscribe.notify_one();
+                    }
+                    return RateDecision {
+                        allowed: allowed == 1,
+                        limit,
+                        remaining,
+                        retry_after_ms,
+                        reset_ms,
+                        shared: true,
+                    };
+                }
+                Ok(Err(error)) => self.went_down(redis, &error.to_string()),
+                Err(_) => self.went_down(redis, "timed out"),
+            }
+        }
+        local.decide(key, interval, tolerance, limit)
+    }
+}

@@ -117,3 +117,57 @@ both!(
     keeps_serving_while_redis_is_down_and_reconnects,
     a_logout_on_one_instance_reaches_the_others_at_once
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_across_instances_and_fall_back_locally() {
+    use keel_server::config::{RedisSection, Secret};
+    use keel_server::shared::{LocalLimits, Shared};
+    let mut redis = RedisServer::start();
+    let config = RedisSection {
+        url: Some(Secret(redis.url())),
+        ..RedisSection::default()
+    };
+    // Two instances' views of the same Redis.
+    let (first, second) = (Shared::connect(&config).unwrap(), Shared::connect(&config).unwrap());
+    let (first_local, second_local) = (LocalLimits::default(), LocalLimits::default());
+    let second_of = Duration::from_secs(1);
+
+    let opening = first.gcra(&first_local, "ip:10.0.0.1", 5, second_of).await;
+    assert!(opening.allowed && opening.shared, "{opening:?}");
+    assert_eq!((opening.limit, opening.remaining), (5, 4));
+    for _ in 0..2 {
+        assert!(first.gcra(&first_local, "ip:10.0.0.1", 5, second_of).await.allowed);
+    }
+    for _ in 0..2 {
+        assert!(
+            second.gcra(&second_local, "ip:10.0.0.1", 5, second_of).await.allowed,
+            "the limit is shared"
+        );
+    }
+    let refused = second.gcra(&second_local, "ip:10.0.0.1", 5, second_of).await;
+    assert!(!refused.allowed, "5 per second across both instances: {refused:?}");
+    assert_eq!(refused.remaining, 0);
+    assert!(
+        (1..=200).contains(&refused.retry_after_ms),
+        "one emission interval at most: {refused:?}"
+    );
+    assert!(
+        first.gcra(&first_local, "ip:10.0.0.2", 5, second_of).await.allowed,
+        "keys are independent"
+    );
+    tokio::time::sleep(Duration::from_millis(refused.retry_after_ms + 20)).await;
+    assert!(
+        first.gcra(&first_local, "ip:10.0.0.1", 5, second_of).await.allowed,
+        "allowed again after Retry-After"
+    );
+
+    // Redis goes away: each instance limits on its own, and says so.
+    redis.stop();
+    let local = first.gcra(&first_local, "ip:10.0.0.3", 2, second_of).await;
+    assert!(local.allowed && !local.shared, "{local:?}");
+    assert!(first.gcra(&first_local, "ip:10.0.0.3", 2, second_of).await.allowed);
+    assert!(
+        !first.gcra(&first_local, "ip:10.0.0.3", 2, second_of).await.allowed,
+        "the local table still limits"
+    );
+}
