@@ -171,7 +171,7 @@ impl Default for DatabaseSection {
         DatabaseSection {
             url: None,
             schema: None,
-            max_connections: pool.max_connections,
+            max_connections: 0,
             min_connections: pool.min_connections,
             acquire_timeout_ms: pool.acquire_timeout.as_millis() as u64,
             idle_timeout_seconds: pool.idle_timeout.as_secs(),
@@ -311,10 +311,7 @@ impl Config {
         if self.limits.default_page_size == 0 || self.limits.default_page_size > self.limits.max_page_size {
             return fail("limits.default_page_size", "must be between 1 and limits.max_page_size");
         }
-        if self.database.max_connections == 0 {
-            return fail("database.max_connections", "must be at least 1");
-        }
-        if self.database.min_connections > self.database.max_connections {
+        if self.database.max_connections != 0 && self.database.min_connections > self.database.max_connections {
             return fail("database.min_connections", "must not exceed database.max_connections");
         }
         if self.server.body_limit_bytes < 1024 {
@@ -376,7 +373,14 @@ impl Config {
 
     pub fn pool(&self) -> keel_store::PoolConfig {
         keel_store::PoolConfig {
-            max_connections: self.database.max_connections,
+            max_connections: match self.database.max_connections {
+                // Sized for the machine: four connections per core, between 8 and 64.
+                0 => std::thread::available_parallelism()
+                    .map(|n| n.get() as u32 * 4)
+                    .unwrap_or(8)
+                    .clamp(8, 64),
+                n => n,
+            },
             min_connections: self.database.min_connections,
             acquire_timeout: Duration::from_millis(self.database.acquire_timeout_ms),
             idle_timeout: Duration::from_secs(self.database.idle_timeout_seconds),
@@ -435,7 +439,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "database.max_connections",
-        "Pool size (PostgreSQL connections; SQLite reader connections).",
+        "Pool size (PostgreSQL connections; SQLite reader connections); 0 sizes it for the machine: 4 per core, 8 to 64.",
     ),
     (
         "database.min_connections",

@@ -515,36 +515,57 @@ pub struct PgCluster {
 }
 
 fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    try_as_postgres(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_as_postgres(program: &std::path::Path, args: &[&str]) -> Result<std::process::Output, String> {
     let output = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(program)
         .args(args)
         .output()
-        .expect("runuser");
-    assert!(
-        output.status.success(),
-        "{} {args:?}: {}",
-        program.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+        .map_err(|e| format!("runuser: {e}"))?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 impl PgCluster {
+    /// Starts a primary and a replica; retried with fresh ports when another test took a
+    /// port between choosing and binding it.
     pub fn start() -> PgCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match PgCluster::try_start() {
+                Ok(cluster) => return cluster,
+                Err(error) => last = error,
+            }
+        }
+        panic!("could not start a PostgreSQL primary and replica: {last}");
+    }
+
+    fn try_start() -> Result<PgCluster, String> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them)")
+            .map_err(|e| {
+                format!("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them): {e}")
+            })?
             .filter_map(|e| e.ok())
             .map(|e| e.path().join("bin"))
             .filter(|p| p.join("pg_basebackup").exists())
             .max()
-            .expect("a PostgreSQL version with pg_basebackup");
-        let dir = tempfile::tempdir().expect("temp dir");
+            .ok_or("no PostgreSQL version with pg_basebackup")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         std::process::Command::new("chown")
             .arg("postgres:postgres")
             .arg(dir.path())
             .status()
-            .expect("chown");
+            .map_err(|e| e.to_string())?;
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .expect("bind")
@@ -559,7 +580,7 @@ impl PgCluster {
             dir,
             bin,
         };
-        as_postgres(
+        try_as_postgres(
             &cluster.bin.join("initdb"),
             &[
                 "-D",
@@ -570,9 +591,9 @@ impl PgCluster {
                 "postgres",
                 "--no-sync",
             ],
-        );
-        cluster.pg_ctl_start("primary", primary_port);
-        as_postgres(
+        )?;
+        cluster.pg_ctl_start("primary", primary_port)?;
+        try_as_postgres(
             &cluster.bin.join("pg_basebackup"),
             &[
                 "-h",
@@ -587,29 +608,31 @@ impl PgCluster {
                 "-X",
                 "stream",
             ],
-        );
-        cluster.start_replica();
-        cluster
+        )?;
+        cluster.pg_ctl_start("replica", replica_port)?;
+        Ok(cluster)
     }
 
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
-    fn pg_ctl_start(&self, name: &str, port: u16) {
+    fn pg_ctl_start(&self, name: &str, port: u16) -> Result<(), String> {
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             self.dir.path().display()
         );
         let log = self.path(&format!("{name}.log"));
-        as_postgres(
+        try_as_postgres(
             &self.bin.join("pg_ctl"),
             &["-D", &self.path(name), "-o", &options, "-l", &log, "-w", "start"],
-        );
+        )
+        .map(|_| ())
     }
 
     pub fn start_replica(&self) {
-        self.pg_ctl_start("replica", self.replica_port);
+        self.pg_ctl_start("replica", self.replica_port)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn stop_replica(&self) {
