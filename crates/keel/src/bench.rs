@@ -283,20 +283,7 @@ async fn records(
     let db = keel_server::open_database(&config, &schema).await?;
     eprintln!("bench records ({backend}): loading {rows} tasks");
     let started = Instant::now();
-    demo::generate(
-        &db,
-        &schema,
-        &GenOptions {
-            orgs: 1,
-            users_per_org: 4,
-            scale: 1.0,
-            counts: HashMap::from([("projects".to_string(), 200), ("tasks".to_string(), rows)]),
-            seed: 7,
-            activity: false,
-            activity_target: 0,
-        },
-    )
-    .await?;
+    load_tasks(&db, &schema, rows).await?;
     let load_seconds = started.elapsed().as_secs_f64();
     if let keel_store::Db::Postgres(_) = &db {
         let mut tx = db.begin().await?;
@@ -403,6 +390,22 @@ async fn records(
     if temporary.exists() {
         let _ = std::fs::remove_dir_all(&temporary);
     }
+    Ok(())
+}
+
+/// The benchmark data: one org (owner `owner@org-001.demo.keel`), 200 projects and `rows`
+/// tasks of the pms example.
+pub(crate) async fn load_tasks(db: &keel_store::Db, schema: &keel_query::Schema, rows: u64) -> Result<()> {
+    let options = GenOptions {
+        orgs: 1,
+        users_per_org: 4,
+        scale: 1.0,
+        counts: HashMap::from([("projects".to_string(), 200), ("tasks".to_string(), rows)]),
+        seed: 7,
+        activity: false,
+        activity_target: 0,
+    };
+    demo::generate(db, schema, &options).await?;
     Ok(())
 }
 

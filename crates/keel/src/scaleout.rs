@@ -2,7 +2,6 @@
 //! round-robin proxy (PostgreSQL; Redis optional), the CPU each request costs the Keel
 //! processes, and the request rate while the instances restart one at a time.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use crate::bench::{free_port, load, tempdir, wait_ready};
-use crate::demo::{self, DEMO_PASSWORD, GenOptions};
+use crate::demo::DEMO_PASSWORD;
 use crate::examples;
 use crate::http_client::Connection;
 
@@ -166,20 +165,7 @@ pub async fn run(
     config.database.schema = Some(SCHEMA.into());
     let db = keel_server::open_database(&config, &schema).await?;
     eprintln!("bench scaleout: loading {rows} tasks");
-    demo::generate(
-        &db,
-        &schema,
-        &GenOptions {
-            orgs: 1,
-            users_per_org: 4,
-            scale: 1.0,
-            counts: HashMap::from([("projects".to_string(), 200), ("tasks".to_string(), rows)]),
-            seed: 11,
-            activity: false,
-            activity_target: 0,
-        },
-    )
-    .await?;
+    crate::bench::load_tasks(&db, &schema, rows).await?;
     let mut tx = db.begin().await?;
     tx.execute_script("ANALYZE").await?;
     tx.commit().await?;
