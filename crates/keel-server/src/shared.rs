@@ -70,7 +70,14 @@ struct Redis {
     timeout: Duration,
     /// The last call succeeded; flips are logged once each way.
     up: AtomicBool,
+    /// While down, requests skip Redis and only one call per `RETRY_EVERY` tries it again,
+    /// so a dead Redis costs requests nothing (milliseconds since `epoch`).
+    last_attempt_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
+
+/// While Redis is down, how often a call tries it again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 impl Shared {
     /// No Redis: one instance, state in the database only.
@@ -112,6 +119,8 @@ impl Shared {
                 channel,
                 timeout,
                 up: AtomicBool::new(true),
+                last_attempt_ms: std::sync::atomic::AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
             local,
             resubscribe,
@@ -136,6 +145,9 @@ impl Shared {
     /// Runs one command with the timeout; `None` when Redis is off or failing.
     async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
         let redis = self.redis.as_ref()?;
+        if !redis.may_try() {
+            return None;
+        }
         let mut manager = redis.manager.clone();
         let outcome = tokio::time::timeout(redis.timeout, command.query_async::<T>(&mut manager)).await;
         match outcome {
@@ -266,7 +278,23 @@ async fn subscribe(
 }
 
 impl Redis {
+    /// Always while up; while down, one caller per `RETRY_EVERY`.
+    fn may_try(&self) -> bool {
+        if self.up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_attempt_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= RETRY_EVERY.as_millis() as u64
+            && self
+                .last_attempt_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn down(&self, error: &str) {
+        self.last_attempt_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 error,
@@ -428,7 +456,9 @@ impl Shared {
         let limit = limit.max(1);
         let interval = (period / limit as u32).max(Duration::from_millis(1));
         let tolerance = interval * (limit as u32 - 1);
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.redis
+            && redis.may_try()
+        {
             let key = self.key(&["rl", key]);
             let mut manager = redis.manager.clone();
             let script = redis::Script::new(GCRA_LUA);
