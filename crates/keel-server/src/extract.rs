@@ -184,6 +184,36 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>,
     Ok(Some(principal))
 }
 
+/// An org and the user's role in it: from the shared cache (Redis) when it has it, else the
+/// database. Membership changes delete the entry on every instance (`forget_membership`).
+async fn membership(state: &AppState, slug: &str, user: Uuid) -> Result<Option<(Org, Option<String>)>, ApiError> {
+    let key = state.shared.key(&["member", &user.to_string(), slug]);
+    if let Some(cached) = state.shared.get(&key).await
+        && let Ok(found) = serde_json::from_str::<(Org, Option<String>)>(&cached)
+    {
+        return Ok(Some(found));
+    }
+    let found = system::org_with_role(&state.db, slug, Some(user)).await?;
+    if let Some(found) = &found
+        && state.shared.enabled()
+        && let Ok(json) = serde_json::to_string(found)
+    {
+        state
+            .shared
+            .set_ex(&key, &json, state.config.redis.session_cache_seconds)
+            .await;
+    }
+    Ok(found)
+}
+
+/// Drops a cached membership after it changed, on every instance.
+pub async fn forget_membership(state: &AppState, user: Uuid, slug: &str) {
+    state
+        .shared
+        .del(&[state.shared.key(&["member", &user.to_string(), slug])])
+        .await;
+}
+
 /// Drops revoked tokens from the shared cache, so every instance refuses them at once.
 pub async fn forget_tokens(state: &AppState, hashes: &[String]) {
     let keys: Vec<String> = hashes.iter().map(|hash| state.shared.key(&["auth", hash])).collect();
@@ -264,7 +294,7 @@ pub async fn org_access(
     }
     match principal {
         Principal::User { user, .. } => {
-            let (org, role) = system::org_with_role(&state.db, slug, Some(user.id))
+            let (org, role) = membership(state, slug, user.id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             if role.is_none() && !user.superuser {

@@ -212,6 +212,7 @@ pub async fn add_member(
             StoreError::Unique { .. } => ApiError::new("already_member", "the user is already a member"),
             other => other.into(),
         })?;
+    crate::extract::forget_membership(&state, user.id, &slug).await;
     let member = system::member(&state.db, org.id, user.id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -248,7 +249,7 @@ pub async fn update_member(
     )
     .await?
     {
-        MemberChange::Done => {}
+        MemberChange::Done => crate::extract::forget_membership(&state, user_id, &slug).await,
         MemberChange::NotFound => return Err(ApiError::not_found()),
         MemberChange::LastOwner => {
             return Err(ApiError::new(
@@ -279,7 +280,10 @@ pub async fn remove_member(
         grantable(&state, &principal, &role, &target.role)?;
     }
     match system::member_change(&state.db, org.id, user_id, None, state.schema.app.top_role()).await? {
-        MemberChange::Done => Ok(StatusCode::NO_CONTENT),
+        MemberChange::Done => {
+            crate::extract::forget_membership(&state, user_id, &slug).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         MemberChange::NotFound => Err(ApiError::not_found()),
         MemberChange::LastOwner => Err(ApiError::new(
             "last_owner",

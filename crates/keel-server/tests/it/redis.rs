@@ -113,9 +113,46 @@ async fn a_logout_on_one_instance_reaches_the_others_at_once(backend: Backend) {
     }
 }
 
+async fn membership_changes_reach_every_instance(backend: Backend) {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let first = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
+        c.redis.url = Some(keel_server::config::Secret(url))
+    })
+    .await;
+    let second = first.sibling().await;
+    let (_, owner) = first.signup("owner@example.com").await;
+    first.org(&owner, "acme").await;
+    let (member_id, member) = first.member(&owner, "acme", "m@example.com", "member").await;
+    // The second instance caches the membership (org + role) on first use.
+    assert_eq!(second.get("/api/v1/orgs/acme/projects", &member).await.status, 200);
+    assert_eq!(
+        redis.keys(&format!("keel:member:{member_id}:*")).len(),
+        1,
+        "memberships are cached in Redis"
+    );
+    let before = second.statements();
+    assert_eq!(second.get("/api/v1/orgs/acme/projects", &member).await.status, 200);
+    assert_eq!(second.statements() - before, 1, "only the page query ran");
+    // Removing the member on the first instance reaches the second.
+    let removed = first
+        .delete(&format!("/api/v1/orgs/acme/members/{member_id}"), &owner)
+        .await;
+    assert_eq!(removed.status, 204);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while second.get("/api/v1/orgs/acme/projects", &member).await.status != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance still lets a removed member in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 both!(
     keeps_serving_while_redis_is_down_and_reconnects,
-    a_logout_on_one_instance_reaches_the_others_at_once
+    a_logout_on_one_instance_reaches_the_others_at_once,
+    membership_changes_reach_every_instance
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
