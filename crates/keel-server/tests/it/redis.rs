@@ -6,13 +6,18 @@ use std::time::{Duration, Instant};
 
 use keel_testkit::{Backend, RedisServer, TestApp, both, json};
 
-async fn keeps_serving_while_redis_is_down_and_reconnects(backend: Backend) {
-    let mut redis = RedisServer::start();
+/// An app whose shared state is in `redis`.
+async fn with_redis(backend: Backend, redis: &RedisServer) -> TestApp {
     let url = redis.url();
-    let app = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
+    TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
         c.redis.url = Some(keel_server::config::Secret(url))
     })
-    .await;
+    .await
+}
+
+async fn keeps_serving_while_redis_is_down_and_reconnects(backend: Backend) {
+    let mut redis = RedisServer::start();
+    let app = with_redis(backend, &redis).await;
     let (_, token) = app.signup("a@example.com").await;
 
     // A lookup fills the shared cache; the next one is served from it.
@@ -81,11 +86,7 @@ async fn keeps_serving_while_redis_is_down_and_reconnects(backend: Backend) {
 
 async fn a_logout_on_one_instance_reaches_the_others_at_once(backend: Backend) {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let first = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
-        c.redis.url = Some(keel_server::config::Secret(url))
-    })
-    .await;
+    let first = with_redis(backend, &redis).await;
     let second = first.sibling().await;
     let (_, token) = first.signup("a@example.com").await;
     // Both instances now hold the token lookup in their in-process caches.
@@ -115,11 +116,7 @@ async fn a_logout_on_one_instance_reaches_the_others_at_once(backend: Backend) {
 
 async fn membership_changes_reach_every_instance(backend: Backend) {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let first = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |c| {
-        c.redis.url = Some(keel_server::config::Secret(url))
-    })
-    .await;
+    let first = with_redis(backend, &redis).await;
     let second = first.sibling().await;
     let (_, owner) = first.signup("owner@example.com").await;
     first.org(&owner, "acme").await;

@@ -104,58 +104,51 @@ async fn errors_are_classified_alike(backend: Backend) {
     assert_eq!(count(&db, "parents").await, 1, "failed statements changed nothing");
 }
 
-async fn slow_statements_time_out_and_the_connection_survives(backend: Backend) {
-    let database = TestDb::new(backend).await;
-    let db = connect(
-        &database,
-        PoolConfig {
-            statement_timeout: Duration::from_millis(200),
-            max_connections: 1,
-            ..PoolConfig::default()
-        },
-    )
-    .await;
-    let slow = match backend {
+/// A statement that runs until it is cancelled.
+fn slow_statement(backend: Backend) -> &'static str {
+    match backend {
         Backend::Sqlite => "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
         Backend::Postgres => "SELECT pg_sleep(5)",
-    };
-    let started = std::time::Instant::now();
-    let error = db.query(&db.portable(slow, vec![])).await.unwrap_err();
-    assert!(matches!(error, StoreError::Timeout), "{error:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "cancelled, not waited out");
-    // The same (only) connection answers the next statement.
-    assert_eq!(
-        db.query_one(&db.portable("SELECT 1", vec![])).await.unwrap().unwrap()[0].int(),
-        Some(1)
-    );
+    }
 }
 
-async fn writes_have_their_own_statement_timeout(backend: Backend) {
+/// Reads and writes are separate request classes with their own statement timeouts: each is
+/// cancelled at its own limit, and the connection answers the next statement.
+async fn slow_statements_time_out_per_class_and_the_connection_survives(backend: Backend) {
     let database = TestDb::new(backend).await;
-    let db = connect(
-        &database,
-        PoolConfig {
-            write_statement_timeout: Duration::from_millis(200),
-            max_connections: 1,
-            ..PoolConfig::default()
-        },
-    )
-    .await;
-    let slow = match backend {
-        Backend::Sqlite => "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
-        Backend::Postgres => "SELECT pg_sleep(5)",
-    };
-    let started = std::time::Instant::now();
-    let mut tx = db.begin().await.unwrap();
-    let error = tx.query(&db.portable(slow, vec![])).await.unwrap_err();
-    assert!(matches!(error, StoreError::Timeout), "{error:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the write timeout, not the read one"
-    );
-    drop(tx);
-    let quick = db.query_one(&db.portable("SELECT 1", vec![])).await.unwrap().unwrap();
-    assert_eq!(quick[0].int(), Some(1));
+    let short = Duration::from_millis(200);
+    for writes in [false, true] {
+        let pool = if writes {
+            PoolConfig {
+                write_statement_timeout: short,
+                max_connections: 1,
+                ..PoolConfig::default()
+            }
+        } else {
+            PoolConfig {
+                statement_timeout: short,
+                max_connections: 1,
+                ..PoolConfig::default()
+            }
+        };
+        let db = connect(&database, pool).await;
+        let slow = db.portable(slow_statement(backend), vec![]);
+        let started = std::time::Instant::now();
+        let error = if writes {
+            let mut tx = db.begin().await.unwrap();
+            tx.query(&slow).await.unwrap_err()
+        } else {
+            db.query(&slow).await.unwrap_err()
+        };
+        assert!(matches!(error, StoreError::Timeout), "writes: {writes}: {error:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "cancelled at its class's limit, not waited out"
+        );
+        // The same (only) connection answers the next statement.
+        let one = db.query_one(&db.portable("SELECT 1", vec![])).await.unwrap().unwrap();
+        assert_eq!(one[0].int(), Some(1));
+    }
 }
 
 async fn a_saturated_pool_answers_busy(backend: Backend) {
@@ -188,8 +181,6 @@ async fn a_saturated_pool_answers_busy(backend: Backend) {
 both!(
     commit_and_rollback,
     errors_are_classified_alike,
-    slow_statements_time_out_and_the_connection_survives,
+    slow_statements_time_out_per_class_and_the_connection_survives,
     a_saturated_pool_answers_busy
 );
-
-both!(writes_have_their_own_statement_timeout);
