@@ -362,6 +362,13 @@ impl TestApp {
         self.request("DELETE", path, Some(token), None).await
     }
 
+    /// Creates a record (or anything answering 201 with an `id`) and returns its id.
+    pub async fn create(&self, path: &str, token: &str, body: Value) -> String {
+        let response = self.post(path, token, body).await;
+        assert_eq!(response.status, StatusCode::CREATED, "POST {path}: {}", response.text);
+        response.body["id"].as_str().expect("an id").to_string()
+    }
+
     /// Signs up a user; returns (user id, token).
     pub async fn signup(&self, email: &str) -> (String, String) {
         let response = self

@@ -81,29 +81,23 @@ fn check_reports_problems_with_lines() {
     let good = write_spec(dir.path(), SPEC);
     let output = keel().arg("check").arg(&good).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.a = { type = \"txt\" }\nrules.list = \"nope = 1\"\n").unwrap();
-    let output = keel().arg("check").arg(&bad).output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("line 6: collections.t.fields.a.type: unknown type 'txt'"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn check_reports_rule_problems_with_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.a = { type = \"text\" }\nrules.list = \"nope = 1\"\n").unwrap();
-    let output = keel().arg("check").arg(&bad).output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("line 7: collections.t.rules.list: 'nope' is not a field of t"),
-        "{stderr}"
-    );
+    let spec = |field_type: &str| {
+        format!(
+            "[app]\nname = \"x\"\n[roles]\norder = [\"owner\"]\n[collections.t]\nfields.a = {{ type = \"{field_type}\" }}\nrules.list = \"nope = 1\"\n"
+        )
+    };
+    // A spec problem, and a rule problem (reported once the spec itself is valid).
+    for (field_type, expected) in [
+        ("txt", "line 6: collections.t.fields.a.type: unknown type 'txt'"),
+        ("text", "line 7: collections.t.rules.list: 'nope' is not a field of t"),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, spec(field_type)).unwrap();
+        let output = keel().arg("check").arg(&bad).output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 }
 
 #[test]

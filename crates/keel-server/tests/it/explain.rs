@@ -58,12 +58,8 @@ async fn declared_indexes_are_used(backend: Backend) {
     let (_, owner) = app.signup("owner@example.com").await;
     app.org(&owner, "acme").await;
     let project = app
-        .post("/api/v1/orgs/acme/projects", &owner, json!({"name": "p"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/api/v1/orgs/acme/projects", &owner, json!({"name": "p"}))
+        .await;
     let plan = plan_text(&app, &format!("project = '{project}' && status = 'todo'"), None).await;
     // Either declared index that covers the filter (project+status, or the partial status one)
     // may win on a tiny table; the generic org index must not.

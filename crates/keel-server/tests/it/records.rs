@@ -140,16 +140,12 @@ async fn unique_and_restrict_conflicts(backend: Backend) {
 async fn on_delete_cascade_and_restrict(backend: Backend) {
     let (app, owner, project) = setup(backend).await;
     let task = app
-        .post(
+        .create(
             "/api/v1/orgs/acme/tasks",
             &owner,
             json!({"project": project, "title": "t"}),
         )
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
     let comment = app
         .post(
             "/api/v1/orgs/acme/comments",

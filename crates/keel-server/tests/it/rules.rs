@@ -18,12 +18,8 @@ async fn roles_and_ownership(backend: Backend) {
         "forbidden"
     );
     let project = app
-        .post("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"}))
+        .await;
 
     // tasks.create needs member; viewers can only read.
     assert_eq!(
@@ -46,16 +42,12 @@ async fn roles_and_ownership(backend: Backend) {
     assert_eq!(mine.status, 201, "{}", mine.text);
     let mine = mine.body["id"].as_str().unwrap().to_string();
     let theirs = app
-        .post(
+        .create(
             "/api/v1/orgs/acme/tasks",
             &owner,
             json!({"project": project, "title": "theirs"}),
         )
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
     assert_eq!(
         app.get("/api/v1/orgs/acme/tasks", &viewer).await.body["items"]
             .as_array()

@@ -9,23 +9,15 @@ async fn no_route_leaks_or_alters_another_org(backend: Backend) {
     app.org(&alice, "acme").await;
     app.org(&mallory, "evil").await;
     let project = app
-        .post("/api/v1/orgs/acme/projects", &alice, json!({"name": "Secret"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/api/v1/orgs/acme/projects", &alice, json!({"name": "Secret"}))
+        .await;
     let task = app
-        .post(
+        .create(
             "/api/v1/orgs/acme/tasks",
             &alice,
             json!({"project": project, "title": "secret task"}),
         )
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
     let statements_before = app
         .get(&format!("/api/v1/orgs/acme/tasks/{task}"), &alice)
         .await
@@ -110,12 +102,8 @@ async fn no_route_leaks_or_alters_another_org(backend: Backend) {
         (),
     );
     let evil_project = app
-        .post("/api/v1/orgs/evil/projects", &mallory, json!({"name": "mine"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/api/v1/orgs/evil/projects", &mallory, json!({"name": "mine"}))
+        .await;
     let outsider = app
         .post(
             "/api/v1/orgs/evil/tasks",
@@ -162,16 +150,12 @@ async fn cross_org_list_spans_the_callers_orgs(backend: Backend) {
     for slug in ["one", "two"] {
         app.org(&alice, slug).await;
         let project = app
-            .post(
+            .create(
                 &format!("/api/v1/orgs/{slug}/projects"),
                 &alice,
                 json!({"name": format!("p-{slug}")}),
             )
-            .await
-            .body["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+            .await;
         for n in 0..3 {
             app.post(
                 &format!("/api/v1/orgs/{slug}/tasks"),
@@ -183,12 +167,8 @@ async fn cross_org_list_spans_the_callers_orgs(backend: Backend) {
     }
     app.org(&bob, "three").await;
     let bob_project = app
-        .post("/api/v1/orgs/three/projects", &bob, json!({"name": "bob's"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create("/api/v1/orgs/three/projects", &bob, json!({"name": "bob's"}))
+        .await;
     app.post(
         "/api/v1/orgs/three/tasks",
         &bob,

@@ -26,13 +26,7 @@ async fn partitions_pruning_and_retention(backend: Backend) {
     let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
     let (root_id, root) = app.signup("root@example.com").await;
     app.make_superuser(&root_id).await;
-    let item = app
-        .post("/api/v1/global/items", &root, json!({"name": "rune"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let item = app.create("/api/v1/global/items", &root, json!({"name": "rune"})).await;
     let now = Utc::now();
     for days_ago in [90, 60, 45, 10, 1] {
         let ts = (now - Duration::days(days_ago)).to_rfc3339();
