@@ -107,6 +107,35 @@ impl Db {
         Ok(self.query(sql).await?.into_iter().next())
     }
 
+    /// A read that must see every committed write: never on a replica.
+    pub async fn query_primary(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        let started = Instant::now();
+        let result = match self {
+            Db::Sqlite(db) => db.query(sql).await,
+            Db::Postgres(db) => db.query_here(sql).await,
+        };
+        observe::record(&sql.text, started.elapsed(), self.slow_query());
+        result
+    }
+
+    /// One statement that writes, as a transaction of its own, on the primary (autocommit on
+    /// PostgreSQL: one round trip; through the writer's group commit on SQLite).
+    pub async fn write(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
+        let started = Instant::now();
+        let result = match self {
+            Db::Sqlite(db) => match db.begin().await {
+                Ok(mut tx) => match tx.query(sql) {
+                    Ok(rows) => tx.commit().await.map(|()| rows),
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            },
+            Db::Postgres(db) => db.query_here(sql).await,
+        };
+        observe::record(&sql.text, started.elapsed(), self.slow_query());
+        result
+    }
+
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         observe::wrote();
         let slow_query = self.slow_query();

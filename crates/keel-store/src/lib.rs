@@ -4,6 +4,7 @@
 pub mod cell;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod migrate;
 pub mod observe;
 pub mod partitions;

@@ -89,8 +89,37 @@ fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'stati
     }
 }
 
-/// The system tables every Keel database has.
-pub fn system_tables(dialect: Dialect) -> Vec<String> {
+/// The version of Keel's own tables this build expects; `keel_system` records a database's.
+pub const SYSTEM_VERSION: i64 = 2;
+
+/// Keel's own tables, step by step: a database at system version `v` gets the steps after
+/// `v`, in one transaction with the app's migration.
+pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
+    let mut steps = vec![];
+    if from < 1 {
+        steps.push(Step {
+            description: "create Keel's system tables".into(),
+            statements: system_tables(dialect),
+            destructive: false,
+        });
+    }
+    if from < 2 {
+        let mut statements = vec![
+            "CREATE TABLE keel_system (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)".to_string(),
+            "INSERT INTO keel_system (id, version) VALUES (1, 2)".to_string(),
+        ];
+        statements.extend(crate::jobs::tables(dialect));
+        steps.push(Step {
+            description: "create the job queue's tables (system version 2)".into(),
+            statements,
+            destructive: false,
+        });
+    }
+    steps
+}
+
+/// The system tables every Keel database has (system version 1).
+fn system_tables(dialect: Dialect) -> Vec<String> {
     let (uuid, ts, boolean, bigint) = types(dialect);
     vec![
         format!(
@@ -425,18 +454,12 @@ pub fn plan(
     previous: Option<&Schema>,
     next: &Schema,
     from_version: i64,
+    system_version: i64,
 ) -> Result<Plan, MigrateError> {
     let app = &next.app;
-    let mut steps = vec![];
     let mut rebuilds = false;
     let mut foreign_keys = vec![];
-    if previous.is_none() {
-        steps.push(Step {
-            description: "create Keel's system tables".into(),
-            statements: system_tables(dialect),
-            destructive: false,
-        });
-    }
+    let mut steps = system_steps(dialect, if previous.is_none() { 0 } else { system_version });
     let empty: Vec<Collection> = vec![];
     let old_collections = previous.map(|p| &p.app.collections).unwrap_or(&empty);
     for old in old_collections {
@@ -682,29 +705,62 @@ pub fn plan(
     })
 }
 
+/// What a database has recorded: the latest migration's version, the app it brought the
+/// database to, and the version of Keel's own tables.
+struct Recorded {
+    version: i64,
+    app: Option<App>,
+    system: i64,
+}
+
 /// The latest recorded migration: its version and the app it brought the database to.
 pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
-    let found = db.query_one(&migrations_table_exists(db.dialect())).await?;
+    let found = db.query_one(&tables_exist(db.dialect())).await?;
     if found.and_then(|row| row[0].int()).unwrap_or(0) == 0 {
         return Ok((0, None));
     }
     recorded(db.query_one(&latest_migration(db.dialect())).await?)
 }
 
-/// The same, read inside a transaction (so a pool of one connection can migrate).
-async fn current_in(tx: &mut Tx) -> Result<(i64, Option<App>), StoreError> {
-    let found = tx.query_one(&migrations_table_exists(tx.dialect())).await?;
-    if found.and_then(|row| row[0].int()).unwrap_or(0) == 0 {
-        return Ok((0, None));
+/// The recorded state, read inside a transaction (so a pool of one connection can migrate).
+async fn recorded_in(tx: &mut Tx) -> Result<Recorded, StoreError> {
+    let found = tx.query_one(&tables_exist(tx.dialect())).await?;
+    let (migrations, system) = found
+        .map(|row| (row[0].int().unwrap_or(0), row[1].int().unwrap_or(0)))
+        .unwrap_or((0, 0));
+    if migrations == 0 {
+        return Ok(Recorded {
+            version: 0,
+            app: None,
+            system: 0,
+        });
     }
-    recorded(tx.query_one(&latest_migration(tx.dialect())).await?)
+    let (version, app) = recorded(tx.query_one(&latest_migration(tx.dialect())).await?)?;
+    let system = if system == 0 {
+        1
+    } else {
+        let row = tx
+            .query_one(&tx.portable("SELECT version FROM keel_system WHERE id = 1", vec![]))
+            .await?;
+        row.and_then(|row| row[0].int()).unwrap_or(1)
+    };
+    Ok(Recorded { version, app, system })
 }
 
-fn migrations_table_exists(dialect: Dialect) -> keel_query::Sql {
+/// The recorded state, read in a transaction of its own that writes nothing.
+async fn recorded_now(db: &Db) -> Result<Recorded, StoreError> {
+    let mut tx = db.begin().await?;
+    recorded_in(&mut tx).await
+}
+
+/// Whether `keel_migrations` and `keel_system` exist (1 or 0 each).
+fn tables_exist(dialect: Dialect) -> keel_query::Sql {
     let text = match dialect {
-        Dialect::Sqlite => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_migrations'",
+        Dialect::Sqlite => {
+            "SELECT count(*) FILTER (WHERE name = 'keel_migrations'), count(*) FILTER (WHERE name = 'keel_system') FROM sqlite_master WHERE type = 'table'"
+        }
         Dialect::Postgres => {
-            "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'keel_migrations' AND schemaname = current_schema()"
+            "SELECT count(*) FILTER (WHERE tablename = 'keel_migrations'), count(*) FILTER (WHERE tablename = 'keel_system') FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
         }
     };
     crate::db::portable(dialect, text, vec![])
@@ -731,20 +787,24 @@ fn recorded(row: Option<crate::Row>) -> Result<(i64, Option<App>), StoreError> {
     }
 }
 
-fn plan_from(dialect: Dialect, recorded: (i64, Option<App>), next: &Schema) -> Result<Plan, MigrateError> {
-    let (version, previous_app) = recorded;
+fn plan_from(dialect: Dialect, recorded: Recorded, next: &Schema) -> Result<Plan, MigrateError> {
+    let Recorded {
+        version,
+        app: previous_app,
+        system,
+    } = recorded;
     let previous = match previous_app {
         Some(app) => Some(Schema::new(app).map_err(|problems| {
             MigrateError::Unsupported(format!("the recorded app no longer checks: {problems:?}"))
         })?),
         None => None,
     };
-    plan(dialect, previous.as_ref(), next, version)
+    plan(dialect, previous.as_ref(), next, version, system)
 }
 
 /// Plans the migration from the database's recorded state to `next`.
 pub async fn plan_for(db: &Db, next: &Schema) -> Result<Plan, MigrateError> {
-    plan_from(db.dialect(), current(db).await?, next)
+    plan_from(db.dialect(), recorded_now(db).await?, next)
 }
 
 /// Applies the plan in one transaction and records it. Concurrent instances serialise on
@@ -786,7 +846,7 @@ async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -
             .await?;
     }
     // Re-plan under the lock, inside the transaction: another instance may have migrated meanwhile.
-    let plan = plan_from(tx.dialect(), current_in(&mut tx).await?, next)?;
+    let plan = plan_from(tx.dialect(), recorded_in(&mut tx).await?, next)?;
     if plan.is_empty() {
         return Ok(plan);
     }
