@@ -28,6 +28,65 @@ pub struct Config {
     pub limits: LimitsSection,
     pub log: LogSection,
     pub redis: RedisSection,
+    pub jobs: JobsSection,
+    pub smtp: SmtpSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Run in-process workers on this instance.
+    pub workers: bool,
+    /// Take part in the leader election (cron and the rescuer).
+    pub leader: bool,
+    pub lease_seconds: u64,
+    pub poll_interval_ms: u64,
+    pub claim_batch: u32,
+    pub shutdown_grace_seconds: u64,
+    pub http_timeout_seconds: u64,
+    /// How long an external worker's claim may wait for a job.
+    pub max_claim_wait_ms: u64,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            workers: true,
+            leader: true,
+            lease_seconds: 30,
+            poll_interval_ms: 1_000,
+            claim_batch: 500,
+            shutdown_grace_seconds: 25,
+            http_timeout_seconds: 30,
+            max_claim_wait_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    /// Unset: email jobs fail with a clear error.
+    pub host: Option<String>,
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub tls: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub from: String,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            host: None,
+            port: 587,
+            tls: "starttls".into(),
+            username: None,
+            password: None,
+            from: "keel@localhost".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,6 +364,21 @@ impl Config {
     /// Checks values that serde cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, message: &str| Err(ConfigError::Invalid(format!("{key}: {message}")));
+        if self.jobs.lease_seconds < 1 || self.jobs.lease_seconds > 3600 {
+            return fail("jobs.lease_seconds", "must be between 1 and 3600");
+        }
+        if self.jobs.poll_interval_ms < 10 {
+            return fail("jobs.poll_interval_ms", "must be at least 10");
+        }
+        if self.jobs.claim_batch == 0 || self.jobs.claim_batch > 10_000 {
+            return fail("jobs.claim_batch", "must be between 1 and 10000");
+        }
+        if self.jobs.max_claim_wait_ms > 120_000 {
+            return fail("jobs.max_claim_wait_ms", "must be at most 120000");
+        }
+        if !["none", "starttls", "tls"].contains(&self.smtp.tls.as_str()) {
+            return fail("smtp.tls", "must be one of: none, starttls, tls");
+        }
         if self.limits.max_page_size == 0 || self.limits.max_page_size > 10_000 {
             return fail("limits.max_page_size", "must be between 1 and 10000");
         }
@@ -389,6 +463,31 @@ impl Config {
             write_statement_timeout: Duration::from_millis(self.database.write_statement_timeout_ms),
             slow_query: Duration::from_millis(self.database.slow_query_ms),
             replica_max_lag: Duration::from_millis(self.database.replica_max_lag_ms),
+        }
+    }
+
+    /// The job runtime's settings.
+    pub fn jobs(&self) -> keel_jobs::JobsConfig {
+        keel_jobs::JobsConfig {
+            workers: self.jobs.workers,
+            lease: Duration::from_secs(self.jobs.lease_seconds),
+            poll_interval: Duration::from_millis(self.jobs.poll_interval_ms),
+            claim_batch: self.jobs.claim_batch,
+            shutdown_grace: Duration::from_secs(self.jobs.shutdown_grace_seconds),
+            leader: self.jobs.leader,
+            http_timeout: Duration::from_secs(self.jobs.http_timeout_seconds),
+            smtp: self.smtp.host.as_ref().map(|host| keel_jobs::SmtpConfig {
+                host: host.clone(),
+                port: self.smtp.port,
+                tls: match self.smtp.tls.as_str() {
+                    "none" => keel_jobs::SmtpTls::None,
+                    "tls" => keel_jobs::SmtpTls::Tls,
+                    _ => keel_jobs::SmtpTls::StartTls,
+                },
+                username: self.smtp.username.clone(),
+                password: self.smtp.password.as_ref().map(|p| p.0.clone()),
+                from: self.smtp.from.clone(),
+            }),
         }
     }
 
@@ -511,6 +610,44 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("redis.key_prefix", "Prefix of every Redis key Keel writes."),
     (
+        "jobs.workers",
+        "Run in-process job workers on this instance (false: it only serves HTTP and enqueues).",
+    ),
+    (
+        "jobs.leader",
+        "Take part in the election of the instance that runs cron and rescues expired leases.",
+    ),
+    (
+        "jobs.lease_seconds",
+        "How long a claimed job is held without a heartbeat; workers extend it every third of it, and the rescuer returns jobs whose lease ran out.",
+    ),
+    (
+        "jobs.poll_interval_ms",
+        "How often idle workers look for jobs when no enqueue notification came (PostgreSQL LISTEN and in-process wake-ups come first).",
+    ),
+    ("jobs.claim_batch", "The most jobs one claim takes."),
+    (
+        "jobs.shutdown_grace_seconds",
+        "On shutdown, how long in-flight jobs may run before they are handed back to the queue.",
+    ),
+    (
+        "jobs.http_timeout_seconds",
+        "Outbound requests of the http handler give up after this long.",
+    ),
+    (
+        "jobs.max_claim_wait_ms",
+        "The longest an external worker's claim waits for a job (long poll).",
+    ),
+    (
+        "smtp.host",
+        "The SMTP server for email jobs; unset, email jobs fail with a clear error.",
+    ),
+    ("smtp.port", "The SMTP server's port."),
+    ("smtp.tls", "`none`, `starttls` or `tls` (implicit TLS)."),
+    ("smtp.username", "SMTP login, if the server needs one."),
+    ("smtp.password", "SMTP password."),
+    ("smtp.from", "The sender address of email jobs."),
+    (
         "log.format",
         "`json` (one object per line, with the request id) or `pretty`.",
     ),
@@ -556,6 +693,9 @@ mod tests {
         keys.push("database.url".into());
         keys.push("database.schema".into());
         keys.push("redis.url".into());
+        keys.push("smtp.host".into());
+        keys.push("smtp.username".into());
+        keys.push("smtp.password".into());
         for key in keys {
             assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");
         }

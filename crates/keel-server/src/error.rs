@@ -101,6 +101,26 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "The change would leave the org without a member in the top role.",
     ),
     (
+        "unknown_job_kind",
+        400,
+        "No job kind of this name is declared in the spec.",
+    ),
+    (
+        "job_not_enqueueable",
+        403,
+        "The caller's role may not enqueue this job kind through the API (see the kind's `enqueue_role`).",
+    ),
+    (
+        "job_state_conflict",
+        409,
+        "The job is not in a state that allows this (e.g. retrying a running job).",
+    ),
+    (
+        "lease_lost",
+        409,
+        "The worker no longer holds this job's lease (it expired and was rescued, or the job was cancelled): its result is not recorded.",
+    ),
+    (
         "version_mismatch",
         412,
         "`If-Match` does not match the record's current version; `details.current_version` has it.",

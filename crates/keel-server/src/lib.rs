@@ -33,7 +33,7 @@ pub fn load_schema(source: &str) -> Result<Schema, Vec<String>> {
 
 /// Builds the router for a state.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, ops, orgs, records};
+    use routes::{auth, jobs, ops, orgs, records};
     let api = Router::new()
         .route("/auth/signup", post(auth::signup))
         .route("/auth/login", post(auth::login))
@@ -49,6 +49,24 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/orgs/{org}/api_keys", get(orgs::list_keys).post(orgs::create_key))
         .route("/orgs/{org}/api_keys/{id}", axum::routing::delete(orgs::revoke_key))
+        .route("/orgs/{org}/jobs", get(jobs::org_list).post(jobs::org_enqueue))
+        .route("/jobs/{id}", get(jobs::status))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/admin/queues", get(jobs::admin_queues))
+        .route("/admin/queues/{queue}/{action}", post(jobs::admin_pause))
+        .route("/admin/jobs", get(jobs::admin_list).post(jobs::admin_enqueue))
+        .route("/admin/jobs/{id}", axum::routing::delete(jobs::admin_discard))
+        .route("/admin/jobs/{id}/{action}", post(jobs::admin_action))
+        .route(
+            "/admin/worker_keys",
+            get(jobs::worker_key_list).post(jobs::worker_key_create),
+        )
+        .route(
+            "/admin/worker_keys/{id}",
+            axum::routing::delete(jobs::worker_key_revoke),
+        )
+        .route("/workers/claim", post(jobs::worker_claim))
+        .route("/workers/jobs/{id}/{action}", post(jobs::worker_settle))
         .route(
             "/orgs/{org}/{collection}",
             get(records::org_list).post(records::org_create),
@@ -168,8 +186,16 @@ impl App {
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let drain = Duration::from_millis(self.state.config.server.drain_ms);
         let draining_state = self.state.clone();
+        let (jobs_done_tx, jobs_done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, router(self.state.clone())).with_graceful_shutdown(async move {
             shutdown.await;
+            // Workers stop claiming at once; in-flight jobs finish within the jobs grace
+            // period or go back to the queue, while HTTP drains.
+            let jobs = draining_state.jobs.clone();
+            tokio::spawn(async move {
+                jobs.shutdown().await;
+                let _ = jobs_done_tx.send(());
+            });
             // First say "not ready" while still serving, so load balancers stop sending new
             // requests; then stop accepting and let in-flight requests finish.
             draining_state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -183,6 +209,7 @@ impl App {
         });
         let serving = tokio::spawn(async move { server.await });
         let maintenance = spawn_maintenance(self.state.clone());
+        self.state.jobs.start();
         let result = tokio::select! {
             result = serving => result.map_err(std::io::Error::other)?,
             _ = async {
@@ -194,6 +221,10 @@ impl App {
             }
         };
         maintenance.abort();
+        if jobs_done_rx.await.is_err() {
+            // The server ended without a shutdown signal: stop the jobs now.
+            state.jobs.shutdown().await;
+        }
         state.db.close().await;
         result
     }
@@ -225,14 +256,19 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let dummy_password_hash = routes::auth::hash_password_blocking(&config.auth, &uuid::Uuid::new_v4().to_string())
         .map_err(|e| e.cause.unwrap_or(e.message))
         .expect("argon2 hashes with valid parameters");
+    let metrics = Arc::new(Metrics::new());
+    let db = Arc::new(db);
+    let schema = Arc::new(schema);
+    let jobs = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), config.jobs(), metrics.clone());
     AppState {
         inner: Arc::new(state::Inner {
             dummy_password_hash,
             patterns: Patterns::new(&schema.app.collections),
             schema,
             db,
+            jobs,
             config,
-            metrics: Metrics::new(),
+            metrics,
             shared,
             draining: std::sync::atomic::AtomicBool::new(false),
             recent_writers: shared::RecentWriters::default(),

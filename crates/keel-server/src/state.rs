@@ -16,11 +16,13 @@ pub struct AppState {
 }
 
 pub struct Inner {
-    pub schema: Schema,
+    pub schema: Arc<Schema>,
     pub patterns: Patterns,
-    pub db: Db,
+    pub db: Arc<Db>,
+    /// The job runtime (started by `App::run_until`, or by tests).
+    pub jobs: Arc<keel_jobs::Jobs>,
     pub config: Config,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub shared: crate::shared::Shared,
     /// Clients that wrote recently, by token hash (read-your-writes without Redis).
     pub recent_writers: crate::shared::RecentWriters,
@@ -43,6 +45,53 @@ impl std::ops::Deref for AppState {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+}
+
+/// The job runtime's events as metrics (J11).
+impl keel_jobs::Observer for Metrics {
+    fn claimed(&self, queue: &str, kind: &str, waited: std::time::Duration) {
+        let labels = vec![
+            Label::new("queue", queue.to_string()),
+            Label::new("kind", kind.to_string()),
+        ];
+        self.recorder
+            .register_histogram(&Key::from_parts("keel_jobs_queue_wait_seconds", labels), &METADATA)
+            .record(waited.as_secs_f64());
+    }
+
+    fn finished(&self, queue: &str, kind: &str, outcome: keel_jobs::Outcome, ran: std::time::Duration) {
+        let labels = vec![
+            Label::new("queue", queue.to_string()),
+            Label::new("kind", kind.to_string()),
+        ];
+        let mut with_outcome = labels.clone();
+        with_outcome.push(Label::new("outcome", outcome.as_str()));
+        self.recorder
+            .register_counter(&Key::from_parts("keel_jobs_finished_total", with_outcome), &METADATA)
+            .increment(1);
+        self.recorder
+            .register_histogram(&Key::from_parts("keel_jobs_run_seconds", labels), &METADATA)
+            .record(ran.as_secs_f64());
+    }
+
+    fn enqueued(&self, queue: &str, kind: &str, count: u64) {
+        let labels = vec![
+            Label::new("queue", queue.to_string()),
+            Label::new("kind", kind.to_string()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts("keel_jobs_enqueued_total", labels), &METADATA)
+            .increment(count);
+    }
+
+    fn rescued(&self, queue: &str, count: u64) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts("keel_jobs_rescued_total", vec![Label::new("queue", queue.to_string())]),
+                &METADATA,
+            )
+            .increment(count);
+    }
 }
 
 static METADATA: Metadata<'static> = Metadata::new("keel", metrics::Level::INFO, Some("keel"));

@@ -6,7 +6,9 @@
 mod model;
 mod parse;
 
+pub use croner;
 pub use model::*;
+pub use parse::jobs::{parse_cron, parse_duration_ms};
 pub use parse::parse_app;
 
 /// One problem in a spec, located by line (1-based; 0 when unknown) and key path.

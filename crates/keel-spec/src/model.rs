@@ -11,6 +11,145 @@ pub struct App {
     pub roles: Vec<String>,
     pub collections: Vec<Collection>,
     pub demo: DemoSpec,
+    /// Queues and job kinds (J1–J10).
+    #[serde(default)]
+    pub jobs: JobsSpec,
+}
+
+/// The app's queues and job kinds. The `default` queue always exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobsSpec {
+    pub queues: Vec<QueueSpec>,
+    pub kinds: Vec<JobKind>,
+}
+
+impl JobsSpec {
+    pub fn queue(&self, name: &str) -> Option<&QueueSpec> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+    pub fn kind(&self, name: &str) -> Option<&JobKind> {
+        self.kinds.iter().find(|k| k.name == name)
+    }
+}
+
+/// A queue: how many of its jobs run at once and how fast, and how long finished ones stay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Jobs each instance runs at once (0: only external workers claim from it).
+    pub concurrency: u32,
+    /// At most this many running jobs per concurrency key, across all instances.
+    pub per_key: Option<u32>,
+    /// At most this many job starts per second, across all instances.
+    pub rate: Option<f64>,
+    pub keep_completed: u32,
+    /// Dead and cancelled jobs kept.
+    pub keep_failed: u32,
+    /// Finished jobs older than this are deleted whatever the counts.
+    pub keep_for_ms: u64,
+}
+
+impl QueueSpec {
+    pub fn new(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.to_string(),
+            concurrency: 10,
+            per_key: None,
+            rate: None,
+            keep_completed: 1_000,
+            keep_failed: 10_000,
+            keep_for_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// A kind of job: its queue, its handler, and its retry and timeout policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobKind {
+    pub name: String,
+    pub queue: String,
+    pub handler: Handler,
+    pub attempts: u32,
+    /// The first retry waits about this long; each next one twice as long (with jitter).
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// A run longer than this is cancelled (and its process group killed) and fails.
+    pub timeout_ms: u64,
+    pub priority: i32,
+    /// What limits concurrency per key: the enqueuing user or the org.
+    pub concurrency_key: Option<KeySource>,
+    /// The least org role that may enqueue it through the API (`None`: superusers only).
+    pub enqueue_role: Option<String>,
+    /// Enqueued on a schedule.
+    pub cron: Option<CronSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    User,
+    Org,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CronSpec {
+    /// A cron expression (5 fields, or 6 with seconds), in UTC.
+    pub schedule: String,
+    /// After downtime, run once for the missed ticks (else they are skipped).
+    pub catch_up: bool,
+    /// The payload each run gets.
+    pub payload: serde_json::Value,
+}
+
+/// What runs a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Handler {
+    /// Does nothing (benchmarks, tests, and jobs only external systems care about).
+    Noop,
+    /// Claimed and run by workers over HTTP (J9).
+    External,
+    /// An outbound HTTP request; with `into`, the JSON answer is written into a collection.
+    Http {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        /// A body template (`{{ payload.x }}`); the payload as JSON when absent.
+        body: Option<String>,
+        into: Option<String>,
+        /// With `into`: the unique field that makes a row an update instead of a new record.
+        key: Option<String>,
+    },
+    /// An email over SMTP, from templates over the payload.
+    Email {
+        to: String,
+        subject: String,
+        text: String,
+        html: Option<String>,
+    },
+    /// A program run with the payload on stdin, killed with its process group at the timeout.
+    Command {
+        program: Vec<String>,
+        /// CPU seconds (RLIMIT_CPU).
+        cpu_seconds: Option<u64>,
+        /// Address-space bytes (RLIMIT_AS).
+        memory_bytes: Option<u64>,
+    },
+    /// Deletes finished jobs beyond each queue's retention and old time-series rows.
+    Cleanup,
+}
+
+impl Handler {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Handler::Noop => "noop",
+            Handler::External => "external",
+            Handler::Http { .. } => "http",
+            Handler::Email { .. } => "email",
+            Handler::Command { .. } => "command",
+            Handler::Cleanup => "cleanup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +178,17 @@ pub struct Collection {
     /// `updated_at`/`version`, stored in a `keel_`-prefixed table.
     #[serde(default)]
     pub system: bool,
+    /// Job kinds enqueued with each write, in the write's transaction.
+    #[serde(default)]
+    pub triggers: Triggers,
+}
+
+/// Job kinds a collection enqueues on create, update and delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triggers {
+    pub on_create: Vec<String>,
+    pub on_update: Vec<String>,
+    pub on_delete: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,8 +471,12 @@ pub fn activity_collection(roles: &[String]) -> Collection {
         demo_count: None,
         timeseries: None,
         system: true,
+        triggers: Triggers::default(),
     }
 }
+
+/// The built-in job that applies retention (finished jobs, time series) every 5 minutes.
+pub const CLEANUP_KIND: &str = "keel_cleanup";
 
 impl App {
     /// Adds the built-in collections (the activity log) after validation.
@@ -330,6 +484,28 @@ impl App {
         if self.collection("activity").is_none() {
             let activity = activity_collection(&self.roles);
             self.collections.push(activity);
+        }
+        if self.jobs.queue("default").is_none() {
+            self.jobs.queues.insert(0, QueueSpec::new("default"));
+        }
+        if self.jobs.kind(CLEANUP_KIND).is_none() {
+            self.jobs.kinds.push(JobKind {
+                name: CLEANUP_KIND.to_string(),
+                queue: "default".to_string(),
+                handler: Handler::Cleanup,
+                attempts: 3,
+                backoff_ms: 5_000,
+                max_backoff_ms: 60_000,
+                timeout_ms: 300_000,
+                priority: 0,
+                concurrency_key: None,
+                enqueue_role: None,
+                cron: Some(CronSpec {
+                    schedule: "*/5 * * * *".to_string(),
+                    catch_up: false,
+                    payload: serde_json::Value::Object(Default::default()),
+                }),
+            });
         }
         self
     }

@@ -7,6 +7,8 @@ use toml_edit::{Item, Value};
 use crate::model::*;
 use crate::{SpecError, SpecProblem};
 
+pub(crate) mod jobs;
+
 /// A TOML node with its source span, detached from toml_edit's representation.
 enum Node<'a> {
     Table(Vec<(&'a str, Option<Range<usize>>, NodeRef<'a>)>),
@@ -72,6 +74,8 @@ impl<'a> NodeRef<'a> {
 struct Reader<'s> {
     source: &'s str,
     problems: Vec<SpecProblem>,
+    /// The declared job kinds (collections' triggers name them).
+    job_kinds: Vec<String>,
 }
 
 impl<'s> Reader<'s> {
@@ -152,6 +156,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             let mut reader = Reader {
                 source,
                 problems: vec![],
+                job_kinds: vec![],
             };
             reader.problem(error.span(), "", error.message().to_string());
             return Err(SpecError {
@@ -162,6 +167,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut reader = Reader {
         source,
         problems: vec![],
+        job_kinds: vec![],
     };
     let root = NodeRef::Item(document.as_item());
     let mut name = None;
@@ -173,6 +179,8 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
         activity: 0,
     };
     let mut collection_entries = vec![];
+    let mut queue_entries = vec![];
+    let mut job_entries = vec![];
     let mut saw_roles = false;
     for entry in entries(root).unwrap_or_default() {
         match entry.key {
@@ -252,7 +260,14 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             "collections" => {
                 collection_entries = table_entries(&mut reader, &entry, "collections");
             }
-            _ => unknown_key(&mut reader, &entry, entry.key, &["app", "roles", "collections", "demo"]),
+            "queues" => queue_entries = table_entries(&mut reader, &entry, "queues"),
+            "jobs" => job_entries = table_entries(&mut reader, &entry, "jobs"),
+            _ => unknown_key(
+                &mut reader,
+                &entry,
+                entry.key,
+                &["app", "roles", "collections", "demo", "queues", "jobs"],
+            ),
         }
     }
     if name.is_none() && !reader.problems.iter().any(|p| p.path == "app.name") {
@@ -267,6 +282,9 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
         reader.problem(None, "roles.order", message);
     }
     let names: Vec<&str> = collection_entries.iter().map(|e| e.key).collect();
+    let jobs = jobs::jobs(&mut reader, &queue_entries, &job_entries, &roles, &names);
+    reader.job_kinds = jobs.kinds.iter().map(|k| k.name.clone()).collect();
+    reader.job_kinds.push(CLEANUP_KIND.to_string());
     let mut collections = vec![];
     for entry in &collection_entries {
         if let Some(collection) = collection(&mut reader, entry, &names) {
@@ -277,6 +295,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
         reader.problem(None, "collections", "declare at least one collection");
     }
     check_relations(&mut reader, &collections, &collection_entries);
+    jobs::check_upsert_keys(&mut reader, &collections, &jobs);
     if reader.problems.is_empty() {
         Ok(App {
             name: name.unwrap_or_default(),
@@ -284,6 +303,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             roles,
             collections,
             demo,
+            jobs,
         }
         .with_builtins())
     } else {
@@ -402,6 +422,7 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
     let mut demo_count = None;
     let mut field_entries = vec![];
     let mut timeseries_entry = None;
+    let mut triggers = Triggers::default();
     for item in table_entries(reader, entry, &base) {
         let path = format!("{base}.{}", item.key);
         match item.key {
@@ -437,11 +458,12 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
                 }
             }
             "timeseries" => timeseries_entry = Some((table_entries(reader, &item, &path), path, item.span())),
+            "jobs" => triggers = jobs::triggers(reader, &item, &path),
             _ => unknown_key(
                 reader,
                 &item,
                 &path,
-                &["global", "fields", "indexes", "rules", "demo", "timeseries"],
+                &["global", "fields", "indexes", "rules", "demo", "timeseries", "jobs"],
             ),
         }
     }
@@ -468,6 +490,7 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
         demo_count,
         timeseries: None,
         system: false,
+        triggers,
     };
     if let Some((items, path, span)) = timeseries_entry {
         collection.timeseries = timeseries(reader, items, &path, span, &collection);

@@ -134,6 +134,10 @@ pub fn tables(dialect: Dialect) -> Vec<String> {
         ),
         format!("CREATE TABLE keel_leaders (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at {ts} NOT NULL)"),
         format!("CREATE TABLE keel_cron (name TEXT PRIMARY KEY, last_tick {ts} NOT NULL)"),
+        format!(
+            "CREATE TABLE keel_worker_keys (id {uuid} PRIMARY KEY, token_hash TEXT NOT NULL, name TEXT NOT NULL, queues {json} NOT NULL, created_at {ts} NOT NULL, revoked_at {ts})"
+        ),
+        "CREATE UNIQUE INDEX keel_worker_keys_token ON keel_worker_keys (token_hash)".to_string(),
     ]
 }
 
@@ -154,6 +158,34 @@ pub struct NewJob {
     pub delay: Duration,
     pub unique_key: Option<String>,
     pub concurrency_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job of a declared kind, with the kind's queue, attempts and priority.
+    pub fn of_kind(
+        kind: &keel_spec::JobKind,
+        payload: Value,
+        org_id: Option<Uuid>,
+        created_by: Option<Uuid>,
+    ) -> NewJob {
+        let concurrency_key = match kind.concurrency_key {
+            Some(keel_spec::KeySource::User) => created_by.map(|u| format!("user:{u}")),
+            Some(keel_spec::KeySource::Org) => org_id.map(|o| format!("org:{o}")),
+            None => None,
+        };
+        NewJob {
+            queue: kind.queue.clone(),
+            kind: kind.name.clone(),
+            org_id,
+            created_by,
+            payload,
+            priority: kind.priority,
+            max_attempts: kind.attempts as i32,
+            delay: Duration::ZERO,
+            unique_key: None,
+            concurrency_key,
+        }
+    }
 }
 
 fn millis<S: serde::Serializer>(delay: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -222,7 +254,8 @@ pub fn time_of(cell: &Cell) -> Option<DateTime<Utc>> {
 }
 
 fn json_of(cell: Cell) -> Option<Value> {
-    cell.into_text().map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    cell.into_text()
+        .map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 fn job_of(row: Row) -> Job {
@@ -485,7 +518,12 @@ pub async fn job_claim(db: &Db, claim: &ClaimParams<'_>) -> Result<Vec<Claimed>,
         return Ok(vec![]);
     }
     if claim.per_key.is_none() && claim.rate.is_none() {
-        return Ok(db.write(&claim_sql(db.dialect(), claim, claim.limit)).await?.into_iter().map(claimed_of).collect());
+        return Ok(db
+            .write(&claim_sql(db.dialect(), claim, claim.limit))
+            .await?
+            .into_iter()
+            .map(claimed_of)
+            .collect());
     }
     // Limits need a consistent view of the running jobs and of the queue's rate state:
     // claims of such a queue are serialised (an advisory lock on PostgreSQL).
@@ -589,7 +627,11 @@ fn claim_sql(dialect: Dialect, claim: &ClaimParams<'_>, limit: u32) -> Sql {
     };
     let text = match dialect {
         Dialect::Postgres => {
-            let lock = if claim.per_key.is_none() { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let lock = if claim.per_key.is_none() {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            };
             format!(
                 "WITH picked AS ({picked}{lock}) \
                  UPDATE keel_jobs AS j SET state = 'running', attempt = j.attempt + 1, lease_owner = {owner}, \
@@ -890,7 +932,10 @@ pub async fn job_list(db: &Db, filter: &JobFilter) -> Result<Vec<Job>, StoreErro
         conditions.push(format!("queue = {}", params.bind(SqlValue::Text(queue.clone()))));
     }
     if let Some(state) = filter.state {
-        conditions.push(format!("state = {}", params.bind(SqlValue::Text(state.as_str().into()))));
+        conditions.push(format!(
+            "state = {}",
+            params.bind(SqlValue::Text(state.as_str().into()))
+        ));
     }
     if let Some(kind) = &filter.kind {
         conditions.push(format!("kind = {}", params.bind(SqlValue::Text(kind.clone()))));
@@ -908,7 +953,12 @@ pub async fn job_list(db: &Db, filter: &JobFilter) -> Result<Vec<Job>, StoreErro
     };
     let limit = params.bind(SqlValue::Int(i64::from(filter.limit)));
     let text = format!("SELECT {JOB_COLUMNS} FROM keel_jobs {condition} ORDER BY id DESC LIMIT {limit}");
-    Ok(db.query(&params.sql(db.dialect(), &text)).await?.into_iter().map(job_of).collect())
+    Ok(db
+        .query(&params.sql(db.dialect(), &text))
+        .await?
+        .into_iter()
+        .map(job_of)
+        .collect())
 }
 
 /// Puts a dead, cancelled or retryable job back in the queue now, with `extra_attempts` more
@@ -985,8 +1035,12 @@ pub async fn queue_stats(db: &Db) -> Result<Vec<QueueStats>, StoreError> {
     let mut params = Params::default();
     let now = now_sql(dialect, &mut params);
     let age = match dialect {
-        Dialect::Postgres => format!("extract(epoch FROM {now} - min(run_at) FILTER (WHERE state IN {WAITING} AND run_at <= {now}))::float8"),
-        Dialect::Sqlite => format!("({now} - min(run_at) FILTER (WHERE state IN {WAITING} AND run_at <= {now})) / 1000000.0"),
+        Dialect::Postgres => format!(
+            "extract(epoch FROM {now} - min(run_at) FILTER (WHERE state IN {WAITING} AND run_at <= {now}))::float8"
+        ),
+        Dialect::Sqlite => {
+            format!("({now} - min(run_at) FILTER (WHERE state IN {WAITING} AND run_at <= {now})) / 1000000.0")
+        }
     };
     let text = format!(
         "SELECT queue, state, count(*), {age} FROM keel_jobs GROUP BY queue, state \
@@ -1147,10 +1201,169 @@ pub async fn clock_now(db: &Db) -> Result<DateTime<Utc>, StoreError> {
     match db.dialect() {
         Dialect::Sqlite => Ok(Utc::now()),
         Dialect::Postgres => {
-            let rows = db.query_primary(&db.portable("SELECT clock_timestamp()", vec![])).await?;
+            let rows = db
+                .query_primary(&db.portable("SELECT clock_timestamp()", vec![]))
+                .await?;
             rows.first()
                 .and_then(|row| time_of(&row[0]))
                 .ok_or_else(|| StoreError::Other("the database returned no time".into()))
         }
     }
+}
+
+/// Returns running jobs to the queue without counting the attempt against them (a worker
+/// shutting down hands back what it could not finish). Fenced like completions.
+pub async fn job_release_many(db: &Db, held: &[(i64, i32)]) -> Result<Vec<i64>, StoreError> {
+    if held.is_empty() {
+        return Ok(vec![]);
+    }
+    let dialect = db.dialect();
+    let list: Vec<Value> = held
+        .iter()
+        .map(|(id, attempt)| serde_json::json!({"id": id, "attempt": attempt}))
+        .collect();
+    let mut params = Params::default();
+    let now = now_sql(dialect, &mut params);
+    let text = match dialect {
+        Dialect::Postgres => {
+            let list = params.bind(SqlValue::Json(Value::Array(list)));
+            format!(
+                "UPDATE keel_jobs AS j SET state = 'available', run_at = {now}, max_attempts = j.max_attempts + 1, \
+                        lease_owner = NULL, lease_expires_at = NULL \
+                 FROM jsonb_to_recordset({list}) AS h(id bigint, attempt int) \
+                 WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' RETURNING j.id"
+            )
+        }
+        Dialect::Sqlite => {
+            let list = params.bind(SqlValue::Text(Value::Array(list).to_string()));
+            format!(
+                "UPDATE keel_jobs SET state = 'available', run_at = {now}, max_attempts = max_attempts + 1, \
+                        lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id IN (SELECT h.value ->> 'id' FROM json_each({list}) AS h \
+                              WHERE h.value ->> 'id' = keel_jobs.id AND h.value ->> 'attempt' = keel_jobs.attempt) \
+                   AND state = 'running' RETURNING id"
+            )
+        }
+    };
+    let rows = db.write(&params.sql(dialect, &text)).await?;
+    if dialect == Dialect::Postgres && !rows.is_empty() {
+        // Another instance may be idle: wake every queue's workers.
+        let mut tx = db.begin().await?;
+        let sql = tx.portable(&format!("SELECT 1 FROM pg_notify({NOTIFY_CHANNEL_SQL}, '*')"), vec![]);
+        tx.execute(&sql).await?;
+        tx.commit().await?;
+    }
+    Ok(rows.iter().filter_map(|row| row[0].int()).collect())
+}
+
+/// A PostgreSQL connection listening for enqueues (`None` on SQLite).
+pub async fn job_listener(db: &Db) -> Result<Option<JobListener>, StoreError> {
+    match db {
+        Db::Sqlite(_) => Ok(None),
+        Db::Postgres(pg) => {
+            let channel = db
+                .query_primary(&db.portable(&format!("SELECT {NOTIFY_CHANNEL_SQL}"), vec![]))
+                .await?
+                .first()
+                .and_then(|row| row[0].text().map(str::to_string))
+                .ok_or_else(|| StoreError::Other("no schema name".into()))?;
+            let mut listener = pg.listener().await?;
+            listener.listen(&channel).await?;
+            Ok(Some(JobListener(listener)))
+        }
+    }
+}
+
+/// Wakes on enqueues; reconnects by itself after a lost connection (notifications sent
+/// meanwhile are lost, so workers also poll).
+pub struct JobListener(sqlx::postgres::PgListener);
+
+impl JobListener {
+    /// The next notified queue name (`*` for all queues).
+    pub async fn recv(&mut self) -> Result<String, StoreError> {
+        Ok(self.0.recv().await?.payload().to_string())
+    }
+}
+
+/// A key external workers authenticate with, limited to some queues (J9).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerKey {
+    pub id: Uuid,
+    pub name: String,
+    pub queues: Vec<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+pub async fn worker_key_create(
+    db: &Db,
+    token_hash: &str,
+    name: &str,
+    queues: &[String],
+) -> Result<WorkerKey, StoreError> {
+    let dialect = db.dialect();
+    let id = Uuid::now_v7();
+    let mut params = Params::default();
+    let id_param = params.bind(SqlValue::Uuid(id));
+    let hash = params.bind(SqlValue::Text(token_hash.to_string()));
+    let name_param = params.bind(SqlValue::Text(name.to_string()));
+    let list = serde_json::to_value(queues).unwrap_or(Value::Null);
+    let queues_param = params.bind(match dialect {
+        Dialect::Postgres => SqlValue::Json(list),
+        Dialect::Sqlite => SqlValue::Text(list.to_string()),
+    });
+    let now = now_sql(dialect, &mut params);
+    let text = format!(
+        "INSERT INTO keel_worker_keys (id, token_hash, name, queues, created_at) VALUES ({id_param}, {hash}, {name_param}, {queues_param}, {now})"
+    );
+    db.write(&params.sql(dialect, &text)).await?;
+    Ok(WorkerKey {
+        id,
+        name: name.to_string(),
+        queues: queues.to_vec(),
+        created_at: Some(Utc::now()),
+    })
+}
+
+fn worker_key_of(row: Row) -> WorkerKey {
+    let mut cells = row.into_iter();
+    let mut next = || cells.next().unwrap_or(Cell::Null);
+    let id = next().uuid().unwrap_or_default();
+    let name = next().into_text().unwrap_or_default();
+    let queues = next()
+        .into_text()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    WorkerKey {
+        id,
+        name,
+        queues,
+        created_at: time_of(&next()),
+    }
+}
+
+/// The unrevoked worker key with this token hash.
+pub async fn worker_key_find(db: &Db, token_hash: &str) -> Result<Option<WorkerKey>, StoreError> {
+    let sql = db.portable(
+        "SELECT id, name, queues, created_at FROM keel_worker_keys WHERE token_hash = $1 AND revoked_at IS NULL",
+        vec![SqlValue::Text(token_hash.to_string())],
+    );
+    Ok(db.query_primary(&sql).await?.into_iter().next().map(worker_key_of))
+}
+
+pub async fn worker_key_list(db: &Db) -> Result<Vec<WorkerKey>, StoreError> {
+    let sql = db.portable(
+        "SELECT id, name, queues, created_at FROM keel_worker_keys WHERE revoked_at IS NULL ORDER BY created_at",
+        vec![],
+    );
+    Ok(db.query_primary(&sql).await?.into_iter().map(worker_key_of).collect())
+}
+
+pub async fn worker_key_revoke(db: &Db, id: Uuid) -> Result<bool, StoreError> {
+    let dialect = db.dialect();
+    let mut params = Params::default();
+    let now = now_sql(dialect, &mut params);
+    let id = params.bind(SqlValue::Uuid(id));
+    let text =
+        format!("UPDATE keel_worker_keys SET revoked_at = {now} WHERE id = {id} AND revoked_at IS NULL RETURNING id");
+    Ok(!db.write(&params.sql(dialect, &text)).await?.is_empty())
 }

@@ -221,6 +221,11 @@ impl PgDb {
         })
     }
 
+    /// A dedicated connection for LISTEN, with this pool's settings.
+    pub async fn listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        Ok(sqlx::postgres::PgListener::connect_with(&self.pool).await?)
+    }
+
     pub async fn execute_script(&self, script: &str) -> Result<(), StoreError> {
         sqlx::raw_sql(AssertSqlSafe(script.to_string()))
             .execute(&self.pool)

@@ -176,6 +176,34 @@ async fn log_activity(
     Ok(())
 }
 
+/// Enqueues the collection's job kinds for this write, in its transaction (invariant 4).
+async fn enqueue_triggers(
+    tx: &mut Tx,
+    scope: &WriteScope<'_>,
+    kinds: &[String],
+    action: &str,
+    record_id: &str,
+    record: Value,
+) -> Result<(), StoreError> {
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let app = &scope.builder.schema.app;
+    let payload = serde_json::json!({
+        "collection": scope.builder.collection.name,
+        "action": action,
+        "id": record_id,
+        "record": record,
+    });
+    for name in kinds {
+        if let Some(kind) = app.jobs.kind(name) {
+            let job = crate::jobs::NewJob::of_kind(kind, payload.clone(), scope.org, scope.actor.user);
+            crate::jobs::job_insert(tx, &job).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates a record: relation check, insert, create-rule check, activity row — one transaction.
 pub async fn create(
     db: &Db,
@@ -207,6 +235,8 @@ pub async fn create(
         return Err(RecordError::Forbidden);
     }
     let after = serde_json::from_str::<Value>(&json).unwrap_or(Value::Null);
+    let triggers = &builder.collection.triggers.on_create;
+    enqueue_triggers(&mut tx, scope, triggers, "create", &id.to_string(), after.clone()).await?;
     log_activity(
         &mut tx,
         scope,
@@ -270,6 +300,9 @@ pub async fn update(db: &Db, scope: &WriteScope<'_>, change: Change<'_>) -> Resu
             changed.insert(key.clone(), serde_json::json!({ "old": old_value, "new": new_value }));
         }
     }
+    let triggers = &builder.collection.triggers.on_update;
+    let record = Value::Object(after.clone());
+    enqueue_triggers(&mut tx, scope, triggers, "update", &id.to_string(), record).await?;
     log_activity(
         &mut tx,
         scope,
@@ -301,6 +334,8 @@ pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<
         }
     }
     tx.execute(&builder.delete(id)).await?;
+    let triggers = &builder.collection.triggers.on_delete;
+    enqueue_triggers(&mut tx, scope, triggers, "delete", &id.to_string(), before.clone()).await?;
     log_activity(
         &mut tx,
         scope,

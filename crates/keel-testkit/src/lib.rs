@@ -281,7 +281,7 @@ impl TestApp {
         let db = keel_server::open_database(&config, &self.state.schema)
             .await
             .expect("open database");
-        let state = keel_server::state(config, self.state.schema.clone(), db);
+        let state = keel_server::state(config, (*self.state.schema).clone(), db);
         let router = keel_server::router(state.clone());
         let database = TestDb {
             location: self._database.location.clone(),
@@ -417,6 +417,32 @@ impl TestApp {
             .await;
         assert_eq!(response.status, StatusCode::CREATED, "add member: {}", response.text);
         (id, token)
+    }
+
+    /// Waits (up to `seconds`) until job `id` is in `state`, and returns it.
+    pub async fn wait_job(&self, id: i64, state: keel_store::jobs::JobState, seconds: u64) -> keel_store::jobs::Job {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let job = keel_store::jobs::job_get(self.db(), id).await.expect("job_get");
+            match job {
+                Some(job) if job.state == state => return job,
+                other if std::time::Instant::now() > deadline => {
+                    panic!("job {id} did not reach {state:?} in {seconds} s: {other:?}")
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Serves the app on a real socket (port 0) until the test ends; returns its base URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        format!("http://{address}")
     }
 
     /// Makes a user the superuser directly in the database.

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource.
 
 pub mod auth;
+pub mod jobs;
 pub mod ops;
 pub mod orgs;
 pub mod records;

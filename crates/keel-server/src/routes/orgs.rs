@@ -124,16 +124,16 @@ pub fn page_limit(state: &AppState, raw: Option<&str>) -> ApiResult<u32> {
 }
 
 /// The caller's rank in the org (`None` for the superuser who is not a member).
-fn rank(state: &AppState, role: &Option<String>) -> Option<i64> {
+pub(crate) fn rank(state: &AppState, role: &Option<String>) -> Option<i64> {
     role.as_deref().and_then(|r| state.schema.app.role_rank(r))
 }
 
-fn is_superuser(principal: &Principal) -> bool {
+pub(crate) fn is_superuser(principal: &Principal) -> bool {
     matches!(principal, Principal::User { user, .. } if user.superuser)
 }
 
 /// Managing members and keys takes the second-highest role (admin) or above.
-fn require_manager(state: &AppState, principal: &Principal, role: &Option<String>) -> ApiResult<()> {
+pub(crate) fn require_manager(state: &AppState, principal: &Principal, role: &Option<String>) -> ApiResult<()> {
     let roles = &state.schema.app.roles;
     let needed = state
         .schema

@@ -394,6 +394,17 @@ async fn resolve_write<'a>(
     Ok(target)
 }
 
+/// After a write committed with its triggered jobs: count them and wake this instance's
+/// workers (other instances hear of them through the database).
+fn triggered(state: &AppState, kinds: &[String]) {
+    for name in kinds {
+        if let Some(kind) = state.schema.app.jobs.kind(name) {
+            keel_jobs::Observer::enqueued(state.metrics.as_ref(), &kind.queue, &kind.name, 1);
+            state.jobs.wake(&kind.queue);
+        }
+    }
+}
+
 /// Maps a record error, naming the fields of a unique violation.
 fn record_error(collection: &Collection, error: RecordError) -> ApiError {
     match error {
@@ -440,6 +451,7 @@ pub async fn create(
     let json = records::create(&state.db, &target.scope(&builder), values, &relations)
         .await
         .map_err(|e| record_error(target.collection, e))?;
+    triggered(state, &target.collection.triggers.on_create);
     Ok(record_response(StatusCode::CREATED, json))
 }
 
@@ -466,6 +478,7 @@ pub async fn update(
     let json = records::update(&state.db, &target.scope(&builder), change)
         .await
         .map_err(|e| record_error(target.collection, e))?;
+    triggered(state, &target.collection.triggers.on_update);
     Ok(record_response(StatusCode::OK, json))
 }
 
@@ -484,6 +497,7 @@ pub async fn delete(
     records::delete(&state.db, &target.scope(&builder), id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
+    triggered(state, &target.collection.triggers.on_delete);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -97,7 +97,12 @@ async fn enqueue_is_transactional_and_unique(backend: Backend) {
     )
     .await;
     assert_eq!(delayed.state, JobState::Scheduled);
-    assert!(jobs::job_claim(&db, &claim("later", "w1", 10)).await.unwrap().is_empty());
+    assert!(
+        jobs::job_claim(&db, &claim("later", "w1", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let inserted = jobs::job_insert_many(&db, &(0..12_000).map(|_| job("bulk")).collect::<Vec<_>>())
         .await
@@ -111,7 +116,14 @@ async fn enqueue_is_transactional_and_unique(backend: Backend) {
 async fn claims_by_priority_and_fences_completions(backend: Backend) {
     let (_database, db) = migrated(backend).await;
     let low = enqueue(&db, &job("q")).await;
-    let high = enqueue(&db, &NewJob { priority: 5, ..job("q") }).await;
+    let high = enqueue(
+        &db,
+        &NewJob {
+            priority: 5,
+            ..job("q")
+        },
+    )
+    .await;
     let claimed = jobs::job_claim(&db, &claim("q", "w1", 1)).await.unwrap();
     assert_eq!(claimed[0].id, high.id, "higher priority first");
     assert_eq!(claimed[0].attempt, 1);
@@ -162,10 +174,13 @@ async fn claims_by_priority_and_fences_completions(backend: Backend) {
 
 async fn failures_retry_then_die_and_can_be_retried(backend: Backend) {
     let (_database, db) = migrated(backend).await;
-    let enqueued = enqueue(&db, &NewJob {
-        max_attempts: 2,
-        ..job("q")
-    })
+    let enqueued = enqueue(
+        &db,
+        &NewJob {
+            max_attempts: 2,
+            ..job("q")
+        },
+    )
     .await;
     let first = jobs::job_claim(&db, &claim("q", "w1", 1)).await.unwrap().remove(0);
     let failed = jobs::job_fail_many(
@@ -215,7 +230,10 @@ async fn failures_retry_then_die_and_can_be_retried(backend: Backend) {
     assert_eq!(retried.max_attempts, 3);
     let third = jobs::job_claim(&db, &claim("q", "w1", 1)).await.unwrap().remove(0);
     assert_eq!(third.attempt, 3, "attempts keep counting (they fence)");
-    assert!(jobs::job_retry(&db, enqueued.id, 1).await.unwrap().is_none(), "a running job is not retried");
+    assert!(
+        jobs::job_retry(&db, enqueued.id, 1).await.unwrap().is_none(),
+        "a running job is not retried"
+    );
     let cancelled = jobs::job_cancel(&db, enqueued.id).await.unwrap().unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(
@@ -244,7 +262,10 @@ async fn expired_leases_are_rescued_and_fenced(backend: Backend) {
         ..claim("q", "crashed", 1)
     };
     let first = jobs::job_claim(&db, &short).await.unwrap().remove(0);
-    assert!(jobs::job_rescue(&db, 100).await.unwrap().is_empty(), "the lease still holds");
+    assert!(
+        jobs::job_rescue(&db, 100).await.unwrap().is_empty(),
+        "the lease still holds"
+    );
     // Heartbeats keep it.
     assert_eq!(
         jobs::job_heartbeat(&db, &[(first.id, first.attempt)], Duration::from_millis(50))
@@ -279,13 +300,20 @@ async fn expired_leases_are_rescued_and_fenced(backend: Backend) {
     };
     assert_eq!(jobs::job_complete_many(&db, &[fresh]).await.unwrap(), vec![enqueued.id]);
     let job_row = jobs::job_get(&db, enqueued.id).await.unwrap().unwrap();
-    assert_eq!(job_row.errors.as_array().unwrap().len(), 1, "the rescue is in the history");
+    assert_eq!(
+        job_row.errors.as_array().unwrap().len(),
+        1,
+        "the rescue is in the history"
+    );
 
     // A job rescued after its last attempt is dead.
-    let last = enqueue(&db, &NewJob {
-        max_attempts: 1,
-        ..job("q")
-    })
+    let last = enqueue(
+        &db,
+        &NewJob {
+            max_attempts: 1,
+            ..job("q")
+        },
+    )
     .await;
     jobs::job_claim(&db, &short).await.unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -297,10 +325,13 @@ async fn expired_leases_are_rescued_and_fenced(backend: Backend) {
 async fn limits_per_key_rate_and_pause(backend: Backend) {
     let (_database, db) = migrated(backend).await;
     for user in ["alice", "alice", "alice", "bob"] {
-        enqueue(&db, &NewJob {
-            concurrency_key: Some(user.into()),
-            ..job("pdf")
-        })
+        enqueue(
+            &db,
+            &NewJob {
+                concurrency_key: Some(user.into()),
+                ..job("pdf")
+            },
+        )
         .await;
     }
     let per_key = ClaimParams {
@@ -334,7 +365,12 @@ async fn limits_per_key_rate_and_pause(backend: Backend) {
 
     jobs::job_insert_many(&db, &[job("paused")]).await.unwrap();
     jobs::queue_pause(&db, "paused", true).await.unwrap();
-    assert!(jobs::job_claim(&db, &claim("paused", "w1", 5)).await.unwrap().is_empty());
+    assert!(
+        jobs::job_claim(&db, &claim("paused", "w1", 5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let stats = jobs::queue_stats(&db).await.unwrap();
     assert!(stats.iter().find(|q| q.name == "paused").unwrap().paused);
     jobs::queue_pause(&db, "paused", false).await.unwrap();
@@ -390,9 +426,15 @@ async fn leadership_and_cron_ticks(backend: Backend) {
     let lease = Duration::from_millis(200);
     assert!(jobs::leader_acquire(&db, "maintenance", "a", lease).await.unwrap());
     assert!(!jobs::leader_acquire(&db, "maintenance", "b", lease).await.unwrap());
-    assert!(jobs::leader_acquire(&db, "maintenance", "a", lease).await.unwrap(), "renewal");
+    assert!(
+        jobs::leader_acquire(&db, "maintenance", "a", lease).await.unwrap(),
+        "renewal"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(jobs::leader_acquire(&db, "maintenance", "b", lease).await.unwrap(), "takeover after expiry");
+    assert!(
+        jobs::leader_acquire(&db, "maintenance", "b", lease).await.unwrap(),
+        "takeover after expiry"
+    );
     jobs::leader_resign(&db, "maintenance", "b").await.unwrap();
     assert!(jobs::leader_acquire(&db, "maintenance", "a", lease).await.unwrap());
 
@@ -401,11 +443,21 @@ async fn leadership_and_cron_ticks(backend: Backend) {
     assert!(jobs::cron_claim_tick(&mut tx, "prices", tick).await.unwrap());
     tx.commit().await.unwrap();
     let mut tx = db.begin().await.unwrap();
-    assert!(!jobs::cron_claim_tick(&mut tx, "prices", tick).await.unwrap(), "a tick runs once");
-    assert!(jobs::cron_claim_tick(&mut tx, "prices", tick + chrono::Duration::minutes(5)).await.unwrap());
+    assert!(
+        !jobs::cron_claim_tick(&mut tx, "prices", tick).await.unwrap(),
+        "a tick runs once"
+    );
+    assert!(
+        jobs::cron_claim_tick(&mut tx, "prices", tick + chrono::Duration::minutes(5))
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
     let last = jobs::cron_last_tick(&db, "prices").await.unwrap().unwrap();
-    assert_eq!(last.timestamp_micros(), (tick + chrono::Duration::minutes(5)).timestamp_micros());
+    assert_eq!(
+        last.timestamp_micros(),
+        (tick + chrono::Duration::minutes(5)).timestamp_micros()
+    );
 }
 
 both!(

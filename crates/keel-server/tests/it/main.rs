@@ -5,6 +5,7 @@ mod docs;
 mod errors;
 mod explain;
 mod hostile;
+mod jobs;
 mod jobs_store;
 mod migrate;
 mod ops;
