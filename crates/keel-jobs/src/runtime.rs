@@ -318,22 +318,27 @@ impl Jobs {
     /// One queue's claim loop: claims as many jobs as it has free slots, runs each in a task,
     /// and sleeps until woken (enqueue, notification, a freed slot) or the poll interval.
     async fn worker(self: Arc<Self>, queue: QueueSpec) {
-        let slots = Arc::new(Semaphore::new(queue.concurrency as usize));
+        // `held`: jobs claimed and not yet finished (running or waiting for a runner);
+        // `runners`: jobs running. Claims refill `held` in batches of at least half of it.
+        let prefetch = queue.prefetch.max(queue.concurrency) as usize;
+        let held = Arc::new(Semaphore::new(prefetch));
+        let runners = Arc::new(Semaphore::new(queue.concurrency as usize));
         let freed = Arc::new(Notify::new());
         let waker = self.wakers.get(&queue.name).cloned().unwrap_or_default();
         let queue_name: Arc<str> = Arc::from(queue.name.as_str());
+        let refill_at = prefetch.div_ceil(2);
         let mut stopping = self.stopping.subscribe();
         let mut failures = 0u32;
         while !self.is_stopping() {
-            let free = slots.available_permits() as u32;
-            if free == 0 {
+            let free = held.available_permits();
+            if free == 0 || (free < refill_at && free < prefetch) {
                 tokio::select! {
                     _ = freed.notified() => {}
                     _ = stopping.changed() => {}
                 }
                 continue;
             }
-            let limit = free.min(self.config.claim_batch);
+            let limit = (free as u32).min(self.config.claim_batch);
             let claim = ClaimParams {
                 queue: &queue.name,
                 owner: &self.owner,
@@ -361,11 +366,11 @@ impl Jobs {
             };
             let count = claimed.len() as u32;
             for job in claimed {
-                let permit = slots
+                let permit = held
                     .clone()
                     .try_acquire_owned()
                     .expect("a claim never exceeds the free slots");
-                self.start_job(queue_name.clone(), job, permit, freed.clone());
+                self.start_job(queue_name.clone(), job, permit, runners.clone(), freed.clone());
             }
             if count < limit {
                 // Drained (or limited): wait for news. A rate-limited queue polls sooner.
@@ -384,7 +389,14 @@ impl Jobs {
         }
     }
 
-    fn start_job(self: &Arc<Self>, queue: Arc<str>, job: Claimed, permit: OwnedSemaphorePermit, freed: Arc<Notify>) {
+    fn start_job(
+        self: &Arc<Self>,
+        queue: Arc<str>,
+        job: Claimed,
+        permit: OwnedSemaphorePermit,
+        runners: Arc<Semaphore>,
+        freed: Arc<Notify>,
+    ) {
         let kind_name: Arc<str> = Arc::from(job.kind.as_str());
         self.observer.claimed(&queue, &job.kind, job.waited);
         let lost = Arc::new(Notify::new());
@@ -398,6 +410,10 @@ impl Jobs {
         );
         let this = self.clone();
         tokio::spawn(async move {
+            // Prefetched jobs wait here (in claim order) for a runner.
+            let Ok(_runner) = runners.acquire_owned().await else {
+                return;
+            };
             let started = Instant::now();
             let (id, attempt, max_attempts) = (job.id, job.attempt, job.max_attempts);
             let kind = this.schema.app.jobs.kind(&job.kind).cloned().map(Arc::new);

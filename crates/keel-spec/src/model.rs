@@ -38,6 +38,10 @@ pub struct QueueSpec {
     pub name: String,
     /// Jobs each instance runs at once (0: only external workers claim from it).
     pub concurrency: u32,
+    /// Jobs each instance holds claimed at once, running or about to (at least `concurrency`):
+    /// more than `concurrency` fetches short jobs in bigger batches.
+    #[serde(default)]
+    pub prefetch: u32,
     /// At most this many running jobs per concurrency key, across all instances.
     pub per_key: Option<u32>,
     /// At most this many job starts per second, across all instances.
@@ -54,6 +58,7 @@ impl QueueSpec {
         QueueSpec {
             name: name.to_string(),
             concurrency: 10,
+            prefetch: 10,
             per_key: None,
             rate: None,
             keep_completed: 1_000,

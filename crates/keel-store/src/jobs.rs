@@ -364,11 +364,8 @@ fn now_sql(dialect: Dialect, params: &mut Params) -> String {
 /// The NOTIFY channel that wakes workers of this schema on PostgreSQL.
 pub const NOTIFY_CHANNEL_SQL: &str = "'keel_jobs:' || current_schema()";
 
-/// Enqueues one job inside `tx` (J1: it commits or rolls back with the caller's write).
-/// A job whose unique key is taken by an unfinished job is not enqueued; the existing job is
-/// returned with `duplicate: true` (J2).
-pub async fn job_insert(tx: &mut Tx, job: &NewJob) -> Result<Enqueued, StoreError> {
-    let dialect = tx.dialect();
+/// The statement that enqueues one job, and the state it gets.
+fn insert_sql(dialect: Dialect, job: &NewJob) -> (Sql, JobState) {
     let mut params = Params::default();
     let queue = params.bind(SqlValue::Text(job.queue.clone()));
     let kind = params.bind(SqlValue::Text(job.kind.clone()));
@@ -406,24 +403,31 @@ pub async fn job_insert(tx: &mut Tx, job: &NewJob) -> Result<Enqueued, StoreErro
         ),
         _ => insert,
     };
-    let rows = tx.query(&params.sql(dialect, &text)).await?;
-    if let Some(id) = rows.first().and_then(|row| row[0].int()) {
-        return Ok(Enqueued {
-            id,
-            state,
-            duplicate: false,
-        });
-    }
-    let existing = tx
-        .query_one(&tx.portable(
-            &format!("SELECT id, state FROM keel_jobs WHERE queue = $1 AND unique_key = $2 AND state IN {UNFINISHED}"),
-            vec![
-                SqlValue::Text(job.queue.clone()),
-                SqlValue::Text(job.unique_key.clone().unwrap_or_default()),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| StoreError::Other("a unique job vanished while being enqueued".into()))?;
+    (params.sql(dialect, &text), state)
+}
+
+fn existing_sql(dialect: Dialect, job: &NewJob) -> Sql {
+    portable(
+        dialect,
+        &format!("SELECT id, state FROM keel_jobs WHERE queue = $1 AND unique_key = $2 AND state IN {UNFINISHED}"),
+        vec![
+            SqlValue::Text(job.queue.clone()),
+            SqlValue::Text(job.unique_key.clone().unwrap_or_default()),
+        ],
+    )
+}
+
+fn enqueued_of(inserted: Vec<Row>, state: JobState) -> Option<Enqueued> {
+    let id = inserted.first().and_then(|row| row[0].int())?;
+    Some(Enqueued {
+        id,
+        state,
+        duplicate: false,
+    })
+}
+
+fn duplicate_of(existing: Option<Row>) -> Result<Enqueued, StoreError> {
+    let existing = existing.ok_or_else(|| StoreError::Other("a unique job vanished while being enqueued".into()))?;
     Ok(Enqueued {
         id: existing[0].int().unwrap_or(0),
         state: existing[1]
@@ -432,6 +436,31 @@ pub async fn job_insert(tx: &mut Tx, job: &NewJob) -> Result<Enqueued, StoreErro
             .unwrap_or(JobState::Available),
         duplicate: true,
     })
+}
+
+/// Enqueues one job inside `tx` (J1: it commits or rolls back with the caller's write).
+/// A job whose unique key is taken by an unfinished job is not enqueued; the existing job is
+/// returned with `duplicate: true` (J2).
+pub async fn job_insert(tx: &mut Tx, job: &NewJob) -> Result<Enqueued, StoreError> {
+    let (sql, state) = insert_sql(tx.dialect(), job);
+    if let Some(enqueued) = enqueued_of(tx.query(&sql).await?, state) {
+        return Ok(enqueued);
+    }
+    duplicate_of(tx.query_one(&existing_sql(tx.dialect(), job)).await?)
+}
+
+/// Enqueues one job in a transaction of its own (one round trip on PostgreSQL).
+pub async fn job_enqueue(db: &Db, job: &NewJob) -> Result<Enqueued, StoreError> {
+    let (sql, state) = insert_sql(db.dialect(), job);
+    if let Some(enqueued) = enqueued_of(db.write(&sql).await?, state) {
+        return Ok(enqueued);
+    }
+    duplicate_of(
+        db.query_primary(&existing_sql(db.dialect(), job))
+            .await?
+            .into_iter()
+            .next(),
+    )
 }
 
 /// Enqueues many jobs in one statement per chunk (bulk enqueue). Jobs whose unique key is
@@ -589,6 +618,11 @@ pub async fn job_claim(db: &Db, claim: &ClaimParams<'_>) -> Result<Vec<Claimed>,
     Ok(claimed)
 }
 
+/// On PostgreSQL a claim commits asynchronously (`synchronous_commit` off for its own
+/// transaction: no wait for the WAL flush). A claim lost in a database crash only puts the
+/// job back in the queue; its worker's completion then names a stale attempt and is refused,
+/// and the job runs again — the same at-least-once outcome as a worker crash. Enqueues,
+/// completions and failures stay synchronous.
 fn claim_sql(dialect: Dialect, claim: &ClaimParams<'_>, limit: u32) -> Sql {
     let mut params = Params::default();
     let queue = params.bind(SqlValue::Text(claim.queue.to_string()));
@@ -638,6 +672,7 @@ fn claim_sql(dialect: Dialect, claim: &ClaimParams<'_>, limit: u32) -> Sql {
                         lease_expires_at = {expires}, started_at = now() \
                  FROM picked WHERE j.id = picked.id \
                    AND NOT EXISTS (SELECT 1 FROM keel_queues AS q WHERE q.name = {queue} AND q.paused) \
+                   AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL \
                  RETURNING j.id, j.kind, j.org_id, j.created_by, j.payload::text, j.attempt, j.max_attempts, \
                            (extract(epoch FROM now() - j.run_at) * 1000000)::bigint"
             )
@@ -709,12 +744,12 @@ pub async fn job_complete_many(db: &Db, completions: &[Completion]) -> Result<Ve
             let list = params.bind(SqlValue::Text(list.to_string()));
             let now = params.bind(SqlValue::Int(now_micros()));
             format!(
-                "UPDATE keel_jobs SET state = 'completed', finished_at = {now}, \
-                        result = (SELECT json(c.value -> 'result') FROM json_each({list}) AS c WHERE c.value ->> 'id' = keel_jobs.id), \
+                "UPDATE keel_jobs SET state = 'completed', finished_at = {now}, result = c.result, \
                         lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id IN (SELECT c.value ->> 'id' FROM json_each({list}) AS c \
-                              WHERE c.value ->> 'id' = keel_jobs.id AND c.value ->> 'attempt' = keel_jobs.attempt) \
-                   AND state = 'running' RETURNING id"
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt, json(value -> 'result') AS result \
+                       FROM json_each({list})) AS c \
+                 WHERE keel_jobs.id = c.id AND keel_jobs.attempt = c.attempt AND keel_jobs.state = 'running' \
+                 RETURNING keel_jobs.id"
             )
         }
     };
@@ -780,17 +815,17 @@ pub async fn job_fail_many(db: &Db, failures: &[Failure]) -> Result<Vec<i64>, St
             let list = params.bind(SqlValue::Text(Value::Array(list).to_string()));
             let now = params.bind(SqlValue::Int(now_micros()));
             let at = params.bind(SqlValue::Text(keel_query::value::format_datetime(&Utc::now())));
-            let failure = format!("(SELECT f.value FROM json_each({list}) AS f WHERE f.value ->> 'id' = keel_jobs.id)");
             format!(
-                "UPDATE keel_jobs SET state = {failure} ->> 'state', \
-                        run_at = CASE WHEN {failure} ->> 'state' = 'retryable' THEN {now} + ({failure} ->> 'delay_us') ELSE run_at END, \
-                        finished_at = CASE WHEN {failure} ->> 'state' = 'dead' THEN {now} END, \
-                        errors = json_insert(CASE WHEN json_array_length(errors) >= {ERRORS_KEPT} THEN json_remove(errors, '$[0]') ELSE errors END, \
-                                             '$[#]', json_object('attempt', attempt, 'at', {at}, 'error', {failure} ->> 'error')), \
+                "UPDATE keel_jobs SET state = f.state, \
+                        run_at = CASE WHEN f.state = 'retryable' THEN {now} + f.delay_us ELSE keel_jobs.run_at END, \
+                        finished_at = CASE WHEN f.state = 'dead' THEN {now} END, \
+                        errors = json_insert(CASE WHEN json_array_length(keel_jobs.errors) >= {ERRORS_KEPT} THEN json_remove(keel_jobs.errors, '$[0]') ELSE keel_jobs.errors END, \
+                                             '$[#]', json_object('attempt', keel_jobs.attempt, 'at', {at}, 'error', f.error)), \
                         lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id IN (SELECT f.value ->> 'id' FROM json_each({list}) AS f \
-                              WHERE f.value ->> 'id' = keel_jobs.id AND f.value ->> 'attempt' = keel_jobs.attempt) \
-                   AND state = 'running' RETURNING id"
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state, \
+                              value ->> 'delay_us' AS delay_us, value ->> 'error' AS error FROM json_each({list})) AS f \
+                 WHERE keel_jobs.id = f.id AND keel_jobs.attempt = f.attempt AND keel_jobs.state = 'running' \
+                 RETURNING keel_jobs.id"
             )
         }
     };
@@ -817,16 +852,17 @@ pub async fn job_heartbeat(db: &Db, held: &[(i64, i32)], lease: Duration) -> Res
             format!(
                 "UPDATE keel_jobs AS j SET lease_expires_at = {expires} \
                  FROM jsonb_to_recordset({list}) AS h(id bigint, attempt int) \
-                 WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' RETURNING j.id"
+                 WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' \
+                   AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL RETURNING j.id"
             )
         }
         Dialect::Sqlite => {
             let list = params.bind(SqlValue::Text(Value::Array(list).to_string()));
             format!(
                 "UPDATE keel_jobs SET lease_expires_at = {expires} \
-                 WHERE id IN (SELECT h.value ->> 'id' FROM json_each({list}) AS h \
-                              WHERE h.value ->> 'id' = keel_jobs.id AND h.value ->> 'attempt' = keel_jobs.attempt) \
-                   AND state = 'running' RETURNING id"
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt FROM json_each({list})) AS h \
+                 WHERE keel_jobs.id = h.id AND keel_jobs.attempt = h.attempt AND keel_jobs.state = 'running' \
+                 RETURNING keel_jobs.id"
             )
         }
     };
@@ -1237,11 +1273,11 @@ pub async fn job_release_many(db: &Db, held: &[(i64, i32)]) -> Result<Vec<i64>, 
         Dialect::Sqlite => {
             let list = params.bind(SqlValue::Text(Value::Array(list).to_string()));
             format!(
-                "UPDATE keel_jobs SET state = 'available', run_at = {now}, max_attempts = max_attempts + 1, \
+                "UPDATE keel_jobs SET state = 'available', run_at = {now}, max_attempts = keel_jobs.max_attempts + 1, \
                         lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id IN (SELECT h.value ->> 'id' FROM json_each({list}) AS h \
-                              WHERE h.value ->> 'id' = keel_jobs.id AND h.value ->> 'attempt' = keel_jobs.attempt) \
-                   AND state = 'running' RETURNING id"
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt FROM json_each({list})) AS h \
+                 WHERE keel_jobs.id = h.id AND keel_jobs.attempt = h.attempt AND keel_jobs.state = 'running' \
+                 RETURNING keel_jobs.id"
             )
         }
     };

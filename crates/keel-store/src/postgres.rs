@@ -90,7 +90,10 @@ impl PgDb {
             settings.push(("search_path", schema.to_string()));
         }
         options = options.options(settings);
+        // No ping before each acquire (sqlx's default): it costs a round trip per statement,
+        // and a connection that broke meanwhile fails its statement with a clear error anyway.
         let pool_options = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections)
             .acquire_timeout(pool.acquire_timeout)

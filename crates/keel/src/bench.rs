@@ -42,6 +42,8 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// The job queue (P5): bulk enqueue, no-op jobs worked at each concurrency, pickup latency.
+    Jobs(crate::bench_jobs::JobsArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -202,6 +204,7 @@ where
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
+        Scenario::Jobs(args) => crate::bench_jobs::run(args).await,
         Scenario::Records {
             rows,
             database_url,

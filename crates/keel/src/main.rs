@@ -2,6 +2,7 @@
 //! manage users, and benchmark.
 
 mod bench;
+mod bench_jobs;
 mod demo;
 mod examples;
 mod http_client;

@@ -83,9 +83,7 @@ fn new_job(state: &AppState, body: EnqueueBody, org: Option<Uuid>, user: Option<
 
 /// Inserts a job in a transaction of its own, wakes this instance's workers, counts it.
 async fn enqueue(state: &AppState, job: NewJob) -> ApiResult<impl IntoResponse + use<>> {
-    let mut tx = state.db.begin().await?;
-    let enqueued = jobs::job_insert(&mut tx, &job).await?;
-    tx.commit().await?;
+    let enqueued = jobs::job_enqueue(&state.db, &job).await?;
     if !enqueued.duplicate {
         keel_jobs::Observer::enqueued(state.metrics.as_ref(), &job.queue, &job.kind, 1);
         state.jobs.wake(&job.queue);

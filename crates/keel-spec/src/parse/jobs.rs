@@ -105,10 +105,12 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
         return None;
     }
     let mut queue = QueueSpec::new(entry.key);
+    let mut prefetch = None;
     for item in table_entries(reader, entry, &base) {
         let path = format!("{base}.{}", item.key);
         match item.key {
             "concurrency" => queue.concurrency = int_in(reader, &item, &path, 0, 1_000).unwrap_or(1) as u32,
+            "prefetch" => prefetch = int_in(reader, &item, &path, 1, 10_000).map(|n| n as u32),
             "per_key" => queue.per_key = int_in(reader, &item, &path, 1, 1_000).map(|n| n as u32),
             "rate" => match number(reader, &item, &path) {
                 Some(rate) if rate > 0.0 && rate <= 1_000_000.0 => queue.rate = Some(rate),
@@ -126,6 +128,7 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
                 &path,
                 &[
                     "concurrency",
+                    "prefetch",
                     "per_key",
                     "rate",
                     "keep_completed",
@@ -135,6 +138,7 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
             ),
         }
     }
+    queue.prefetch = prefetch.unwrap_or(queue.concurrency).max(queue.concurrency);
     Some(queue)
 }
 
