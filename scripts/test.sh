@@ -11,6 +11,8 @@
 #      export KEEL_TEST_PG_URL, KEEL_TEST_REDIS_URL and KEEL_TEST_REQUIRE_PG=1
 #      (tests then fail, rather than skip, when PostgreSQL is unavailable).
 #      `scripts/services.sh down` runs on exit: success, failure or Ctrl-C.
+#      scripts/test-tools.sh installs aiosmtpd (the SMTP sink of the email tests)
+#      into target/venv-test and we export KEEL_TEST_PYTHON.
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. cargo nextest run --workspace --no-fail-fast [ARGS...]
@@ -82,6 +84,12 @@ export KEEL_TEST_PG_URL KEEL_TEST_REDIS_URL
 export KEEL_TEST_REQUIRE_PG=1
 echo "KEEL_TEST_PG_URL=$KEEL_TEST_PG_URL"
 echo "KEEL_TEST_REDIS_URL=$KEEL_TEST_REDIS_URL"
+
+# --- tools some tests talk to (an SMTP sink) -------------------------------------
+stage "test tools: aiosmtpd in target/venv-test (scripts/test-tools.sh)"
+KEEL_TEST_PYTHON="$(scripts/test-tools.sh)"
+export KEEL_TEST_PYTHON
+echo "KEEL_TEST_PYTHON=$KEEL_TEST_PYTHON"
 
 # --- override (testing this script without cargo) -----------------------------
 if [[ -n "${KEEL_TEST_CMD_OVERRIDE:-}" ]]; then

@@ -11,6 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::{HandlerFuture, JobContext, JobFailure};
 
+mod email;
+mod http;
+
 /// Runs a job with its kind's built-in handler.
 pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
     Box::pin(async move {
@@ -25,7 +28,30 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
                 memory_bytes,
             } => command(&context, &program, cpu_seconds, memory_bytes).await,
             Handler::Cleanup => cleanup(&context).await,
-            Handler::Http { .. } | Handler::Email { .. } => Err(JobFailure::permanent("WIP")),
+            Handler::Http {
+                url,
+                method,
+                headers,
+                body,
+                into,
+                key,
+            } => {
+                let request = http::Request {
+                    url: &url,
+                    method: &method,
+                    headers: &headers,
+                    body: body.as_deref(),
+                    into: into.as_deref(),
+                    key: key.as_deref(),
+                };
+                http::run(&context, request).await
+            }
+            Handler::Email {
+                to,
+                subject,
+                text,
+                html,
+            } => email::run(&context, &to, &subject, &text, html.as_deref()).await,
         }
     })
 }

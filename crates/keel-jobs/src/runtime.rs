@@ -153,6 +153,10 @@ pub struct JobContext {
     pub db: Arc<Db>,
     pub schema: Arc<Schema>,
     pub config: Arc<JobsConfig>,
+    /// Field patterns of the schema (record validation).
+    pub patterns: Arc<keel_query::Patterns>,
+    /// The outbound HTTP client (connection pool shared by every job).
+    pub http: reqwest::Client,
 }
 
 impl JobContext {
@@ -196,6 +200,8 @@ pub struct Jobs {
     /// This instance's name in leases (`lease_owner`).
     owner: String,
     observer: Arc<dyn Observer>,
+    patterns: Arc<keel_query::Patterns>,
+    http: reqwest::Client,
     custom: std::sync::RwLock<HashMap<String, HandlerFn>>,
     wakers: HashMap<String, Arc<Notify>>,
     in_flight: Mutex<HashMap<i64, InFlight>>,
@@ -231,12 +237,15 @@ impl Jobs {
             std::process::id(),
             &Uuid::new_v4().simple().to_string()[..8]
         );
+        let patterns = Arc::new(keel_query::Patterns::new(&schema.app.collections));
         Arc::new(Jobs {
             db,
             schema,
             config: Arc::new(config),
             owner,
             observer,
+            patterns,
+            http: reqwest::Client::new(),
             custom: Default::default(),
             wakers,
             in_flight: Mutex::new(HashMap::new()),
@@ -435,6 +444,8 @@ impl Jobs {
                         db: this.db.clone(),
                         schema: this.schema.clone(),
                         config: this.config.clone(),
+                        patterns: this.patterns.clone(),
+                        http: this.http.clone(),
                     };
                     let work = this.handler(&kind, context);
                     tokio::select! {

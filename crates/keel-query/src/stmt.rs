@@ -409,6 +409,25 @@ impl<'a> Builder<'a> {
     }
 
     /// `DELETE ... WHERE id AND org`.
+    /// The id of the record in scope whose `field` equals `value` and that the caller may
+    /// update (upserts by a unique key).
+    pub fn find_by(&self, field: &str, value: SqlValue) -> Sql {
+        let table = self.table();
+        let mut sql = Sql::new(self.dialect);
+        sql.push("SELECT ").push(&table).push(".\"id\"");
+        self.from(&mut sql);
+        let mut condition = Sql::new(self.dialect);
+        condition
+            .push(&table)
+            .push(".")
+            .push(&ident(field))
+            .push(" = ")
+            .bind(value);
+        self.where_clause(&mut sql, self.rule(Action::Update), vec![condition]);
+        sql.push(" LIMIT 1");
+        sql
+    }
+
     pub fn delete(&self, id: Uuid) -> Sql {
         let table = self.table();
         let mut sql = Sql::new(self.dialect);

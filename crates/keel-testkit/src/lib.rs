@@ -704,3 +704,70 @@ impl Drop for PgCluster {
         }
     }
 }
+
+/// A real SMTP server (Python's aiosmtpd) that keeps every message it receives in a maildir.
+/// Its Python comes from `KEEL_TEST_PYTHON` (scripts/test-tools.sh installs it).
+pub struct SmtpSink {
+    child: std::process::Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let python = std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let maildir = dir.path().join("mail");
+        let child = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{python} cannot start aiosmtpd ({e}); run scripts/test-tools.sh"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not start on {port} (is it installed for {python}? run scripts/test-tools.sh)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        SmtpSink { child, port, dir }
+    }
+
+    /// Every message received so far, as raw RFC 5322 text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = vec![];
+        for folder in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail").join(folder)) {
+                for entry in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                        out.push(text);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,6 +6,7 @@ mod errors;
 mod explain;
 mod hostile;
 mod jobs;
+mod jobs_handlers;
 mod jobs_store;
 mod migrate;
 mod ops;

@@ -1,0 +1,91 @@
+//! The email handler: a message from templates over the payload, sent over SMTP. A refusal
+//! the server calls permanent (5xx) kills the job; anything else is retried.
+
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+
+use super::template_root;
+use crate::runtime::{JobContext, JobFailure, SmtpTls};
+use crate::template::render;
+
+/// The most recipients one email job may address.
+const MAX_RECIPIENTS: usize = 50;
+
+pub async fn run(
+    context: &JobContext,
+    to: &str,
+    subject: &str,
+    text: &str,
+    html: Option<&str>,
+) -> Result<Option<Value>, JobFailure> {
+    let smtp = context
+        .config
+        .smtp
+        .as_ref()
+        .ok_or_else(|| JobFailure::retry("no SMTP server is configured (set smtp.host)"))?;
+    let root = template_root(context);
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| JobFailure::permanent(format!("smtp.from '{}' is not an address: {e}", smtp.from)))?;
+    let recipients: Vec<String> = render(to, &root, false)
+        .split(',')
+        .map(|address| address.trim().to_string())
+        .filter(|address| !address.is_empty())
+        .collect();
+    if recipients.is_empty() {
+        return Err(JobFailure::permanent("the email has no recipient"));
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(JobFailure::permanent(format!("at most {MAX_RECIPIENTS} recipients")));
+    }
+    let mut builder = Message::builder()
+        .from(from)
+        .subject(render(subject, &root, false))
+        .header(lettre::message::header::MessageId::from(format!(
+            "<keel-job-{}@keel>",
+            context.id
+        )));
+    for address in &recipients {
+        let mailbox: Mailbox = address
+            .parse()
+            .map_err(|e| JobFailure::permanent(format!("'{address}' is not an address: {e}")))?;
+        builder = builder.to(mailbox);
+    }
+    let plain = render(text, &root, false);
+    let message = match html {
+        Some(html) => builder.multipart(
+            MultiPart::alternative()
+                .singlepart(SinglePart::plain(plain))
+                .singlepart(SinglePart::html(render(html, &root, true))),
+        ),
+        None => builder.header(ContentType::TEXT_PLAIN).body(plain),
+    }
+    .map_err(|e| JobFailure::permanent(format!("the email cannot be built: {e}")))?;
+
+    let transport = match smtp.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .map_err(|e| JobFailure::retry(format!("SMTP setup failed: {e}")))?,
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+            .map_err(|e| JobFailure::retry(format!("SMTP setup failed: {e}")))?,
+    };
+    let mut transport = transport.port(smtp.port).timeout(Some(context.config.http_timeout));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    let response = transport.build().send(message).await.map_err(|error| {
+        let message = format!("sending to {} failed: {error}", recipients.join(", "));
+        if error.is_permanent() {
+            JobFailure::permanent(message)
+        } else {
+            JobFailure::retry(message)
+        }
+    })?;
+    Ok(Some(serde_json::json!({
+        "to": recipients,
+        "smtp": response.code().to_string(),
+    })))
+}
