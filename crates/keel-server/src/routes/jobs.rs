@@ -265,10 +265,8 @@ fn require_superuser(principal: &Principal) -> ApiResult<()> {
     }
 }
 
-/// `GET /admin/queues`: every queue's depth by state, oldest waiting job, pause flag, and
-/// jobs running on this instance.
-pub async fn admin_queues(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Value>> {
-    require_superuser(&principal)?;
+/// Every queue's stats, declared queues without jobs included (at zero).
+pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<jobs::QueueStats>, keel_store::StoreError> {
     let mut stats = jobs::queue_stats(&state.db).await?;
     for declared in &state.schema.app.jobs.queues {
         if !stats.iter().any(|q| q.name == declared.name) {
@@ -280,6 +278,14 @@ pub async fn admin_queues(State(state): State<AppState>, Auth(principal): Auth) 
             });
         }
     }
+    Ok(stats)
+}
+
+/// `GET /admin/queues`: every queue's depth by state, oldest waiting job, pause flag, and
+/// jobs running on this instance.
+pub async fn admin_queues(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Value>> {
+    require_superuser(&principal)?;
+    let stats = queue_stats(&state).await?;
     let running_here = state.jobs.running();
     let items: Vec<Value> = stats
         .into_iter()

@@ -75,6 +75,42 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Queue depth by state, the oldest runnable job's wait, and jobs running here (J11). The
+/// depth query is bounded by a timeout: a slow database leaves the last values in place.
+async fn queue_gauges(state: &AppState) {
+    let stats = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        crate::routes::jobs::queue_stats(state),
+    )
+    .await;
+    if let Ok(Ok(stats)) = stats {
+        for queue in stats {
+            for (job_state, count) in &queue.depth {
+                let labels = [("queue", queue.name.clone()), ("state", job_state.to_string())];
+                state.metrics.gauge("keel_jobs_depth", &labels, *count as f64);
+            }
+            let labels = [("queue", queue.name.clone())];
+            state.metrics.gauge(
+                "keel_jobs_oldest_available_seconds",
+                &labels,
+                queue.oldest_available_seconds,
+            );
+            state
+                .metrics
+                .gauge("keel_jobs_paused", &labels, if queue.paused { 1.0 } else { 0.0 });
+        }
+    }
+    let running = state.jobs.running();
+    for queue in &state.schema.app.jobs.queues {
+        let labels = [("queue", queue.name.clone())];
+        let count = running.get(&queue.name).copied().unwrap_or(0);
+        state.metrics.gauge("keel_jobs_running_here", &labels, count as f64);
+    }
+    state
+        .metrics
+        .gauge("keel_jobs_leader", &[], if state.jobs.is_leader() { 1.0 } else { 0.0 });
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let pool = state.db.pool_state();
     for (name, value) in [("in_use", pool.in_use), ("idle", pool.idle), ("waiting", pool.waiting)] {
@@ -102,6 +138,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .metrics
             .gauge("keel_redis_up", &[], if state.shared.healthy() { 1.0 } else { 0.0 });
     }
+    queue_gauges(&state).await;
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

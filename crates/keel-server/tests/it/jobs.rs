@@ -60,6 +60,10 @@ attempts = 3
 backoff = "10ms"
 enqueue_role = "member"
 
+[jobs.tick]
+handler = "noop"
+cron = "* * * * * *"
+
 [collections.reservations]
 fields.title = {{ type = "text", required = true }}
 jobs.on_create = ["confirm"]
@@ -271,6 +275,14 @@ async fn failures_retry_then_die_and_can_be_retried(backend: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("keel_jobs_queue_wait_seconds"), "{metrics}");
+    assert!(
+        metrics.contains(r#"keel_jobs_depth{queue="pdf",state="dead"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_jobs_oldest_available_seconds{queue=\"pdf\"} 0"),
+        "{metrics}"
+    );
     app.state.jobs.shutdown().await;
 }
 
@@ -515,7 +527,43 @@ async fn shutdown_hands_back_unfinished_jobs(backend: Backend) {
     assert!(job.lease_owner.is_none());
 }
 
+async fn two_instances_run_each_cron_tick_once(backend: Backend) {
+    let (app, _dir) = spawn(backend).await;
+    let sibling = app.sibling().await;
+    app.state.jobs.start();
+    sibling.state.jobs.start();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let leaders = [app.state.jobs.is_leader(), sibling.state.jobs.is_leader()];
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "one leader: {leaders:?}");
+    let filter = keel_store::jobs::JobFilter {
+        kind: Some("tick".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let ticks = keel_store::jobs::job_list(app.db(), &filter).await.unwrap();
+    let mut seen: Vec<String> = ticks
+        .iter()
+        .map(|job| job.payload["tick"].as_str().unwrap().to_string())
+        .collect();
+    let runs = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), runs, "a tick ran twice: {seen:?}");
+    assert!((2..=5).contains(&runs), "one run per second for 3.5 s: {runs}");
+    // The leader steps down at shutdown; the other instance takes over at once.
+    let (leader, follower) = if app.state.jobs.is_leader() {
+        (&app, &sibling)
+    } else {
+        (&sibling, &app)
+    };
+    leader.state.jobs.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(follower.state.jobs.is_leader());
+    follower.state.jobs.shutdown().await;
+}
+
 both!(
+    two_instances_run_each_cron_tick_once,
     enqueue_and_poll_status,
     a_record_write_enqueues_in_its_transaction,
     failures_retry_then_die_and_can_be_retried,
