@@ -664,7 +664,8 @@ impl Jobs {
     /// leases and enqueue due cron ticks.
     async fn lead(self: Arc<Self>) {
         let mut stopping = self.stopping.subscribe();
-        let lease = Duration::from_secs(10);
+        // Leadership is held like a job lease (bounded: a dead leader is replaced within 10 s).
+        let lease = self.config.lease.clamp(Duration::from_secs(1), Duration::from_secs(10));
         let entries: Vec<(Arc<JobKind>, keel_spec::croner::Cron)> = self
             .schema
             .app

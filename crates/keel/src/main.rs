@@ -6,6 +6,7 @@ mod bench_jobs;
 mod demo;
 mod examples;
 mod http_client;
+mod jobs_cli;
 mod scaleout;
 
 use std::path::PathBuf;
@@ -92,6 +93,13 @@ enum Command {
     Users {
         #[command(subcommand)]
         action: UsersAction,
+    },
+    /// Jobs and queues: enqueue, list, retry, cancel, discard, pause, worker keys.
+    Jobs {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: jobs_cli::JobsAction,
     },
     /// Configuration helpers.
     Config {
@@ -294,6 +302,14 @@ async fn main() -> Result<()> {
                 applied.steps.len()
             );
             Ok(())
+        }
+        Command::Jobs { common, action } => {
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            let result = jobs_cli::run(&db, &schema, action).await;
+            db.close().await;
+            result
         }
         Command::Users { action } => match action {
             UsersAction::Create {
