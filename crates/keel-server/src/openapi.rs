@@ -399,11 +399,101 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
     paths.insert("/api/v1/orgs/{org}/api_keys/{id}".into(), json!({
         "delete": { "operationId": "revoke_api_key", "tags": ["orgs"], "parameters": [org, key], "responses": empty(&[401, 403, 404]) }
     }));
+    jobs_paths(paths, schemas, app, &org_param());
     let status =
         json!({ "description": "status", "content": { "application/json": { "schema": { "type": "object" } } } });
     paths.insert("/health/live".into(), json!({ "get": { "operationId": "live", "tags": ["operations"], "security": public, "responses": { "200": status } } }));
     paths.insert("/health/ready".into(), json!({ "get": { "operationId": "ready", "tags": ["operations"], "security": public, "responses": { "200": status, "503": status } } }));
     paths.insert("/metrics".into(), json!({ "get": { "operationId": "metrics", "tags": ["operations"], "security": public, "responses": { "200": { "description": "Prometheus text", "content": { "text/plain": { "schema": { "type": "string" } } } } } } }));
+}
+
+fn org_param() -> Value {
+    path_parameter("org", json!({ "type": "string" }))
+}
+
+/// Jobs: enqueue and status, administration, and the external-worker protocol.
+fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, app: &App, org: &Value) {
+    let states = json!(["available", "scheduled", "running", "retryable", "completed", "cancelled", "dead"]);
+    schemas.insert(
+        "Job".into(),
+        json!({ "type": "object", "required": ["id", "queue", "kind", "state", "attempt", "max_attempts"], "properties": {
+            "id": { "type": "integer" }, "queue": { "type": "string" }, "kind": { "type": "string" },
+            "org_id": { "type": ["string", "null"], "format": "uuid" }, "created_by": { "type": ["string", "null"], "format": "uuid" },
+            "payload": {}, "priority": { "type": "integer" }, "state": { "type": "string", "enum": states.clone() },
+            "attempt": { "type": "integer" }, "max_attempts": { "type": "integer" },
+            "run_at": { "type": ["string", "null"], "format": "date-time" }, "lease_owner": { "type": ["string", "null"] },
+            "lease_expires_at": { "type": ["string", "null"], "format": "date-time" },
+            "unique_key": { "type": ["string", "null"] }, "concurrency_key": { "type": ["string", "null"] },
+            "errors": { "type": "array", "items": { "type": "object" } }, "result": {}, "progress": {},
+            "created_at": { "type": ["string", "null"], "format": "date-time" },
+            "started_at": { "type": ["string", "null"], "format": "date-time" },
+            "finished_at": { "type": ["string", "null"], "format": "date-time" } } }),
+    );
+    let kinds: Vec<&str> = app.jobs.kinds.iter().map(|k| k.name.as_str()).collect();
+    let body = |schema: Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    let ok = |code: &str, description: &str, errors: &[u16]| {
+        let mut responses = error_responses(errors);
+        responses.insert(code.into(), json!({ "description": description, "content": { "application/json": { "schema": { "type": "object" } } } }));
+        Value::Object(responses)
+    };
+    let job = |errors: &[u16]| {
+        let mut responses = error_responses(errors);
+        responses.insert("200".into(), json!({ "description": "the job", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }));
+        Value::Object(responses)
+    };
+    let enqueue = json!({ "type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
+        "kind": { "type": "string", "enum": kinds }, "payload": { "type": "object" },
+        "priority": { "type": "integer", "minimum": -1000, "maximum": 1000 },
+        "delay_ms": { "type": "integer", "minimum": 0 }, "unique_key": { "type": "string", "minLength": 1, "maxLength": 200 } } });
+    let filters = vec![
+        query_parameter("state", "only jobs in this state", json!({ "type": "string", "enum": states })),
+        query_parameter("kind", "only jobs of this kind", json!({ "type": "string" })),
+        query_parameter("queue", "only jobs of this queue", json!({ "type": "string" })),
+        query_parameter("limit", "page size", json!({ "type": "integer", "minimum": 1, "maximum": 500 })),
+        query_parameter("before", "the `next` value of the previous page", json!({ "type": "string" })),
+    ];
+    let mut org_filters = vec![org.clone()];
+    org_filters.extend(filters.clone());
+    paths.insert("/api/v1/orgs/{org}/jobs".into(), json!({
+        "get": { "operationId": "list_org_jobs", "tags": ["jobs"], "parameters": org_filters, "responses": ok("200", "a page of the org's jobs", &[400, 401, 403, 404]) },
+        "post": { "operationId": "enqueue_job", "tags": ["jobs"], "parameters": [org.clone()], "requestBody": body(enqueue.clone()),
+            "responses": { "201": { "description": "enqueued" }, "200": { "description": "a job with this unique key was already waiting" },
+                "400": error_responses(&[400])["400"], "401": error_responses(&[401])["401"], "403": error_responses(&[403])["403"], "404": error_responses(&[404])["404"] } }
+    }));
+    let id = path_parameter("id", json!({ "type": "integer" }));
+    paths.insert("/api/v1/jobs/{id}".into(), json!({ "get": { "operationId": "get_job", "tags": ["jobs"], "parameters": [id.clone()], "responses": job(&[401, 404]) } }));
+    paths.insert("/api/v1/jobs/{id}/cancel".into(), json!({ "post": { "operationId": "cancel_job", "tags": ["jobs"], "parameters": [id.clone()], "responses": job(&[401, 404, 409]) } }));
+    paths.insert("/api/v1/admin/queues".into(), json!({ "get": { "operationId": "list_queues", "tags": ["jobs"], "responses": ok("200", "every queue's depth by state", &[401, 403]) } }));
+    let queue = path_parameter("queue", json!({ "type": "string" }));
+    let action = path_parameter("action", json!({ "type": "string", "enum": ["pause", "resume"] }));
+    paths.insert("/api/v1/admin/queues/{queue}/{action}".into(), json!({ "post": { "operationId": "pause_queue", "tags": ["jobs"], "parameters": [queue, action], "responses": ok("200", "the queue's pause flag", &[401, 403, 404]) } }));
+    paths.insert("/api/v1/admin/jobs".into(), json!({
+        "get": { "operationId": "list_jobs", "tags": ["jobs"], "parameters": filters, "responses": ok("200", "a page of jobs", &[400, 401, 403]) },
+        "post": { "operationId": "admin_enqueue_job", "tags": ["jobs"], "requestBody": body(enqueue), "responses": ok("201", "enqueued", &[400, 401, 403]) }
+    }));
+    paths.insert("/api/v1/admin/jobs/{id}".into(), json!({ "delete": { "operationId": "discard_job", "tags": ["jobs"], "parameters": [id.clone()], "responses": { "204": { "description": "discarded" }, "401": error_responses(&[401])["401"], "404": error_responses(&[404])["404"], "409": error_responses(&[409])["409"] } } }));
+    let job_action = path_parameter("action", json!({ "type": "string", "enum": ["retry", "cancel"] }));
+    paths.insert("/api/v1/admin/jobs/{id}/{action}".into(), json!({ "post": { "operationId": "admin_job_action", "tags": ["jobs"], "parameters": [id.clone(), job_action], "responses": job(&[400, 401, 403, 404, 409]) } }));
+    paths.insert("/api/v1/admin/worker_keys".into(), json!({
+        "get": { "operationId": "list_worker_keys", "tags": ["jobs"], "responses": ok("200", "the worker keys", &[401, 403]) },
+        "post": { "operationId": "create_worker_key", "tags": ["jobs"], "requestBody": body(json!({ "type": "object", "required": ["name", "queues"], "additionalProperties": false, "properties": {
+            "name": { "type": "string", "minLength": 1, "maxLength": 100 }, "queues": { "type": "array", "items": { "type": "string" }, "minItems": 1 } } })),
+            "responses": ok("201", "the key and its token (shown once)", &[400, 401, 403]) }
+    }));
+    let key = path_parameter("id", json!({ "type": "string", "format": "uuid" }));
+    paths.insert("/api/v1/admin/worker_keys/{id}".into(), json!({ "delete": { "operationId": "revoke_worker_key", "tags": ["jobs"], "parameters": [key], "responses": { "204": { "description": "revoked" }, "401": error_responses(&[401])["401"], "404": error_responses(&[404])["404"] } } }));
+    paths.insert("/api/v1/workers/claim".into(), json!({ "post": { "operationId": "worker_claim", "tags": ["workers"],
+        "requestBody": body(json!({ "type": "object", "required": ["queue", "worker"], "additionalProperties": false, "properties": {
+            "queue": { "type": "string" }, "worker": { "type": "string", "minLength": 1, "maxLength": 100 },
+            "kinds": { "type": "array", "items": { "type": "string" } }, "limit": { "type": "integer", "minimum": 1, "maximum": 100 },
+            "wait_ms": { "type": "integer", "minimum": 0 }, "lease_ms": { "type": "integer", "minimum": 1000 } } })),
+        "responses": ok("200", "claimed jobs, each with its attempt (the fencing token)", &[400, 401, 403, 404]) } }));
+    let settle = path_parameter("action", json!({ "type": "string", "enum": ["heartbeat", "progress", "complete", "fail"] }));
+    paths.insert("/api/v1/workers/jobs/{id}/{action}".into(), json!({ "post": { "operationId": "worker_settle", "tags": ["workers"], "parameters": [id, settle],
+        "requestBody": body(json!({ "type": "object", "required": ["attempt"], "additionalProperties": false, "properties": {
+            "attempt": { "type": "integer" }, "result": {}, "error": { "type": "string" }, "retry": { "type": "boolean" },
+            "lease_ms": { "type": "integer" }, "progress": {} } })),
+        "responses": ok("200", "the job's state", &[400, 401, 404, 409]) } }));
 }
 
 fn update_params_for_delete(item_params: &[Value]) -> Vec<Value> {
