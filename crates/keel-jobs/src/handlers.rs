@@ -35,8 +35,10 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
                 body,
                 into,
                 key,
+                map,
             } => {
                 let request = http::Request {
+                    map: &map,
                     url: &url,
                     method: &method,
                     headers: &headers,
@@ -56,13 +58,22 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
     })
 }
 
-/// What templates see: the payload, the job, the org.
-pub fn template_root(context: &JobContext) -> Value {
-    serde_json::json!({
+/// What templates see: the payload, the job, the org, and the user who enqueued the job
+/// (`user.email`, `user.name`; empty for jobs no user enqueued).
+pub async fn template_root(context: &JobContext) -> Result<Value, JobFailure> {
+    let user = match context.created_by {
+        Some(id) => keel_store::system::user_by_id(&context.db, id)
+            .await
+            .map_err(|e| JobFailure::retry(format!("reading the job's user failed: {e}")))?
+            .map(|u| serde_json::json!({"id": u.id, "email": u.email, "name": u.name})),
+        None => None,
+    };
+    Ok(serde_json::json!({
         "payload": context.payload_value(),
         "job": {"id": context.id, "kind": context.kind.name, "attempt": context.attempt},
         "org": context.org_id,
-    })
+        "user": user,
+    }))
 }
 
 /// Kills a process group when dropped: a cancelled or timed-out job leaves no process behind.

@@ -1,7 +1,8 @@
 //! `{{ path }}` templates over a job's payload (email subjects and bodies, webhook bodies).
 //!
 //! A path is dot-separated keys and array indexes (`payload.record.email`, `items.0.name`);
-//! the root has `payload`, `job` (id, kind, attempt) and `org`. A missing value renders as
+//! the root has `payload`, `job` (id, kind, attempt), `org` and `user` (the enqueuer: id,
+//! email, name). A missing value renders as
 //! nothing. `html` escaping is for HTML bodies.
 
 use serde_json::Value;

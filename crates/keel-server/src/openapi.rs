@@ -413,7 +413,15 @@ fn org_param() -> Value {
 
 /// Jobs: enqueue and status, administration, and the external-worker protocol.
 fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, app: &App, org: &Value) {
-    let states = json!(["available", "scheduled", "running", "retryable", "completed", "cancelled", "dead"]);
+    let states = json!([
+        "available",
+        "scheduled",
+        "running",
+        "retryable",
+        "completed",
+        "cancelled",
+        "dead"
+    ]);
     schemas.insert(
         "Job".into(),
         json!({ "type": "object", "required": ["id", "queue", "kind", "state", "attempt", "max_attempts"], "properties": {
@@ -446,11 +454,23 @@ fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, 
         "priority": { "type": "integer", "minimum": -1000, "maximum": 1000 },
         "delay_ms": { "type": "integer", "minimum": 0 }, "unique_key": { "type": "string", "minLength": 1, "maxLength": 200 } } });
     let filters = vec![
-        query_parameter("state", "only jobs in this state", json!({ "type": "string", "enum": states })),
+        query_parameter(
+            "state",
+            "only jobs in this state",
+            json!({ "type": "string", "enum": states }),
+        ),
         query_parameter("kind", "only jobs of this kind", json!({ "type": "string" })),
         query_parameter("queue", "only jobs of this queue", json!({ "type": "string" })),
-        query_parameter("limit", "page size", json!({ "type": "integer", "minimum": 1, "maximum": 500 })),
-        query_parameter("before", "the `next` value of the previous page", json!({ "type": "string" })),
+        query_parameter(
+            "limit",
+            "page size",
+            json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+        ),
+        query_parameter(
+            "before",
+            "the `next` value of the previous page",
+            json!({ "type": "string" }),
+        ),
     ];
     let mut org_filters = vec![org.clone()];
     org_filters.extend(filters.clone());
@@ -488,7 +508,10 @@ fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, 
             "kinds": { "type": "array", "items": { "type": "string" } }, "limit": { "type": "integer", "minimum": 1, "maximum": 100 },
             "wait_ms": { "type": "integer", "minimum": 0 }, "lease_ms": { "type": "integer", "minimum": 1000 } } })),
         "responses": ok("200", "claimed jobs, each with its attempt (the fencing token)", &[400, 401, 403, 404]) } }));
-    let settle = path_parameter("action", json!({ "type": "string", "enum": ["heartbeat", "progress", "complete", "fail"] }));
+    let settle = path_parameter(
+        "action",
+        json!({ "type": "string", "enum": ["heartbeat", "progress", "complete", "fail"] }),
+    );
     paths.insert("/api/v1/workers/jobs/{id}/{action}".into(), json!({ "post": { "operationId": "worker_settle", "tags": ["workers"], "parameters": [id, settle],
         "requestBody": body(json!({ "type": "object", "required": ["attempt"], "additionalProperties": false, "properties": {
             "attempt": { "type": "integer" }, "result": {}, "error": { "type": "string" }, "retry": { "type": "boolean" },

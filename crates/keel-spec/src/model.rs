@@ -124,6 +124,10 @@ pub enum Handler {
         into: Option<String>,
         /// With `into`: the unique field that makes a row an update instead of a new record.
         key: Option<String>,
+        /// With `into`: which key of each answer object fills which field (only these are
+        /// taken); without it, the objects are taken as they are.
+        #[serde(default)]
+        map: Vec<(String, String)>,
     },
     /// An email over SMTP, from templates over the payload.
     Email {

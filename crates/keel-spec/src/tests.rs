@@ -131,3 +131,125 @@ fn date_and_datetime_defaults_are_real_values() {
     assert!(parse_app(&spec("2026-01-31 noon", "datetime")).is_err());
     assert!(parse_app(&spec("@now", "datetime")).is_ok());
 }
+
+#[test]
+fn job_declarations_are_checked_with_lines() {
+    let source = r#"
+[app]
+name = "jobs"
+
+[roles]
+order = ["owner", "member"]
+
+[queues.pdf]
+concurrency = 4
+speed = 3
+
+[jobs.render]
+queue = "pdf"
+handler = "carrier-pigeon"
+
+[jobs.tick]
+cron = "every tuesday"
+
+[jobs.lost]
+queue = "nowhere"
+
+[jobs.remote]
+handler = "external"
+
+[jobs.hook]
+handler = "http"
+to = "someone@example.com"
+
+[jobs.feed]
+handler = "http"
+url = "https://example.com/feed"
+into = "notes"
+key = "title"
+enqueue_role = "boss"
+
+[jobs.mail]
+handler = "email"
+to = "{{ user.email }}"
+
+[collections.notes]
+fields.title = { type = "text" }
+jobs.on_create = ["missing_kind"]
+"#;
+    let error = parse_app(source).unwrap_err();
+    let lines: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
+    let expect = [
+        "line 10: queues.pdf.speed: unknown key",
+        "line 14: jobs.render.handler: unknown handler 'carrier-pigeon'",
+        "line 17: jobs.tick.cron: not a cron expression",
+        "line 19: jobs.lost.queue: no queue 'nowhere' is declared",
+        "line 22: jobs.remote.queue: external jobs need a queue that only external workers serve",
+        "line 27: jobs.hook.to: the http handler does not take 'to'",
+        "jobs.hook.url: is required by the http handler",
+        "line 34: jobs.feed.enqueue_role: 'boss' is not a declared role",
+        "jobs.mail.subject: is required by the email handler",
+        "jobs.feed.key: 'title' must be a unique field of notes",
+        "line 42: collections.notes.jobs.on_create[0]: no job kind 'missing_kind' is declared",
+    ];
+    for expected in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected) || l.contains(expected)),
+            "missing {expected:?} in {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn job_defaults_and_builtins() {
+    let source = r#"
+[app]
+name = "jobs"
+[roles]
+order = ["owner"]
+[queues.pdf]
+concurrency = 4
+prefetch = 2
+rate = 10
+per_key = 2
+keep_completed = 100
+keep_failed = 500
+keep_for = "1d"
+[jobs.render]
+queue = "pdf"
+handler = "command"
+command = ["render", "--fast"]
+timeout = "5m"
+memory = "512MB"
+cpu = "90s"
+[collections.notes]
+fields.title = { type = "text" }
+"#;
+    let app = parse_app(source).unwrap();
+    let pdf = app.jobs.queue("pdf").unwrap();
+    assert_eq!(
+        (pdf.concurrency, pdf.prefetch, pdf.rate, pdf.per_key),
+        (4, 4, Some(10.0), Some(2))
+    );
+    assert_eq!(
+        (pdf.keep_completed, pdf.keep_failed, pdf.keep_for_ms),
+        (100, 500, 86_400_000)
+    );
+    let render = app.jobs.kind("render").unwrap();
+    assert_eq!(
+        (render.attempts, render.backoff_ms, render.timeout_ms),
+        (3, 5_000, 300_000)
+    );
+    assert_eq!(
+        render.handler,
+        Handler::Command {
+            program: vec!["render".into(), "--fast".into()],
+            cpu_seconds: Some(90),
+            memory_bytes: Some(512 << 20),
+        }
+    );
+    assert!(app.jobs.queue("default").is_some(), "the default queue always exists");
+    let cleanup = app.jobs.kind(CLEANUP_KIND).unwrap();
+    assert_eq!(cleanup.handler, Handler::Cleanup);
+    assert_eq!(cleanup.cron.as_ref().unwrap().schedule, "*/5 * * * *");
+}

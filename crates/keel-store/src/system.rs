@@ -146,6 +146,17 @@ pub async fn user_insert(db: &Db, new: NewUser<'_>) -> Result<User, StoreError> 
     })
 }
 
+pub async fn user_by_id(db: &Db, id: Uuid) -> Result<Option<User>, StoreError> {
+    let sql = db.portable(
+        &format!("SELECT {USER_COLUMNS} FROM keel_users u WHERE u.id = $1"),
+        vec![SqlValue::Uuid(id)],
+    );
+    match db.query_one(&sql).await? {
+        None => Ok(None),
+        Some(row) => Ok(Some(user_from(&row)?)),
+    }
+}
+
 /// A user and their password hash, for login.
 pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)>, StoreError> {
     let sql = db.portable(

@@ -23,6 +23,8 @@ pub struct Request<'a> {
     pub body: Option<&'a str>,
     pub into: Option<&'a str>,
     pub key: Option<&'a str>,
+    /// Answer key → field; when given, only these keys are taken.
+    pub map: &'a [(String, String)],
 }
 
 /// A header value: a template, or `env:NAME` to read a secret from the environment.
@@ -35,7 +37,7 @@ fn header_value(template: &str, root: &Value) -> Result<String, JobFailure> {
 }
 
 pub async fn run(context: &JobContext, request: Request<'_>) -> Result<Option<Value>, JobFailure> {
-    let root = template_root(context);
+    let root = template_root(context).await?;
     let url = render(request.url, &root, false);
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| JobFailure::permanent(format!("unknown method {}", request.method)))?;
@@ -93,7 +95,7 @@ pub async fn run(context: &JobContext, request: Request<'_>) -> Result<Option<Va
     };
     let answer: Value = serde_json::from_str(&text)
         .map_err(|e| JobFailure::permanent(format!("the answer of {url} is not JSON: {e}")))?;
-    let (created, updated, rejected) = write_into(context, into, request.key, answer).await?;
+    let (created, updated, rejected) = write_into(context, into, request.key, request.map, answer).await?;
     Ok(Some(serde_json::json!({
         "status": status.as_u16(),
         "created": created,
@@ -131,6 +133,7 @@ async fn write_into(
     context: &JobContext,
     into: &str,
     key: Option<&str>,
+    map: &[(String, String)],
     answer: Value,
 ) -> Result<(u64, u64, Vec<Value>), JobFailure> {
     let schema = &context.schema;
@@ -182,9 +185,16 @@ async fn write_into(
     };
     let (mut created, mut updated, mut rejected) = (0u64, 0u64, vec![]);
     for (index, item) in items.into_iter().enumerate() {
-        let Value::Object(map) = item else {
+        let Value::Object(object) = item else {
             rejected.push(serde_json::json!({ "index": index, "reason": "not a JSON object" }));
             continue;
+        };
+        let map = if map.is_empty() {
+            object
+        } else {
+            map.iter()
+                .filter_map(|(from, field)| object.get(from).map(|v| (field.clone(), v.clone())))
+                .collect()
         };
         let existing = match key.and_then(|k| map.get(k).map(|v| (k, v))) {
             Some((field, value)) => {

@@ -98,6 +98,7 @@ handler = "http"
 method = "GET"
 url = "{base}/feed"
 into = "quotes"
+map = {{ item = "label", price = "price" }}
 enqueue_role = "admin"
 
 [jobs.confirmation]
@@ -120,7 +121,7 @@ fields.item = {{ type = "text", required = true, unique = true }}
 fields.price = {{ type = "number", required = true }}
 
 [collections.quotes]
-fields.item = {{ type = "text", required = true }}
+fields.label = {{ type = "text", required = true }}
 fields.price = {{ type = "number", required = true }}
 "#
     ) + &format!("# smtp {smtp_port}\n")

@@ -142,7 +142,7 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
     Some(queue)
 }
 
-const KIND_KEYS: [&str; 21] = [
+const KIND_KEYS: [&str; 22] = [
     "queue",
     "handler",
     "attempts",
@@ -161,6 +161,7 @@ const KIND_KEYS: [&str; 21] = [
     "body",
     "into",
     "key",
+    "map",
     "to",
     "subject",
     "text",
@@ -173,6 +174,7 @@ struct HandlerKeys {
     url: Option<String>,
     method: Option<String>,
     headers: Vec<(String, String)>,
+    map: Vec<(String, String)>,
     body: Option<String>,
     into: Option<String>,
     key: Option<String>,
@@ -278,6 +280,15 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
                     _ => keys.html = value,
                 }
             }
+            "map" => {
+                keys.given.push(("map", item.span()));
+                for pair in table_entries(reader, &item, &path) {
+                    let pair_path = format!("{path}.{}", pair.key);
+                    if let Some(field) = string(reader, &pair, &pair_path) {
+                        keys.map.push((pair.key.to_string(), field.to_string()));
+                    }
+                }
+            }
             "headers" => {
                 keys.given.push(("headers", item.span()));
                 for header in table_entries(reader, &item, &path) {
@@ -321,7 +332,7 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
     let path = format!("{base}.handler");
     let takes: &[&str] = match name.as_str() {
         "noop" | "external" | "cleanup" => &[],
-        "http" => &["url", "method", "headers", "body", "into", "key"],
+        "http" => &["url", "method", "headers", "body", "into", "key", "map"],
         "email" => &["to", "subject", "text", "html"],
         "command" => &["command", "cpu", "memory"],
         other => {
@@ -386,6 +397,10 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
                 reader.problem(span.clone(), &format!("{base}.key"), "only with 'into'");
                 ok = false;
             }
+            if !keys.map.is_empty() && keys.into.is_none() {
+                reader.problem(span.clone(), &format!("{base}.map"), "only with 'into'");
+                ok = false;
+            }
             Handler::Http {
                 url: keys.url.unwrap_or_default(),
                 method,
@@ -393,6 +408,7 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
                 body: keys.body,
                 into: keys.into,
                 key: keys.key,
+                map: keys.map,
             }
         }
         "email" => {
@@ -486,6 +502,21 @@ pub(super) fn jobs(
 /// An http handler's `key` must be a unique field of its `into` collection.
 pub(super) fn check_upsert_keys(reader: &mut Reader, collections: &[Collection], spec: &JobsSpec) {
     for kind in &spec.kinds {
+        if let Handler::Http {
+            into: Some(into), map, ..
+        } = &kind.handler
+            && let Some(collection) = collections.iter().find(|c| &c.name == into)
+        {
+            for (from, field) in map {
+                if collection.field(field).is_none() {
+                    reader.problem(
+                        None,
+                        &format!("jobs.{}.map.{from}", kind.name),
+                        format!("{into} has no field '{field}'"),
+                    );
+                }
+            }
+        }
         if let Handler::Http {
             into: Some(into),
             key: Some(key),
