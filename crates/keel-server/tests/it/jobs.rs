@@ -64,6 +64,28 @@ enqueue_role = "member"
 handler = "noop"
 cron = "* * * * * *"
 
+[jobs.greedy]
+handler = "command"
+command = ["python3", "-c", "x = bytearray(512 * 1024 * 1024); print(len(x))"]
+memory = "256MB"
+attempts = 1
+enqueue_role = "member"
+
+[jobs.spinner]
+handler = "command"
+command = ["sh", "-c", "while :; do :; done"]
+cpu = "1s"
+timeout = "20s"
+attempts = 1
+enqueue_role = "member"
+
+[queues.tiny]
+keep_completed = 1
+
+[jobs.small]
+queue = "tiny"
+enqueue_role = "member"
+
 [collections.reservations]
 fields.title = {{ type = "text", required = true }}
 jobs.on_create = ["confirm"]
@@ -562,7 +584,54 @@ async fn two_instances_run_each_cron_tick_once(backend: Backend) {
     follower.state.jobs.shutdown().await;
 }
 
+async fn commands_are_held_to_their_memory_and_cpu_limits(backend: Backend) {
+    let (app, _dir) = spawn(backend).await;
+    app.state.jobs.start();
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let greedy = enqueue(&app, &owner, "acme", json!({"kind": "greedy"})).await;
+    let spinner = enqueue(&app, &owner, "acme", json!({"kind": "spinner"})).await;
+    let dead = app.wait_job(greedy, JobState::Dead, 20).await;
+    assert!(
+        dead.errors[0]["error"].as_str().unwrap().contains("MemoryError"),
+        "{:?}",
+        dead.errors
+    );
+    let dead = app.wait_job(spinner, JobState::Dead, 20).await;
+    let error = dead.errors[0]["error"].as_str().unwrap();
+    assert!(error.contains("killed by signal"), "{error}");
+    assert!(
+        !error.contains("timed out"),
+        "the CPU limit stopped it, not the timeout: {error}"
+    );
+    app.state.jobs.shutdown().await;
+}
+
+async fn the_cleanup_job_applies_each_queues_retention(backend: Backend) {
+    let (app, _dir) = spawn(backend).await;
+    app.state.jobs.start();
+    let (owner_id, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    app.make_superuser(&owner_id).await;
+    for _ in 0..3 {
+        let id = enqueue(&app, &owner, "acme", json!({"kind": "small"})).await;
+        app.wait_job(id, JobState::Completed, 10).await;
+    }
+    let cleanup = app
+        .post("/api/v1/admin/jobs", &owner, json!({"kind": "keel_cleanup"}))
+        .await;
+    assert_eq!(cleanup.status, 201, "{}", cleanup.text);
+    let done = app
+        .wait_job(cleanup.body["id"].as_i64().unwrap(), JobState::Completed, 10)
+        .await;
+    assert_eq!(done.result.unwrap()["deleted"]["tiny"], 2);
+    assert_eq!(jobs_in(&app, &owner, "tiny").await["depth"]["completed"], 1);
+    app.state.jobs.shutdown().await;
+}
+
 both!(
+    commands_are_held_to_their_memory_and_cpu_limits,
+    the_cleanup_job_applies_each_queues_retention,
     two_instances_run_each_cron_tick_once,
     enqueue_and_poll_status,
     a_record_write_enqueues_in_its_transaction,
