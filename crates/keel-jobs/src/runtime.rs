@@ -291,13 +291,23 @@ impl Jobs {
         counts
     }
 
-    /// Wakes this instance's idle workers of `queue` (`*`: all queues).
+    /// Wakes this instance's idle workers of `queue` (`*`: all queues): its claim loop, and
+    /// external workers waiting in a long poll.
     pub fn wake(&self, queue: &str) {
-        if queue == "*" {
-            self.wakers.values().for_each(|w| w.notify_one());
-        } else if let Some(waker) = self.wakers.get(queue) {
+        let wake = |waker: &Arc<Notify>| {
             waker.notify_one();
+            waker.notify_waiters();
+        };
+        if queue == "*" {
+            self.wakers.values().for_each(wake);
+        } else if let Some(waker) = self.wakers.get(queue) {
+            wake(waker);
         }
+    }
+
+    /// What `wake` signals for `queue` (long polls of external workers wait on it).
+    pub fn waker(&self, queue: &str) -> Option<Arc<Notify>> {
+        self.wakers.get(queue).cloned()
     }
 
     /// Starts the workers, the settler, the heartbeat, the listener and the leader.

@@ -51,6 +51,18 @@ pub struct QueueSpec {
     pub keep_failed: u32,
     /// Finished jobs older than this are deleted whatever the counts.
     pub keep_for_ms: u64,
+    /// Defaults for the kinds of this queue that do not set their own.
+    #[serde(default)]
+    pub defaults: KindDefaults,
+}
+
+/// A queue's retry and timeout policy for its kinds (a kind's own keys win).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindDefaults {
+    pub attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 impl QueueSpec {
@@ -64,6 +76,7 @@ impl QueueSpec {
             keep_completed: 1_000,
             keep_failed: 10_000,
             keep_for_ms: 7 * 24 * 3_600_000,
+            defaults: KindDefaults::default(),
         }
     }
 }

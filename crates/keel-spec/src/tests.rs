@@ -215,6 +215,8 @@ per_key = 2
 keep_completed = 100
 keep_failed = 500
 keep_for = "1d"
+attempts = 5
+backoff = "1s"
 [jobs.render]
 queue = "pdf"
 handler = "command"
@@ -238,7 +240,8 @@ fields.title = { type = "text" }
     let render = app.jobs.kind("render").unwrap();
     assert_eq!(
         (render.attempts, render.backoff_ms, render.timeout_ms),
-        (3, 5_000, 300_000)
+        (5, 1_000, 300_000),
+        "the queue's policy, where the kind sets none"
     );
     assert_eq!(
         render.handler,

@@ -536,7 +536,12 @@ pub async fn worker_claim(
         kinds: body.kinds.as_deref(),
     };
     let deadline = tokio::time::Instant::now() + wait;
+    let waker = state.jobs.waker(&body.queue).unwrap_or_default();
     loop {
+        // Registered before the claim, so an enqueue between the claim and the wait is not missed.
+        let woken = waker.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let claimed = jobs::job_claim(&state.db, &claim).await?;
         if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
             let items: Vec<Value> = claimed
@@ -556,8 +561,10 @@ pub async fn worker_claim(
                 .collect();
             return Ok(Json(json!({ "items": items })));
         }
-        // Long poll: check again soon, or at once when this instance hears of an enqueue.
+        // Long poll: at once when this instance hears of an enqueue (its own, or another
+        // instance's through LISTEN/NOTIFY), else check again every 200 ms.
         tokio::select! {
+            _ = &mut woken => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }

@@ -122,6 +122,10 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
             }
             "keep_failed" => queue.keep_failed = int_in(reader, &item, &path, 0, 10_000_000).unwrap_or(0) as u32,
             "keep_for" => queue.keep_for_ms = duration_ms(reader, &item, &path).unwrap_or(queue.keep_for_ms),
+            "attempts" => queue.defaults.attempts = int_in(reader, &item, &path, 1, 100).map(|n| n as u32),
+            "backoff" => queue.defaults.backoff_ms = duration_ms(reader, &item, &path),
+            "max_backoff" => queue.defaults.max_backoff_ms = duration_ms(reader, &item, &path),
+            "timeout" => queue.defaults.timeout_ms = duration_ms(reader, &item, &path).filter(|ms| *ms >= 10),
             _ => unknown_key(
                 reader,
                 &item,
@@ -134,6 +138,10 @@ fn queue(reader: &mut Reader, entry: &Entry) -> Option<QueueSpec> {
                     "keep_completed",
                     "keep_failed",
                     "keep_for",
+                    "attempts",
+                    "backoff",
+                    "max_backoff",
+                    "timeout",
                 ],
             ),
         }
@@ -189,7 +197,16 @@ struct HandlerKeys {
     given: Vec<(&'static str, Option<std::ops::Range<usize>>)>,
 }
 
-fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&str]) -> Option<JobKind> {
+/// Which retry and timeout keys a kind set itself (the rest come from its queue).
+#[derive(Default)]
+struct Explicit {
+    attempts: bool,
+    backoff: bool,
+    max_backoff: bool,
+    timeout: bool,
+}
+
+fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&str]) -> Option<(JobKind, Explicit)> {
     let base = format!("jobs.{}", entry.key);
     if !is_identifier(entry.key) || entry.key.starts_with("keel") {
         reader.problem(
@@ -213,6 +230,7 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
         cron: None,
     };
     let mut handler_name = None;
+    let mut explicit = Explicit::default();
     let mut keys = HandlerKeys::default();
     let mut schedule = None;
     let mut catch_up = false;
@@ -224,10 +242,19 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
         match item.key {
             "queue" => kind.queue = text(reader).unwrap_or_default(),
             "handler" => handler_name = text(reader).map(|h| (h, item.span())),
-            "attempts" => kind.attempts = int_in(reader, &item, &path, 1, 100).unwrap_or(1) as u32,
-            "backoff" => kind.backoff_ms = duration_ms(reader, &item, &path).unwrap_or(kind.backoff_ms),
-            "max_backoff" => kind.max_backoff_ms = duration_ms(reader, &item, &path).unwrap_or(kind.max_backoff_ms),
-            "timeout" => match duration_ms(reader, &item, &path) {
+            "attempts" => {
+                explicit.attempts = true;
+                kind.attempts = int_in(reader, &item, &path, 1, 100).unwrap_or(1) as u32;
+            }
+            "backoff" => {
+                explicit.backoff = true;
+                kind.backoff_ms = duration_ms(reader, &item, &path).unwrap_or(kind.backoff_ms);
+            }
+            "max_backoff" => {
+                explicit.max_backoff = true;
+                kind.max_backoff_ms = duration_ms(reader, &item, &path).unwrap_or(kind.max_backoff_ms);
+            }
+            "timeout" => match duration_ms(reader, &item, &path).inspect(|_| explicit.timeout = true) {
                 Some(ms) if ms >= 10 => kind.timeout_ms = ms,
                 Some(_) => reader.problem(item.span(), &path, "at least 10ms"),
                 None => {}
@@ -438,7 +465,7 @@ fn kind(reader: &mut Reader, entry: &Entry, roles: &[String], collections: &[&st
             }
         }
     };
-    ok.then_some(kind)
+    ok.then_some((kind, explicit))
 }
 
 fn toml_value(node: super::NodeRef) -> Option<serde_json::Value> {
@@ -473,7 +500,21 @@ pub(super) fn jobs(
         }
     }
     for entry in job_entries {
-        if let Some(kind) = kind(reader, entry, roles, collections) {
+        if let Some((mut kind, explicit)) = kind(reader, entry, roles, collections) {
+            if let Some(defaults) = spec.queue(&kind.queue).map(|q| q.defaults.clone()) {
+                if !explicit.attempts {
+                    kind.attempts = defaults.attempts.unwrap_or(kind.attempts);
+                }
+                if !explicit.backoff {
+                    kind.backoff_ms = defaults.backoff_ms.unwrap_or(kind.backoff_ms);
+                }
+                if !explicit.max_backoff {
+                    kind.max_backoff_ms = defaults.max_backoff_ms.unwrap_or(kind.max_backoff_ms);
+                }
+                if !explicit.timeout {
+                    kind.timeout_ms = defaults.timeout_ms.unwrap_or(kind.timeout_ms);
+                }
+            }
             if kind.queue != "default" && spec.queue(&kind.queue).is_none() {
                 reader.problem(
                     entry.key_span.clone(),
