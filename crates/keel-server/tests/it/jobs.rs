@@ -82,6 +82,13 @@ enqueue_role = "member"
 [queues.tiny]
 keep_completed = 1
 
+[queues.narrow]
+concurrency = 1
+
+[jobs.slowpoke]
+queue = "narrow"
+enqueue_role = "member"
+
 [jobs.small]
 queue = "tiny"
 enqueue_role = "member"
@@ -629,7 +636,44 @@ async fn the_cleanup_job_applies_each_queues_retention(backend: Backend) {
     app.state.jobs.shutdown().await;
 }
 
+async fn saturated_workers_leave_enqueue_answering_and_show_the_backlog(backend: Backend) {
+    let (app, _dir) = spawn(backend).await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    app.state.jobs.register(
+        "slowpoke",
+        Arc::new(move |_context| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.acquire().await.expect("open").forget();
+                Ok(None)
+            })
+        }),
+    );
+    app.state.jobs.start();
+    let (owner_id, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    app.make_superuser(&owner_id).await;
+    let mut ids = vec![];
+    for _ in 0..40 {
+        ids.push(enqueue(&app, &owner, "acme", json!({"kind": "slowpoke"})).await);
+    }
+    app.wait_job(ids[0], JobState::Running, 5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let narrow = jobs_in(&app, &owner, "narrow").await;
+    assert_eq!(narrow["depth"]["running"], 1, "{narrow}");
+    assert_eq!(narrow["depth"]["available"], 39, "{narrow}");
+    assert!(narrow["oldest_available_seconds"].as_f64().unwrap() > 0.05, "{narrow}");
+    assert_eq!(narrow["running_here"], 1);
+    release.add_permits(40);
+    for id in ids {
+        app.wait_job(id, JobState::Completed, 10).await;
+    }
+    app.state.jobs.shutdown().await;
+}
+
 both!(
+    saturated_workers_leave_enqueue_answering_and_show_the_backlog,
     commands_are_held_to_their_memory_and_cpu_limits,
     the_cleanup_job_applies_each_queues_retention,
     two_instances_run_each_cron_tick_once,
