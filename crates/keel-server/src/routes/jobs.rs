@@ -498,6 +498,15 @@ pub struct ClaimBody {
     lease_ms: Option<u64>,
 }
 
+/// The lease a worker asked for (default `jobs.lease_seconds`), between 1 s and an hour.
+fn requested_lease(state: &AppState, lease_ms: Option<u64>) -> Duration {
+    Duration::from_millis(
+        lease_ms
+            .unwrap_or(state.config.jobs.lease_seconds * 1000)
+            .clamp(1_000, 3_600_000),
+    )
+}
+
 /// `POST /workers/claim`: up to `limit` jobs of a queue the key may serve, each with its
 /// attempt (the fencing token to send back) and lease expiry.
 pub async fn worker_claim(
@@ -520,11 +529,7 @@ pub async fn worker_claim(
     }
     let max_wait = state.config.jobs.max_claim_wait_ms;
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(0).min(max_wait));
-    let lease = Duration::from_millis(
-        body.lease_ms
-            .unwrap_or(state.config.jobs.lease_seconds * 1000)
-            .clamp(1_000, 3_600_000),
-    );
+    let lease = requested_lease(&state, body.lease_ms);
     let owner = format!("external:{}:{}", key.name, body.worker);
     let claim = ClaimParams {
         queue: &body.queue,
@@ -604,11 +609,7 @@ pub async fn worker_settle(
     let lost = || ApiError::new("lease_lost", "this worker no longer holds the job's lease");
     match action.as_str() {
         "heartbeat" => {
-            let lease = Duration::from_millis(
-                body.lease_ms
-                    .unwrap_or(state.config.jobs.lease_seconds * 1000)
-                    .clamp(1_000, 3_600_000),
-            );
+            let lease = requested_lease(&state, body.lease_ms);
             if jobs::job_heartbeat(&state.db, &[(id, body.attempt)], lease)
                 .await?
                 .is_empty()
