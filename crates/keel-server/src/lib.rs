@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             get(records::org_list).post(records::org_create),
         )
         .route("/orgs/{org}/{collection}/aggregate", get(records::org_aggregate))
+        .route("/orgs/{org}/{collection}/export", get(records::org_export))
         .route(
             "/orgs/{org}/{collection}/{id}",
             get(records::org_get)
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             get(records::global_list).post(records::global_create),
         )
         .route("/global/{collection}/aggregate", get(records::global_aggregate))
+        .route("/global/{collection}/export", get(records::global_export))
         .route(
             "/global/{collection}/{id}",
             get(records::global_get)

@@ -304,6 +304,31 @@ pub fn document(app: &App) -> Value {
             format!("{base}/aggregate"),
             json!({ "get": { "operationId": format!("aggregate_{name}"), "tags": [name], "parameters": aggregate_params, "responses": aggregate_responses } }),
         );
+        let mut export_params = base_params.clone();
+        export_params.push(query_parameter(
+            "format",
+            "csv (default) or ndjson",
+            json!({ "type": "string", "enum": ["csv", "ndjson"] }),
+        ));
+        for (param, description) in [
+            ("filter", "a filter expression"),
+            ("sort", "sort keys"),
+            ("fields", "the fields to export"),
+            ("q", "full-text search"),
+        ] {
+            export_params.push(query_parameter(param, description, json!({ "type": "string" })));
+        }
+        let mut export_responses = error_responses(&[400, 401, 403, 404, 503]);
+        export_responses.insert(
+            "200".into(),
+            json!({ "description": "every matching record, streamed", "content": {
+                "text/csv": { "schema": { "type": "string" } },
+                "application/x-ndjson": { "schema": { "type": "string" } } } }),
+        );
+        paths.insert(
+            format!("{base}/export"),
+            json!({ "get": { "operationId": format!("export_{name}"), "tags": [name], "parameters": export_params, "responses": export_responses } }),
+        );
     }
     system_paths(&mut paths, &mut schemas, app);
     json!({

@@ -210,7 +210,7 @@ fn check_expand(collection: &Collection, names: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
-fn ensure_allowed(builder: &Builder, action: Action) -> ApiResult<()> {
+pub(crate) fn ensure_allowed(builder: &Builder, action: Action) -> ApiResult<()> {
     if builder.rule(action) == Frag::Const(false) {
         return Err(ApiError::forbidden());
     }
@@ -218,7 +218,7 @@ fn ensure_allowed(builder: &Builder, action: Action) -> ApiResult<()> {
 }
 
 /// Parses the list parameters shared by lists and counts.
-fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<ListSpec> {
+pub(crate) fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<ListSpec> {
     let collection = target.collection;
     let filter = match params.get("filter").map(str::trim).filter(|f| !f.is_empty()) {
         Some(text) => Some(check_expr(&state.schema.app, collection, text, Mode::Filter)?),
@@ -549,6 +549,24 @@ pub async fn aggregate(
 }
 
 // Axum handlers: thin adapters from paths to the functions above.
+
+pub async fn org_export(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
+    crate::routes::export::export(&state, &p, Some(&org), &name, params).await
+}
+
+pub async fn global_export(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
+    crate::routes::export::export(&state, &p, None, &name, params).await
+}
 
 pub async fn org_list(
     State(state): State<AppState>,

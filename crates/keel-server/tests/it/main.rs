@@ -4,6 +4,7 @@ mod auth;
 mod docs;
 mod errors;
 mod explain;
+mod export;
 mod hostile;
 mod jobs;
 mod jobs_handlers;
