@@ -101,6 +101,25 @@ enum Command {
         #[command(subcommand)]
         action: jobs_cli::JobsAction,
     },
+    /// Stream a collection (filtered like a list) as CSV or NDJSON to standard output.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        collection: String,
+        /// The org (slug); omit for a global collection.
+        #[arg(long)]
+        org: Option<String>,
+        /// csv or ndjson.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long)]
+        sort: Option<String>,
+        /// Comma-separated fields.
+        #[arg(long)]
+        fields: Option<String>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -310,6 +329,36 @@ async fn main() -> Result<()> {
             let result = jobs_cli::run(&db, &schema, action).await;
             db.close().await;
             result
+        }
+        Command::Export {
+            common,
+            collection,
+            org,
+            format,
+            filter,
+            sort,
+            fields,
+        } => {
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            let state = keel_server::state(config, schema, db);
+            let mut params = vec![("format".to_string(), format)];
+            for (key, value) in [("filter", filter), ("sort", sort), ("fields", fields)] {
+                if let Some(value) = value {
+                    params.push((key.to_string(), value));
+                }
+            }
+            let result = keel_server::routes::export::export_to(
+                &state,
+                org.as_deref(),
+                &collection,
+                params,
+                tokio::io::stdout(),
+            )
+            .await;
+            state.db.close().await;
+            result.map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))
         }
         Command::Users { action } => match action {
             UsersAction::Create {

@@ -229,6 +229,47 @@ fn demo_generates_and_reuses_data() {
     assert!(stdout.contains("admin@demo.keel"), "{stdout}");
     let second = run();
     assert!(String::from_utf8_lossy(&second.stderr).contains("reusing"));
+    // `keel export` streams the demo's tasks (B5), filtered like a list.
+    let export = keel()
+        .args([
+            "export",
+            "tasks",
+            "--org",
+            "org-001",
+            "--format",
+            "ndjson",
+            "--filter",
+            "status = 'done'",
+            "--spec",
+        ])
+        .arg(data.join("keel.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|task| task["status"] == "done"));
+    let csv = keel()
+        .args([
+            "export",
+            "tasks",
+            "--org",
+            "org-001",
+            "--fields",
+            "title,status",
+            "--spec",
+        ])
+        .arg(data.join("keel.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&csv.stdout).starts_with("id,title,status\n"));
     let unknown = keel().args(["demo", "nope", "--no-serve"]).output().unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("fleet-compliance"));

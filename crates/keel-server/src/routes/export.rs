@@ -140,6 +140,39 @@ async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Erro
     Some((Ok(chunk), cursor))
 }
 
+/// The export for `keel export`: as the superuser, written to `out`.
+pub async fn export_to(
+    state: &AppState,
+    org: Option<&str>,
+    name: &str,
+    params: Vec<(String, String)>,
+    mut out: impl tokio::io::AsyncWrite + Unpin,
+) -> ApiResult<()> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let operator = Principal::User {
+        user: keel_store::system::User {
+            id: uuid::Uuid::nil(),
+            email: "keel-cli".into(),
+            name: None,
+            superuser: true,
+            created_at: chrono::Utc::now(),
+        },
+        session: uuid::Uuid::nil(),
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(24),
+    };
+    let response = export(state, &operator, org, name, Params(params.into_iter().collect())).await?;
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ApiError::internal)?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).await.map_err(ApiError::internal)?;
+        }
+    }
+    out.flush().await.map_err(ApiError::internal)?;
+    Ok(())
+}
+
 pub async fn export(
     state: &AppState,
     principal: &Principal,
