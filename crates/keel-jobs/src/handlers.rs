@@ -59,9 +59,11 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
 }
 
 /// What templates see: the payload, the job, the org, and the user who enqueued the job
-/// (`user.email`, `user.name`; empty for jobs no user enqueued).
-pub async fn template_root(context: &JobContext) -> Result<Value, JobFailure> {
-    let user = match context.created_by {
+/// (`user.email`, `user.name`; empty for jobs no user enqueued). The user is read only when
+/// one of `templates` names it.
+pub async fn template_root(context: &JobContext, templates: &[&str]) -> Result<Value, JobFailure> {
+    let wants_user = templates.iter().any(|t| t.contains("user."));
+    let user = match context.created_by.filter(|_| wants_user) {
         Some(id) => keel_store::system::user_by_id(&context.db, id)
             .await
             .map_err(|e| JobFailure::retry(format!("reading the job's user failed: {e}")))?

@@ -214,12 +214,15 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn new(db: Arc<Db>, schema: Arc<Schema>, config: JobsConfig) -> Arc<Jobs> {
-        Jobs::with_observer(db, schema, config, Arc::new(NoObserver))
+        let patterns = Arc::new(keel_query::Patterns::new(&schema.app.collections));
+        Jobs::with_observer(db, schema, patterns, config, Arc::new(NoObserver))
     }
 
+    /// `patterns` are the schema's compiled field patterns (the server shares its own).
     pub fn with_observer(
         db: Arc<Db>,
         schema: Arc<Schema>,
+        patterns: Arc<keel_query::Patterns>,
         config: JobsConfig,
         observer: Arc<dyn Observer>,
     ) -> Arc<Jobs> {
@@ -237,7 +240,6 @@ impl Jobs {
             std::process::id(),
             &Uuid::new_v4().simple().to_string()[..8]
         );
-        let patterns = Arc::new(keel_query::Patterns::new(&schema.app.collections));
         Arc::new(Jobs {
             db,
             schema,

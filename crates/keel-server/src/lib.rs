@@ -261,11 +261,18 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let metrics = Arc::new(Metrics::new());
     let db = Arc::new(db);
     let schema = Arc::new(schema);
-    let jobs = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), config.jobs(), metrics.clone());
+    let patterns = Arc::new(Patterns::new(&schema.app.collections));
+    let jobs = keel_jobs::Jobs::with_observer(
+        db.clone(),
+        schema.clone(),
+        patterns.clone(),
+        config.jobs(),
+        metrics.clone(),
+    );
     AppState {
         inner: Arc::new(state::Inner {
             dummy_password_hash,
-            patterns: Patterns::new(&schema.app.collections),
+            patterns,
             schema,
             db,
             jobs,

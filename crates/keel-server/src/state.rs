@@ -17,7 +17,7 @@ pub struct AppState {
 
 pub struct Inner {
     pub schema: Arc<Schema>,
-    pub patterns: Patterns,
+    pub patterns: Arc<Patterns>,
     pub db: Arc<Db>,
     /// The job runtime (started by `App::run_until`, or by tests).
     pub jobs: Arc<keel_jobs::Jobs>,

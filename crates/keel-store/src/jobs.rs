@@ -523,6 +523,19 @@ pub async fn job_notify<'a>(tx: &mut Tx, queues: impl Iterator<Item = &'a str>) 
     Ok(())
 }
 
+/// Wakes the workers of `queue` (`*`: every queue) on every instance now, outside any
+/// transaction (PostgreSQL; SQLite has one process, woken by the caller).
+async fn notify_now(db: &Db, queue: &str) -> Result<(), StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        let sql = db.portable(
+            &format!("SELECT 1 FROM pg_notify({NOTIFY_CHANNEL_SQL}, $1)"),
+            vec![SqlValue::Text(queue.to_string())],
+        );
+        db.write(&sql).await?;
+    }
+    Ok(())
+}
+
 /// How to claim: which queue, for whom, how many, and the queue's limits.
 #[derive(Debug, Clone)]
 pub struct ClaimParams<'a> {
@@ -1009,15 +1022,14 @@ pub async fn job_retry(db: &Db, id: i64, extra_attempts: i32) -> Result<Option<J
         "UPDATE keel_jobs SET state = 'available', run_at = {now}, finished_at = NULL, max_attempts = attempt + {extra} \
          WHERE id = {id_param} AND state IN ('dead', 'cancelled', 'retryable', 'scheduled') RETURNING id"
     );
-    let changed = !db.write(&params.sql(dialect, &text)).await?.is_empty();
-    if changed && dialect == Dialect::Postgres {
-        let mut tx = db.begin().await?;
-        let job = job_get(db, id).await?;
-        job_notify(&mut tx, job.iter().map(|j| j.queue.as_str())).await?;
-        tx.commit().await?;
-        return Ok(job);
+    if db.write(&params.sql(dialect, &text)).await?.is_empty() {
+        return Ok(None);
     }
-    if changed { job_get(db, id).await } else { Ok(None) }
+    let job = job_get(db, id).await?;
+    if let Some(job) = &job {
+        notify_now(db, &job.queue).await?;
+    }
+    Ok(job)
 }
 
 /// Cancels a job that has not finished. A running job's worker loses its lease: its
@@ -1121,10 +1133,8 @@ pub async fn queue_pause(db: &Db, queue: &str, paused: bool) -> Result<(), Store
         vec![SqlValue::Text(queue.to_string()), value],
     );
     db.write(&sql).await?;
-    if !paused && dialect == Dialect::Postgres {
-        let mut tx = db.begin().await?;
-        job_notify(&mut tx, std::iter::once(queue)).await?;
-        tx.commit().await?;
+    if !paused {
+        notify_now(db, queue).await?;
     }
     Ok(())
 }
@@ -1282,12 +1292,9 @@ pub async fn job_release_many(db: &Db, held: &[(i64, i32)]) -> Result<Vec<i64>, 
         }
     };
     let rows = db.write(&params.sql(dialect, &text)).await?;
-    if dialect == Dialect::Postgres && !rows.is_empty() {
+    if !rows.is_empty() {
         // Another instance may be idle: wake every queue's workers.
-        let mut tx = db.begin().await?;
-        let sql = tx.portable(&format!("SELECT 1 FROM pg_notify({NOTIFY_CHANNEL_SQL}, '*')"), vec![]);
-        tx.execute(&sql).await?;
-        tx.commit().await?;
+        notify_now(db, "*").await?;
     }
     Ok(rows.iter().filter_map(|row| row[0].int()).collect())
 }

@@ -722,9 +722,32 @@ pub async fn current(db: &Db) -> Result<(i64, Option<App>), StoreError> {
     recorded(db.query_one(&latest_migration(db.dialect())).await?)
 }
 
-/// The recorded state, read inside a transaction (so a pool of one connection can migrate).
-async fn recorded_in(tx: &mut Tx) -> Result<Recorded, StoreError> {
-    let found = tx.query_one(&tables_exist(tx.dialect())).await?;
+/// Where the recorded state is read: the database (planning), or a migration's own
+/// transaction (so a pool of one connection can migrate, and the plan is made under the lock).
+enum Source<'a> {
+    Db(&'a Db),
+    Tx(&'a mut Tx),
+}
+
+impl Source<'_> {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Source::Db(db) => db.dialect(),
+            Source::Tx(tx) => tx.dialect(),
+        }
+    }
+
+    async fn query_one(&mut self, sql: &keel_query::Sql) -> Result<Option<crate::Row>, StoreError> {
+        match self {
+            Source::Db(db) => Ok(db.query_primary(sql).await?.into_iter().next()),
+            Source::Tx(tx) => tx.query_one(sql).await,
+        }
+    }
+}
+
+async fn recorded_from(mut source: Source<'_>) -> Result<Recorded, StoreError> {
+    let dialect = source.dialect();
+    let found = source.query_one(&tables_exist(dialect)).await?;
     let (migrations, system) = found
         .map(|row| (row[0].int().unwrap_or(0), row[1].int().unwrap_or(0)))
         .unwrap_or((0, 0));
@@ -735,22 +758,15 @@ async fn recorded_in(tx: &mut Tx) -> Result<Recorded, StoreError> {
             system: 0,
         });
     }
-    let (version, app) = recorded(tx.query_one(&latest_migration(tx.dialect())).await?)?;
+    let (version, app) = recorded(source.query_one(&latest_migration(dialect)).await?)?;
     let system = if system == 0 {
         1
     } else {
-        let row = tx
-            .query_one(&tx.portable("SELECT version FROM keel_system WHERE id = 1", vec![]))
-            .await?;
+        let sql = crate::db::portable(dialect, "SELECT version FROM keel_system WHERE id = 1", vec![]);
+        let row = source.query_one(&sql).await?;
         row.and_then(|row| row[0].int()).unwrap_or(1)
     };
     Ok(Recorded { version, app, system })
-}
-
-/// The recorded state, read in a transaction of its own that writes nothing.
-async fn recorded_now(db: &Db) -> Result<Recorded, StoreError> {
-    let mut tx = db.begin().await?;
-    recorded_in(&mut tx).await
 }
 
 /// Whether `keel_migrations` and `keel_system` exist (1 or 0 each).
@@ -804,7 +820,7 @@ fn plan_from(dialect: Dialect, recorded: Recorded, next: &Schema) -> Result<Plan
 
 /// Plans the migration from the database's recorded state to `next`.
 pub async fn plan_for(db: &Db, next: &Schema) -> Result<Plan, MigrateError> {
-    plan_from(db.dialect(), recorded_now(db).await?, next)
+    plan_from(db.dialect(), recorded_from(Source::Db(db)).await?, next)
 }
 
 /// Applies the plan in one transaction and records it. Concurrent instances serialise on
@@ -846,7 +862,7 @@ async fn apply_in_transaction(db: &Db, next: &Schema, allow_destructive: bool) -
             .await?;
     }
     // Re-plan under the lock, inside the transaction: another instance may have migrated meanwhile.
-    let plan = plan_from(tx.dialect(), recorded_in(&mut tx).await?, next)?;
+    let plan = plan_from(tx.dialect(), recorded_from(Source::Tx(&mut tx)).await?, next)?;
     if plan.is_empty() {
         return Ok(plan);
     }

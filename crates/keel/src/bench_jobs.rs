@@ -177,7 +177,8 @@ pub async fn run(args: JobsArgs) -> Result<()> {
             last_finish: AtomicU64::new(0),
             finished: AtomicU64::new(0),
         });
-        let runtime = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), config(), clock.clone());
+        let patterns = Arc::new(keel_query::Patterns::new(&schema.app.collections));
+        let runtime = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), patterns, config(), clock.clone());
         runtime.start();
         let deadline = Instant::now() + Duration::from_secs(600);
         while clock.finished.load(Ordering::SeqCst) < args.jobs as u64 {

@@ -25,7 +25,7 @@ pub async fn run(
         .smtp
         .as_ref()
         .ok_or_else(|| JobFailure::retry("no SMTP server is configured (set smtp.host)"))?;
-    let root = template_root(context).await?;
+    let root = template_root(context, &[to, subject, text, html.unwrap_or_default()]).await?;
     let from: Mailbox = smtp
         .from
         .parse()

@@ -37,7 +37,9 @@ fn header_value(template: &str, root: &Value) -> Result<String, JobFailure> {
 }
 
 pub async fn run(context: &JobContext, request: Request<'_>) -> Result<Option<Value>, JobFailure> {
-    let root = template_root(context).await?;
+    let mut templates = vec![request.url, request.body.unwrap_or_default()];
+    templates.extend(request.headers.iter().map(|(_, value)| value.as_str()));
+    let root = template_root(context, &templates).await?;
     let url = render(request.url, &root, false);
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| JobFailure::permanent(format!("unknown method {}", request.method)))?;
