@@ -34,6 +34,7 @@ pub fn column_type(collection: &Collection, name: &str) -> Option<ColumnType> {
         "created_at" => return Some(ColumnType::Datetime),
         "updated_at" if !collection.system => return Some(ColumnType::Datetime),
         "version" if !collection.system => return Some(ColumnType::Integer),
+        "batch" if !collection.system => return Some(ColumnType::Id),
         _ => {}
     }
     let field = collection.field(name)?;

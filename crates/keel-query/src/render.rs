@@ -81,6 +81,7 @@ pub fn record_columns(collection: &Collection) -> Vec<(String, ColumnType)> {
     if !collection.system {
         columns.push(("updated_at".to_string(), ColumnType::Datetime));
         columns.push(("version".to_string(), ColumnType::Integer));
+        columns.push(("batch".to_string(), ColumnType::Id));
     }
     for field in &collection.fields {
         let ty = column_type(collection, &field.name).expect("declared field has a type");

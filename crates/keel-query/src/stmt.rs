@@ -428,6 +428,65 @@ impl<'a> Builder<'a> {
         sql
     }
 
+    /// The records among `ids` that are in scope and pass the rule of `action`: each row is
+    /// the id then the record's JSON (a bulk write's rule check and trigger payloads).
+    pub fn by_ids(&self, ids: &[Uuid], action: Action) -> Sql {
+        let table = self.table();
+        let mut sql = Sql::new(self.dialect);
+        sql.push("SELECT ")
+            .push(&column_json(self.dialect, &table, "id", ColumnType::Id))
+            .push(", ");
+        sql.push(&json_object(
+            self.dialect,
+            &record_pairs(self.dialect, self.collection, &table, None),
+        ));
+        self.from(&mut sql);
+        let mut listed = Sql::new(self.dialect);
+        listed.push(&table).push(".\"id\" IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                listed.push(", ");
+            }
+            listed.bind(SqlValue::Uuid(*id));
+        }
+        listed.push(")");
+        self.where_clause(&mut sql, self.rule(action), vec![listed]);
+        sql
+    }
+
+    /// One chunk of a bulk delete: at most `limit` records in scope that the delete rule lets
+    /// the caller touch and that match `filter` and `batch`. Returns each deleted record's
+    /// JSON when `records` (for triggers), else its id.
+    pub fn delete_chunk(&self, filter: Option<&TExpr>, batch: Option<Uuid>, limit: u32, records: bool) -> Sql {
+        let table = self.table();
+        let mut chosen = Sql::new(self.dialect);
+        chosen.push("SELECT ").push(&table).push(".\"id\"");
+        self.from(&mut chosen);
+        let mut extra = self.filter_and_search(filter, None);
+        if let Some(batch) = batch {
+            let mut condition = Sql::new(self.dialect);
+            condition.push(&table).push(".\"batch\" = ").bind(SqlValue::Uuid(batch));
+            extra.push(condition);
+        }
+        self.where_clause(&mut chosen, self.rule(Action::Delete), extra);
+        chosen.push(" LIMIT ").push(&limit.to_string());
+        let mut sql = Sql::new(self.dialect);
+        sql.push("DELETE FROM ").push(&table).push(" WHERE ");
+        sql.push(&table)
+            .push(".\"id\" IN (")
+            .append(&chosen)
+            .push(") RETURNING ");
+        if records {
+            sql.push(&json_object(
+                self.dialect,
+                &record_pairs(self.dialect, self.collection, &table, None),
+            ));
+        } else {
+            sql.push(&column_json(self.dialect, &table, "id", ColumnType::Id));
+        }
+        sql
+    }
+
     pub fn delete(&self, id: Uuid) -> Sql {
         let table = self.table();
         let mut sql = Sql::new(self.dialect);

@@ -165,6 +165,14 @@ pub struct LimitsSection {
     pub estimate_count_cap: u64,
     pub max_expand: usize,
     pub max_aggregate_groups: u32,
+    /// The largest file an import accepts, in bytes.
+    pub import_max_bytes: u64,
+    /// The longest row (CSV record or NDJSON line) an import reads; longer rows are rejected.
+    pub import_max_row_bytes: usize,
+    /// Rejected rows an import report lists (all are counted).
+    pub import_max_errors: usize,
+    /// Records deleted per statement by a bulk delete.
+    pub bulk_delete_chunk: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,6 +273,10 @@ impl Default for LimitsSection {
             estimate_count_cap: 100_000,
             max_expand: 8,
             max_aggregate_groups: 1_000,
+            import_max_bytes: 1 << 30,
+            import_max_row_bytes: 1 << 20,
+            import_max_errors: 1_000,
+            bulk_delete_chunk: 20_000,
         }
     }
 }

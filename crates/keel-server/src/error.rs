@@ -126,7 +126,21 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "`If-Match` does not match the record's current version; `details.current_version` has it.",
     ),
     ("payload_too_large", 413, "The body exceeds the configured limit."),
-    ("unsupported_media_type", 415, "The body must be `application/json`."),
+    (
+        "unsupported_media_type",
+        415,
+        "The body's `Content-Type` is not one the route accepts: `application/json`, or `text/csv` / `application/x-ndjson` for imports.",
+    ),
+    (
+        "invalid_import",
+        400,
+        "The import cannot start: an empty file, a header column that is not a field, two columns for one field, a missing required field, or a mapping to no field; `details` names them.",
+    ),
+    (
+        "import_rejected",
+        422,
+        "An all-or-nothing import found invalid rows and wrote nothing; `details` is the import report, with the row, line, column and reason of each.",
+    ),
     (
         "database_busy",
         503,

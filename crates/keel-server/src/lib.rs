@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -33,7 +34,7 @@ pub fn load_schema(source: &str) -> Result<Schema, Vec<String>> {
 
 /// Builds the router for a state.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, jobs, ops, orgs, records};
+    use routes::{auth, bulk, jobs, ops, orgs, records};
     let api = Router::new()
         .route("/auth/signup", post(auth::signup))
         .route("/auth/login", post(auth::login))
@@ -69,7 +70,14 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/jobs/{id}/{action}", post(jobs::worker_settle))
         .route(
             "/orgs/{org}/{collection}",
-            get(records::org_list).post(records::org_create),
+            get(records::org_list)
+                .post(records::org_create)
+                .delete(bulk::org_delete_many),
+        )
+        .route("/orgs/{org}/{collection}/import", post(bulk::org_import))
+        .route(
+            "/orgs/{org}/{collection}/batches/{batch}",
+            axum::routing::delete(bulk::org_delete_batch),
         )
         .route("/orgs/{org}/{collection}/aggregate", get(records::org_aggregate))
         .route("/orgs/{org}/{collection}/export", get(records::org_export))
@@ -81,7 +89,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/global/{collection}",
-            get(records::global_list).post(records::global_create),
+            get(records::global_list)
+                .post(records::global_create)
+                .delete(bulk::global_delete_many),
+        )
+        .route("/global/{collection}/import", post(bulk::global_import))
+        .route(
+            "/global/{collection}/batches/{batch}",
+            axum::routing::delete(bulk::global_delete_batch),
         )
         .route("/global/{collection}/aggregate", get(records::global_aggregate))
         .route("/global/{collection}/export", get(records::global_export))

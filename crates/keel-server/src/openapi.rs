@@ -65,8 +65,13 @@ fn record_schema(collection: &Collection) -> Value {
     if !collection.system {
         properties.insert("updated_at".into(), json!({ "type": "string", "format": "date-time" }));
         properties.insert("version".into(), json!({ "type": "integer", "minimum": 1 }));
+        properties.insert(
+            "batch".into(),
+            nullable(json!({ "type": "string", "format": "uuid" }), false),
+        );
         required.push("updated_at");
         required.push("version");
+        required.push("batch");
     }
     for field in &collection.fields {
         let mut schema = nullable(field_schema(&field.kind), field.required);

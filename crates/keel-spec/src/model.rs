@@ -222,6 +222,10 @@ pub struct Field {
     pub unique: bool,
     pub description: Option<String>,
     pub demo: Option<String>,
+    /// For a relation: the unique field of the target that an import may give instead of
+    /// the id (`lookup = "name"`). Users are always looked up by email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,7 +397,7 @@ impl Rules {
 }
 
 /// The system fields every record has, with their types.
-pub const SYSTEM_FIELDS: [&str; 5] = ["id", "org", "created_at", "updated_at", "version"];
+pub const SYSTEM_FIELDS: [&str; 6] = ["id", "org", "created_at", "updated_at", "version", "batch"];
 
 impl App {
     pub fn collection(&self, name: &str) -> Option<&Collection> {
@@ -428,6 +432,7 @@ pub fn activity_collection(roles: &[String]) -> Collection {
         unique: false,
         description: None,
         demo: None,
+        lookup: None,
     };
     let index = |name: &str, fields: &[&str]| Index {
         name: format!("keel_activity_ix_{name}"),

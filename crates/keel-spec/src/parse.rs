@@ -619,7 +619,7 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         "text" => &["min", "max", "pattern", "search"],
         "integer" | "number" => &["min", "max"],
         "select" => &["values"],
-        "relation" => &["to", "on_delete"],
+        "relation" => &["to", "on_delete", "lookup"],
         "bool" | "date" | "datetime" | "json" => &[],
         other => {
             let type_entry = items.iter().find(|e| e.key == "type").expect("type exists");
@@ -638,6 +638,7 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
     let mut values = vec![];
     let mut to = None;
     let mut on_delete = OnDelete::Restrict;
+    let mut lookup = None;
     for item in &items {
         let item_path = format!("{path}.{}", item.key);
         if !common.contains(&item.key) && !extra.contains(&item.key) {
@@ -738,6 +739,7 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                     reader.problem(item.span(), &item_path, "list at least one value");
                 }
             }
+            "lookup" => lookup = string(reader, item, &item_path).map(str::to_string),
             "to" => {
                 if let Some(target) = string(reader, item, &item_path) {
                     if target == "users" {
@@ -857,6 +859,7 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         unique,
         description,
         demo,
+        lookup,
     })
 }
 
@@ -1074,6 +1077,32 @@ fn check_relations(reader: &mut Reader, collections: &[Collection], entries: &[E
             .find(|e| e.key == collection.name)
             .and_then(|e| e.key_span.clone());
         for field in &collection.fields {
+            if let Some(lookup) = &field.lookup {
+                let usable = match &field.kind {
+                    FieldKind::Relation {
+                        to: RelationTarget::Collection(target),
+                        ..
+                    } => collections
+                        .iter()
+                        .find(|c| &c.name == target)
+                        .and_then(|c| c.field(lookup))
+                        .is_some_and(|f| {
+                            f.unique
+                                && matches!(
+                                    f.kind,
+                                    FieldKind::Text { .. } | FieldKind::Select { .. } | FieldKind::Integer { .. }
+                                )
+                        }),
+                    _ => false,
+                };
+                if !usable {
+                    reader.problem(
+                        span.clone(),
+                        &format!("collections.{}.fields.{}.lookup", collection.name, field.name),
+                        format!("'{lookup}' must be a unique text or integer field of the related collection (users are looked up by email)"),
+                    );
+                }
+            }
             if let FieldKind::Relation {
                 to: RelationTarget::Collection(target),
                 ..

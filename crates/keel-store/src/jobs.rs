@@ -466,7 +466,18 @@ pub async fn job_enqueue(db: &Db, job: &NewJob) -> Result<Enqueued, StoreError> 
 /// Enqueues many jobs in one statement per chunk (bulk enqueue). Jobs whose unique key is
 /// taken are skipped. Returns how many were inserted.
 pub async fn job_insert_many(db: &Db, jobs: &[NewJob]) -> Result<u64, StoreError> {
-    let dialect = db.dialect();
+    let mut inserted = 0;
+    for chunk in jobs.chunks(5_000) {
+        let mut tx = db.begin().await?;
+        inserted += job_insert_many_tx(&mut tx, chunk).await?;
+        tx.commit().await?;
+    }
+    Ok(inserted)
+}
+
+/// Enqueues many jobs inside `tx` (they run once it commits), e.g. the triggers of an import.
+pub async fn job_insert_many_tx(tx: &mut Tx, jobs: &[NewJob]) -> Result<u64, StoreError> {
+    let dialect = tx.dialect();
     let mut inserted = 0;
     for chunk in jobs.chunks(5_000) {
         let rows = serde_json::to_value(chunk).map_err(|e| StoreError::Other(e.to_string()))?;
@@ -496,10 +507,8 @@ pub async fn job_insert_many(db: &Db, jobs: &[NewJob]) -> Result<u64, StoreError
                 )
             }
         };
-        let mut tx = db.begin().await?;
         inserted += tx.execute(&params.sql(dialect, &text)).await?;
-        job_notify(&mut tx, chunk.iter().map(|job| job.queue.as_str())).await?;
-        tx.commit().await?;
+        job_notify(tx, chunk.iter().map(|job| job.queue.as_str())).await?;
     }
     Ok(inserted)
 }

@@ -90,7 +90,7 @@ fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'stati
 }
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 2;
+pub const SYSTEM_VERSION: i64 = 3;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -115,7 +115,37 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
             destructive: false,
         });
     }
+    if from < 3 {
+        steps.push(Step {
+            description: "record system version 3 (import batches)".into(),
+            statements: vec!["UPDATE keel_system SET version = 3 WHERE id = 1".to_string()],
+            destructive: false,
+        });
+    }
     steps
+}
+
+/// The `batch` column (system version 3) for a collection created before it existed: the
+/// import that wrote a record, with its index.
+fn add_batch_column(dialect: Dialect, collection: &Collection) -> Vec<String> {
+    let (uuid, ..) = types(dialect);
+    vec![
+        format!("ALTER TABLE {} ADD COLUMN \"batch\" {uuid}", ident(&collection.table())),
+        batch_index(collection).1,
+    ]
+}
+
+/// The partial index on `batch` (listing and deleting one import).
+fn batch_index(collection: &Collection) -> (String, String) {
+    let table = collection.table();
+    let name = format!("{table}_batch");
+    let org_prefix = if collection.global { "" } else { "\"org\", " };
+    let statement = format!(
+        "CREATE INDEX {} ON {} ({org_prefix}\"batch\") WHERE \"batch\" IS NOT NULL",
+        ident(&name),
+        ident(&table)
+    );
+    (name, statement)
 }
 
 /// The system tables every Keel database has (system version 1).
@@ -223,6 +253,7 @@ fn create_table(dialect: Dialect, app: &App, collection: &Collection, table_name
     if !collection.system {
         columns.push(format!("\"updated_at\" {ts} NOT NULL"));
         columns.push(format!("\"version\" {bigint} NOT NULL DEFAULT 1"));
+        columns.push(format!("\"batch\" {uuid}"));
     }
     for field in &collection.fields {
         columns.push(column_definition(dialect, app, field, false));
@@ -278,6 +309,9 @@ fn indexes(dialect: Dialect, schema: &Schema, collection: &Collection) -> Vec<(S
     let quoted = ident(&table);
     let mut out = vec![];
     let org_prefix = if collection.global { "" } else { "\"org\", " };
+    if !collection.system {
+        out.push(batch_index(collection));
+    }
     if !collection.global {
         out.push((
             format!("{table}_org_id"),
@@ -462,6 +496,18 @@ pub fn plan(
     let mut steps = system_steps(dialect, if previous.is_none() { 0 } else { system_version });
     let empty: Vec<Collection> = vec![];
     let old_collections = previous.map(|p| &p.app.collections).unwrap_or(&empty);
+    if system_version < 3 {
+        for old in old_collections
+            .iter()
+            .filter(|c| !c.system && app.collection(&c.name).is_some())
+        {
+            steps.push(Step {
+                description: format!("add the import batch column to {}", old.name),
+                statements: add_batch_column(dialect, old),
+                destructive: false,
+            });
+        }
+    }
     for old in old_collections {
         if app.collection(&old.name).is_none() {
             let mut statements = drop_search(dialect, old);
@@ -616,6 +662,7 @@ pub fn plan(
             if !collection.system {
                 copied.push("\"updated_at\"".into());
                 copied.push("\"version\"".into());
+                copied.push("\"batch\"".into());
             }
             let mut selected = copied.clone();
             for field in &collection.fields {

@@ -269,4 +269,38 @@ impl PgTx {
         self.transaction.commit().await?;
         Ok(())
     }
+
+    /// Runs `COPY … FROM STDIN` with `data` in its text format; returns the rows copied.
+    pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut copy = self.transaction.copy_in_raw(statement).await?;
+        // Half-megabyte messages keep the connection's write buffer small.
+        for chunk in data.chunks(512 * 1024) {
+            if let Err(error) = copy.send(chunk).await {
+                let _ = copy.abort("keel: sending failed").await;
+                return Err(error.into());
+            }
+        }
+        Ok(copy.finish().await?)
+    }
+
+    /// One insert under its own savepoint, so a constraint failure leaves the transaction usable.
+    pub async fn insert_guarded(&mut self, statement: &str, row: &[SqlValue]) -> Result<(), StoreError> {
+        self.execute_script("SAVEPOINT keel_row").await?;
+        let mut query = sqlx::query(AssertSqlSafe(statement.to_string()));
+        for value in row {
+            query = bind(query, value);
+        }
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        match query.execute(&mut *self.transaction).await {
+            Ok(_) => {
+                self.execute_script("RELEASE SAVEPOINT keel_row").await?;
+                Ok(())
+            }
+            Err(error) => {
+                self.execute_script("ROLLBACK TO SAVEPOINT keel_row").await?;
+                Err(error.into())
+            }
+        }
+    }
 }

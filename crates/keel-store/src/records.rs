@@ -133,7 +133,9 @@ async fn check_relations(tx: &mut Tx, builder: &Builder<'_>, relations: &[(Strin
     }
 }
 
-async fn log_activity(
+/// Writes the activity row of a write in its transaction; `count` is how many records a
+/// bulk write touched.
+pub async fn log_activity(
     tx: &mut Tx,
     scope: &WriteScope<'_>,
     record: &str,
@@ -347,4 +349,76 @@ pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// What a bulk delete removes: records matching a filter, one import's batch, or both.
+pub struct Selection<'a> {
+    pub filter: Option<&'a keel_query::TExpr>,
+    /// The filter as given, for the activity entry.
+    pub filter_text: Option<&'a str>,
+    pub batch: Option<Uuid>,
+}
+
+/// Deletes every record of the selection that the delete rule lets the caller touch (B4):
+/// `chunk` records per statement, all in one transaction with one activity entry that counts
+/// them (not one entry per record). Triggers get one job per deleted record.
+pub async fn delete_many(
+    db: &Db,
+    scope: &WriteScope<'_>,
+    selection: &Selection<'_>,
+    chunk: u32,
+) -> Result<u64, RecordError> {
+    let builder = scope.builder;
+    let triggers = &builder.collection.triggers.on_delete;
+    let app = &builder.schema.app;
+    let mut tx = db.begin().await?;
+    let mut deleted: u64 = 0;
+    loop {
+        let sql = builder.delete_chunk(selection.filter, selection.batch, chunk, !triggers.is_empty());
+        let rows = tx.query(&sql).await?;
+        let count = rows.len() as u64;
+        deleted += count;
+        if !triggers.is_empty() {
+            let mut jobs = Vec::with_capacity(rows.len() * triggers.len());
+            for row in rows {
+                let record: Value = row
+                    .into_iter()
+                    .next()
+                    .and_then(|c| c.into_text())
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or(Value::Null);
+                let payload = serde_json::json!({
+                    "collection": builder.collection.name,
+                    "action": "delete",
+                    "id": record.get("id").cloned().unwrap_or(Value::Null),
+                    "record": record,
+                });
+                for name in triggers {
+                    if let Some(kind) = app.jobs.kind(name) {
+                        jobs.push(crate::jobs::NewJob::of_kind(
+                            kind,
+                            payload.clone(),
+                            scope.org,
+                            scope.actor.user,
+                        ));
+                    }
+                }
+            }
+            crate::jobs::job_insert_many_tx(&mut tx, &jobs).await?;
+        }
+        if count < u64::from(chunk) {
+            break;
+        }
+    }
+    if deleted > 0 {
+        let changes = serde_json::json!({
+            "filter": selection.filter_text,
+            "batch": selection.batch,
+            "deleted": deleted,
+        });
+        let subject = selection.batch.map(|b| b.to_string()).unwrap_or_default();
+        log_activity(&mut tx, scope, &subject, "bulk_delete", changes, deleted as i64).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }

@@ -341,6 +341,42 @@ impl SqliteTx {
         run_execute(self.connection_ref(), sql, self.timeout)
     }
 
+    /// Runs one prepared insert per row; a row that a constraint rejects fails alone (SQLite
+    /// undoes just that statement). Returns the failed rows by index.
+    pub fn insert_each(
+        &mut self,
+        statement: &str,
+        rows: &[Vec<SqlValue>],
+    ) -> Result<crate::bulk::RowFailures, StoreError> {
+        self.statements.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let connection = self.connection_ref();
+        let timeout = self.timeout;
+        blocking(|| {
+            arm_timeout(connection, timeout)?;
+            let result = (|| {
+                let mut prepared = connection.prepare_cached(statement)?;
+                let mut failures = vec![];
+                for (index, row) in rows.iter().enumerate() {
+                    for (i, value) in row.iter().enumerate() {
+                        prepared.raw_bind_parameter(i + 1, to_sqlite(value))?;
+                    }
+                    match prepared.raw_execute() {
+                        Ok(_) => {}
+                        Err(error) => match StoreError::from(error) {
+                            failure @ (StoreError::Unique { .. } | StoreError::ForeignKey(_)) => {
+                                failures.push((index, failure))
+                            }
+                            other => return Err(other),
+                        },
+                    }
+                }
+                Ok(failures)
+            })();
+            connection.progress_handler(0, None::<fn() -> bool>)?;
+            result
+        })
+    }
+
     /// Runs several statements of trusted SQL (DDL from the migration planner).
     pub fn execute_script(&mut self, script: &str) -> Result<(), StoreError> {
         blocking(|| self.connection_ref().execute_batch(script))?;

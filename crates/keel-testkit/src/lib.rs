@@ -322,6 +322,18 @@ impl TestApp {
         headers: Vec<(String, String)>,
         body: Option<String>,
     ) -> TestResponse {
+        self.request_bytes(method, path, headers, body.map(String::into_bytes))
+            .await
+    }
+
+    /// A request with a body of raw bytes (which need not be UTF-8).
+    pub async fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+    ) -> TestResponse {
         let mut builder = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("method"))
             .uri(path);
@@ -360,6 +372,27 @@ impl TestApp {
     }
     pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
         self.request("DELETE", path, Some(token), None).await
+    }
+
+    /// Imports a file: `POST {path}/import?{query}` with the body as `content_type`.
+    pub async fn import(
+        &self,
+        collection_path: &str,
+        query: &str,
+        token: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> TestResponse {
+        let headers = vec![
+            ("authorization".to_string(), format!("Bearer {token}")),
+            ("content-type".to_string(), content_type.to_string()),
+        ];
+        let path = if query.is_empty() {
+            format!("{collection_path}/import")
+        } else {
+            format!("{collection_path}/import?{query}")
+        };
+        self.request_bytes("POST", &path, headers, Some(body.into())).await
     }
 
     /// Creates a record (or anything answering 201 with an `id`) and returns its id.

@@ -6,6 +6,7 @@ mod bench_jobs;
 mod demo;
 mod examples;
 mod http_client;
+mod import_cli;
 mod jobs_cli;
 mod scaleout;
 
@@ -119,6 +120,33 @@ enum Command {
         /// Comma-separated fields.
         #[arg(long)]
         fields: Option<String>,
+    },
+    /// Import a CSV or NDJSON file into a collection, with a progress bar (the report goes
+    /// to standard output as JSON).
+    Import {
+        #[command(flatten)]
+        common: Common,
+        collection: String,
+        /// The file to read (`-` for standard input).
+        file: PathBuf,
+        /// The org (slug); omit for a global collection.
+        #[arg(long)]
+        org: Option<String>,
+        /// csv or ndjson (default: from the file's extension, else csv).
+        #[arg(long)]
+        format: Option<String>,
+        /// atomic (all or nothing) or skip (invalid rows are reported and skipped).
+        #[arg(long, default_value = "atomic")]
+        mode: String,
+        /// Column to field, as JSON: '{"Title":"title","Notes":null}'.
+        #[arg(long)]
+        map: Option<String>,
+        /// , ; | or tab.
+        #[arg(long, default_value = ",")]
+        delimiter: String,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Configuration helpers.
     Config {
@@ -359,6 +387,35 @@ async fn main() -> Result<()> {
             .await;
             state.db.close().await;
             result.map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))
+        }
+        Command::Import {
+            common,
+            collection,
+            file,
+            org,
+            format,
+            mode,
+            map,
+            delimiter,
+            quiet,
+        } => {
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            let state = keel_server::state(config, schema, db);
+            let request = import_cli::Request {
+                collection,
+                file,
+                org,
+                format,
+                mode,
+                map,
+                delimiter,
+                quiet,
+            };
+            let result = import_cli::run(&state, request).await;
+            state.db.close().await;
+            result
         }
         Command::Users { action } => match action {
             UsersAction::Create {

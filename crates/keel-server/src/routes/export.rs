@@ -57,6 +57,7 @@ fn columns(collection: &Collection, fields: Option<&[String]>) -> Vec<String> {
             if !collection.system {
                 columns.push("updated_at".into());
                 columns.push("version".into());
+                columns.push("batch".into());
             }
             columns.extend(collection.fields.iter().map(|f| f.name.clone()));
         }
@@ -140,6 +141,21 @@ async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Erro
     Some((Ok(chunk), cursor))
 }
 
+/// The command line's caller: the superuser, for `keel export` and `keel import`.
+pub fn operator() -> Principal {
+    Principal::User {
+        user: keel_store::system::User {
+            id: uuid::Uuid::nil(),
+            email: "keel-cli".into(),
+            name: None,
+            superuser: true,
+            created_at: chrono::Utc::now(),
+        },
+        session: uuid::Uuid::nil(),
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(24),
+    }
+}
+
 /// The export for `keel export`: as the superuser, written to `out`.
 pub async fn export_to(
     state: &AppState,
@@ -150,18 +166,7 @@ pub async fn export_to(
 ) -> ApiResult<()> {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
-    let operator = Principal::User {
-        user: keel_store::system::User {
-            id: uuid::Uuid::nil(),
-            email: "keel-cli".into(),
-            name: None,
-            superuser: true,
-            created_at: chrono::Utc::now(),
-        },
-        session: uuid::Uuid::nil(),
-        expires_at: chrono::Utc::now() + chrono::Duration::hours(24),
-    };
-    let response = export(state, &operator, org, name, Params(params.into_iter().collect())).await?;
+    let response = export(state, &operator(), org, name, Params(params.into_iter().collect())).await?;
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ApiError::internal)?;

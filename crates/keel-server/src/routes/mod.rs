@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource.
 
 pub mod auth;
+pub mod bulk;
 pub mod export;
 pub mod jobs;
 pub mod ops;

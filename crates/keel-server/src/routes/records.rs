@@ -117,7 +117,8 @@ pub async fn resolve<'a>(
             superuser: info.superuser,
         },
         actor: Actor {
-            user: info.user,
+            // The command line's operator (nil id) is no user of the database.
+            user: info.user.filter(|id| !id.is_nil()),
             api_key: info.api_key,
             request_id: current_request_id().unwrap_or_default(),
         },
@@ -381,7 +382,7 @@ fn writable(collection: &Collection, org: Option<&str>) -> ApiResult<()> {
 }
 
 /// Resolves a write: one org, a writable collection, and a rule that can hold for the caller.
-async fn resolve_write<'a>(
+pub(crate) async fn resolve_write<'a>(
     state: &'a AppState,
     principal: &Principal,
     org: Option<&str>,
@@ -396,17 +397,20 @@ async fn resolve_write<'a>(
 
 /// After a write committed with its triggered jobs: count them and wake this instance's
 /// workers (other instances hear of them through the database).
-fn triggered(state: &AppState, kinds: &[String]) {
+pub(crate) fn triggered(state: &AppState, kinds: &[String], records: u64) {
+    if records == 0 {
+        return;
+    }
     for name in kinds {
         if let Some(kind) = state.schema.app.jobs.kind(name) {
-            keel_jobs::Observer::enqueued(state.metrics.as_ref(), &kind.queue, &kind.name, 1);
+            keel_jobs::Observer::enqueued(state.metrics.as_ref(), &kind.queue, &kind.name, records);
             state.jobs.wake(&kind.queue);
         }
     }
 }
 
 /// Maps a record error, naming the fields of a unique violation.
-fn record_error(collection: &Collection, error: RecordError) -> ApiError {
+pub(crate) fn record_error(collection: &Collection, error: RecordError) -> ApiError {
     match error {
         RecordError::NotFound => ApiError::not_found(),
         RecordError::Forbidden => ApiError::forbidden(),
@@ -451,7 +455,7 @@ pub async fn create(
     let json = records::create(&state.db, &target.scope(&builder), values, &relations)
         .await
         .map_err(|e| record_error(target.collection, e))?;
-    triggered(state, &target.collection.triggers.on_create);
+    triggered(state, &target.collection.triggers.on_create, 1);
     Ok(record_response(StatusCode::CREATED, json))
 }
 
@@ -478,7 +482,7 @@ pub async fn update(
     let json = records::update(&state.db, &target.scope(&builder), change)
         .await
         .map_err(|e| record_error(target.collection, e))?;
-    triggered(state, &target.collection.triggers.on_update);
+    triggered(state, &target.collection.triggers.on_update, 1);
     Ok(record_response(StatusCode::OK, json))
 }
 
@@ -497,7 +501,7 @@ pub async fn delete(
     records::delete(&state.db, &target.scope(&builder), id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
-    triggered(state, &target.collection.triggers.on_delete);
+    triggered(state, &target.collection.triggers.on_delete, 1);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -48,14 +48,24 @@ async fn exports_stream_every_page_as_csv_and_ndjson(backend: Backend) {
     let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
     assert_eq!(
         headers,
-        ["id", "org", "created_at", "updated_at", "version", "title", "n", "tags"]
+        [
+            "id",
+            "org",
+            "created_at",
+            "updated_at",
+            "version",
+            "batch",
+            "title",
+            "n",
+            "tags"
+        ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 1_051);
-    assert_eq!(&rows[0][5], "'=HYPERLINK(\"http://evil\")", "a formula is defused");
-    assert_eq!(&rows[0][6], "-5", "numbers are left alone");
-    assert_eq!(&rows[0][7], r#"["a","b"]"#);
-    assert_eq!(&rows[1_050][5], "note 1049");
+    assert_eq!(&rows[0][6], "'=HYPERLINK(\"http://evil\")", "a formula is defused");
+    assert_eq!(&rows[0][7], "-5", "numbers are left alone");
+    assert_eq!(&rows[0][8], r#"["a","b"]"#);
+    assert_eq!(&rows[1_050][6], "note 1049");
 
     let filtered = app
         .get(

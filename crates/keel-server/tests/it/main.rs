@@ -6,6 +6,7 @@ mod errors;
 mod explain;
 mod export;
 mod hostile;
+mod import;
 mod jobs;
 mod jobs_handlers;
 mod jobs_store;

@@ -1,0 +1,360 @@
+//! Bulk writes (B1–B4): `POST …/{collection}/import` streams a CSV or NDJSON body into the
+//! collection (see `crate::import`), and `DELETE …/{collection}?filter=…` or
+//! `DELETE …/{collection}/batches/{batch}` deletes many records in one call.
+
+use std::io::{self, Read};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use keel_query::{Mode as ExprMode, check_expr};
+use keel_spec::Action;
+use keel_store::records::{self, Selection, WriteScope};
+use keel_store::system::Principal;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Params};
+use crate::import::{self, BodyTooLarge, Destination, Format, Limits, Mode, Options, Report};
+use crate::routes::records::{resolve, resolve_write, triggered};
+use crate::state::AppState;
+
+/// Reads a byte stream fed by an async task, for the blocking import reader.
+pub struct ChannelReader {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(receiver: mpsc::Receiver<io::Result<Bytes>>) -> ChannelReader {
+        ChannelReader {
+            receiver,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(error)) => return Err(error),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Feeds a request body to a [`ChannelReader`], failing past `limit` bytes.
+fn body_reader(body: Body, limit: u64) -> ChannelReader {
+    let (sender, receiver) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let item = match chunk {
+                Ok(bytes) => {
+                    total += bytes.len() as u64;
+                    if total > limit {
+                        let _ = sender.send(Err(io::Error::other(BodyTooLarge(limit)))).await;
+                        return;
+                    }
+                    Ok(bytes)
+                }
+                Err(error) => Err(io::Error::other(error.to_string())),
+            };
+            if sender.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    ChannelReader::new(receiver)
+}
+
+/// Reads the import's options from the query string and the content type.
+pub fn options(params: &Params, headers: &HeaderMap) -> ApiResult<Options> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match params.get("format") {
+        Some("csv") => Format::Csv,
+        Some("ndjson") => Format::Ndjson,
+        Some(_) => return Err(ApiError::new("invalid_query", "format is csv or ndjson")),
+        None => match content_type.as_str() {
+            "text/csv" | "application/csv" => Format::Csv,
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+                Format::Ndjson
+            }
+            _ => {
+                return Err(ApiError::new(
+                    "unsupported_media_type",
+                    "send the file as text/csv or application/x-ndjson, or name it with ?format=csv|ndjson",
+                ));
+            }
+        },
+    };
+    let mode = match params.get("mode").unwrap_or("atomic") {
+        "atomic" => Mode::Atomic,
+        "skip" => Mode::Skip,
+        _ => {
+            return Err(ApiError::new(
+                "invalid_query",
+                "mode is atomic (all or nothing) or skip",
+            ));
+        }
+    };
+    let mapping = match params.get("map") {
+        None => vec![],
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(map)) if map.len() <= 1_024 => {
+                let mut out = vec![];
+                for (column, field) in map {
+                    match field {
+                        Value::String(field) => out.push((column, Some(field))),
+                        Value::Null => out.push((column, None)),
+                        _ => {
+                            return Err(ApiError::new(
+                                "invalid_query",
+                                "map is a JSON object of column to field name (or null to ignore the column)",
+                            ));
+                        }
+                    }
+                }
+                out
+            }
+            _ => {
+                return Err(ApiError::new(
+                    "invalid_query",
+                    "map is a JSON object of column to field name (or null to ignore the column), e.g. {\"Title\":\"title\"}",
+                ));
+            }
+        },
+    };
+    let delimiter = match params.get("delimiter").unwrap_or(",") {
+        "," => b',',
+        ";" => b';',
+        "tab" | "\t" => b'\t',
+        "|" => b'|',
+        _ => return Err(ApiError::new("invalid_query", "delimiter is one of , ; | tab")),
+    };
+    Ok(Options {
+        format,
+        mode,
+        mapping,
+        delimiter,
+    })
+}
+
+/// The limits of an import, from the config.
+pub fn limits(state: &AppState) -> Limits {
+    let config = &state.config.limits;
+    Limits {
+        max_row_bytes: config.import_max_row_bytes,
+        max_errors: config.import_max_errors,
+        ..Limits::default()
+    }
+}
+
+/// Runs an import for a caller and answers with its report.
+pub async fn import(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    params.only(&["format", "mode", "map", "delimiter"])?;
+    let options = options(&params, &headers)?;
+    let limit = state.config.limits.import_max_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::new(
+            "payload_too_large",
+            format!("the file is larger than {limit} bytes"),
+        ));
+    }
+    let report = import_stream(
+        state,
+        principal,
+        org,
+        name,
+        options,
+        body_reader(body, limit),
+        &mut |_| {},
+    )
+    .await?;
+    report_response(report)
+}
+
+/// Runs an import from any reader (the API's body, a file for `keel import`).
+pub async fn import_stream(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    options: Options,
+    input: impl Read + Send + 'static,
+    progress: &mut (dyn FnMut(import::Counts) + Send),
+) -> ApiResult<Report> {
+    let target = resolve_write(state, principal, org, name, Action::Create).await?;
+    let destination = Destination {
+        db: &state.db,
+        schema: state.schema.clone(),
+        patterns: state.patterns.clone(),
+        collection: target.collection.name.clone(),
+        scope: target.scope,
+        org: target.org,
+        caller: target.caller.clone(),
+        actor: target.actor.clone(),
+    };
+    let report = import::run(&destination, input, options, limits(state), progress).await?;
+    if report.committed {
+        triggered(state, &target.collection.triggers.on_create, report.counts.written);
+    }
+    Ok(report)
+}
+
+/// 200 with the report, or 422 `import_rejected` when an atomic import wrote nothing.
+pub fn report_response(report: Report) -> ApiResult<Response> {
+    if report.mode == Mode::Atomic && !report.committed && report.counts.rejected > 0 {
+        let message = format!(
+            "{} of {} rows are invalid; nothing was written",
+            report.counts.rejected, report.counts.read
+        );
+        return Err(ApiError::new("import_rejected", message).with_details(json!(report)));
+    }
+    Ok((StatusCode::OK, axum::Json(report)).into_response())
+}
+
+/// Deletes the records matching `filter` (required) or one import `batch`.
+pub async fn delete_many(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    filter: Option<&str>,
+    batch: Option<Uuid>,
+) -> ApiResult<Response> {
+    let target = resolve_write(state, principal, org, name, Action::Delete).await?;
+    let filter_text = filter.map(str::trim).filter(|f| !f.is_empty());
+    if filter_text.is_none() && batch.is_none() {
+        return Err(ApiError::new(
+            "invalid_query",
+            "a bulk delete needs a filter (filter=true deletes every record you may delete)",
+        ));
+    }
+    let filter = match filter_text {
+        Some(text) => Some(check_expr(
+            &state.schema.app,
+            target.collection,
+            text,
+            ExprMode::Filter,
+        )?),
+        None => None,
+    };
+    let builder = target.builder(state);
+    let scope = WriteScope {
+        builder: &builder,
+        org: target.org,
+        actor: &target.actor,
+    };
+    let selection = Selection {
+        filter: filter.as_ref(),
+        filter_text,
+        batch,
+    };
+    let deleted = records::delete_many(&state.db, &scope, &selection, state.config.limits.bulk_delete_chunk)
+        .await
+        .map_err(|e| crate::routes::records::record_error(target.collection, e))?;
+    triggered(state, &target.collection.triggers.on_delete, deleted);
+    Ok((StatusCode::OK, axum::Json(json!({ "deleted": deleted }))).into_response())
+}
+
+fn parse_batch(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
+}
+
+// Axum handlers.
+
+pub async fn org_import(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    import(&state, &p, Some(&org), &name, params, headers, body).await
+}
+
+pub async fn global_import(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    import(&state, &p, None, &name, params, headers, body).await
+}
+
+pub async fn org_delete_many(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
+    params.only(&["filter"])?;
+    delete_many(&state, &p, Some(&org), &name, params.get("filter"), None).await
+}
+
+pub async fn global_delete_many(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
+    params.only(&["filter"])?;
+    delete_many(&state, &p, None, &name, params.get("filter"), None).await
+}
+
+pub async fn org_delete_batch(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, batch)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    // Resolve first, so an unknown collection or org answers before a malformed id does.
+    resolve(&state, &p, Some(&org), &name).await?;
+    let batch = parse_batch(&batch)?;
+    delete_many(&state, &p, Some(&org), &name, None, Some(batch)).await
+}
+
+pub async fn global_delete_batch(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, batch)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    resolve(&state, &p, None, &name).await?;
+    let batch = parse_batch(&batch)?;
+    delete_many(&state, &p, None, &name, None, Some(batch)).await
+}
