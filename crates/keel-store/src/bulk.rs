@@ -57,10 +57,25 @@ pub async fn insert_rows(
                 Err(other) => Err(other),
             }
         }
+        Tx::Sqlite(lite, _) => lite.insert_many(&format!("{} ({column_list})", ident(table)), columns.len(), rows),
+    }
+}
+
+/// The plain loop: one prepared single-row insert per row (the baseline of `keel bench
+/// import` on SQLite).
+pub async fn insert_rows_one_by_one(
+    tx: &mut Tx,
+    table: &str,
+    columns: &[String],
+    rows: &[Vec<SqlValue>],
+) -> Result<RowFailures, StoreError> {
+    let column_list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    match tx {
         Tx::Sqlite(lite, _) => {
             let insert = insert_statement(Dialect::Sqlite, table, &column_list, columns.len());
             lite.insert_each(&insert, rows)
         }
+        Tx::Postgres(..) => insert_rows(tx, table, columns, rows).await,
     }
 }
 

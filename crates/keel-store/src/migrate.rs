@@ -414,7 +414,9 @@ fn create_search(dialect: Dialect, collection: &Collection) -> Vec<String> {
             )]
         }
         Dialect::Sqlite => {
-            // A standalone FTS5 table keyed by the record id, kept in step by triggers.
+            // A standalone FTS5 table whose rowid is the record's rowid, kept in step by
+            // triggers: searches join on it and deletes find their row by it (not by a scan).
+            // Rowids are stable because Keel never runs VACUUM on a live database.
             let fts = ident(&format!("{table}_fts"));
             let quoted = ident(&table);
             let columns: Vec<String> = fields.iter().map(|f| ident(f)).collect();
@@ -424,18 +426,18 @@ fn create_search(dialect: Dialect, collection: &Collection) -> Vec<String> {
                 format!(
                     "CREATE VIRTUAL TABLE {fts} USING fts5(id UNINDEXED, {list}, tokenize = 'unicode61 remove_diacritics 2')"
                 ),
-                format!("INSERT INTO {fts} (id, {list}) SELECT id, {list} FROM {quoted}"),
+                format!("INSERT INTO {fts} (rowid, id, {list}) SELECT rowid, id, {list} FROM {quoted}"),
                 format!(
-                    "CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END",
+                    "CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN INSERT INTO {fts} (rowid, id, {list}) VALUES (new.rowid, new.id, {}); END",
                     ident(&format!("{table}_fts_insert")),
                     new_values.join(", ")
                 ),
                 format!(
-                    "CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; END",
+                    "CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN DELETE FROM {fts} WHERE rowid = old.rowid; END",
                     ident(&format!("{table}_fts_delete"))
                 ),
                 format!(
-                    "CREATE TRIGGER {} AFTER UPDATE ON {quoted} BEGIN DELETE FROM {fts} WHERE id = old.id; INSERT INTO {fts} (id, {list}) VALUES (new.id, {}); END",
+                    "CREATE TRIGGER {} AFTER UPDATE ON {quoted} BEGIN DELETE FROM {fts} WHERE rowid = old.rowid; INSERT INTO {fts} (rowid, id, {list}) VALUES (new.rowid, new.id, {}); END",
                     ident(&format!("{table}_fts_update")),
                     new_values.join(", ")
                 ),
@@ -501,9 +503,15 @@ pub fn plan(
             .iter()
             .filter(|c| !c.system && app.collection(&c.name).is_some())
         {
+            let mut statements = add_batch_column(dialect, old);
+            if dialect == Dialect::Sqlite {
+                // Search rows keyed by the record's rowid (they were numbered on their own).
+                statements.extend(drop_search(dialect, old));
+                statements.extend(create_search(dialect, old));
+            }
             steps.push(Step {
                 description: format!("add the import batch column to {}", old.name),
-                statements: add_batch_column(dialect, old),
+                statements,
                 destructive: false,
             });
         }

@@ -341,8 +341,82 @@ impl SqliteTx {
         run_execute(self.connection_ref(), sql, self.timeout)
     }
 
-    /// Runs one prepared insert per row; a row that a constraint rejects fails alone (SQLite
-    /// undoes just that statement). Returns the failed rows by index.
+    /// Inserts rows with multi-row prepared statements (`rows_per` rows each: far fewer
+    /// statements, and so statement-journal copies, than one per row). A statement that a
+    /// constraint rejects is run again row by row; those rows fail alone (SQLite undoes just
+    /// the failing statement). Returns the failed rows by index.
+    pub fn insert_many(
+        &mut self,
+        table_columns: &str,
+        columns: usize,
+        rows: &[Vec<SqlValue>],
+    ) -> Result<crate::bulk::RowFailures, StoreError> {
+        self.statements.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let connection = self.connection_ref();
+        let timeout = self.timeout;
+        let rows_per = (32_000 / columns.max(1)).clamp(1, 256);
+        let statement = |count: usize| {
+            let mut text = format!("INSERT INTO {table_columns} VALUES ");
+            for row in 0..count {
+                if row > 0 {
+                    text.push_str(", ");
+                }
+                text.push('(');
+                for column in 0..columns {
+                    if column > 0 {
+                        text.push_str(", ");
+                    }
+                    text.push_str(&format!("?{}", row * columns + column + 1));
+                }
+                text.push(')');
+            }
+            text
+        };
+        blocking(|| {
+            arm_timeout(connection, timeout)?;
+            let result = (|| {
+                let mut failures = vec![];
+                let full = statement(rows_per);
+                let single = statement(1);
+                for (part_index, part) in rows.chunks(rows_per).enumerate() {
+                    let text = if part.len() == rows_per { full.clone() } else { statement(part.len()) };
+                    let mut prepared = connection.prepare_cached(&text)?;
+                    for (r, row) in part.iter().enumerate() {
+                        for (c, value) in row.iter().enumerate() {
+                            prepared.raw_bind_parameter(r * columns + c + 1, to_sqlite(value))?;
+                        }
+                    }
+                    match prepared.raw_execute() {
+                        Ok(_) => continue,
+                        Err(error) => match StoreError::from(error) {
+                            StoreError::Unique { .. } | StoreError::ForeignKey(_) => {}
+                            other => return Err(other),
+                        },
+                    }
+                    let mut one = connection.prepare_cached(&single)?;
+                    for (r, row) in part.iter().enumerate() {
+                        for (c, value) in row.iter().enumerate() {
+                            one.raw_bind_parameter(c + 1, to_sqlite(value))?;
+                        }
+                        if let Err(error) = one.raw_execute() {
+                            match StoreError::from(error) {
+                                failure @ (StoreError::Unique { .. } | StoreError::ForeignKey(_)) => {
+                                    failures.push((part_index * rows_per + r, failure))
+                                }
+                                other => return Err(other),
+                            }
+                        }
+                    }
+                }
+                Ok(failures)
+            })();
+            connection.progress_handler(0, None::<fn() -> bool>)?;
+            result
+        })
+    }
+
+    /// Runs one prepared insert per row (the plain loop, for comparison); a row that a
+    /// constraint rejects fails alone. Returns the failed rows by index.
     pub fn insert_each(
         &mut self,
         statement: &str,

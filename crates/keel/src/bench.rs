@@ -44,6 +44,9 @@ pub enum Scenario {
     },
     /// The job queue (P5): bulk enqueue, no-op jobs worked at each concurrency, pickup latency.
     Jobs(crate::bench_jobs::JobsArgs),
+    /// Import (P1): N pms tasks from CSV against the database's own bulk path, peak RSS, and
+    /// a batch delete (P6).
+    Import(crate::bench_import::ImportArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -205,6 +208,7 @@ where
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
         Scenario::Jobs(args) => crate::bench_jobs::run(args).await,
+        Scenario::Import(args) => crate::bench_import::run(args).await,
         Scenario::Records {
             rows,
             database_url,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_jobs;
+mod bench_import;
 mod demo;
 mod examples;
 mod http_client;
