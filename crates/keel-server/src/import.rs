@@ -294,24 +294,22 @@ impl<'a> Parser<'a> {
         match self.options.format {
             Format::Csv => {
                 let mut reader = CsvReader::new(input, self.options.delimiter, self.limits.max_row_bytes, 4_096);
-                let header = loop {
-                    match reader.next_row().map_err(read_error)? {
-                        None => {
-                            return Err(ApiError::new(
-                                "invalid_import",
-                                "the file is empty: a CSV import needs a header row",
-                            ));
-                        }
-                        Some(RawRow {
-                            raw: Raw::Fields(fields),
-                            ..
-                        }) => break fields,
-                        Some(_) => {
-                            return Err(ApiError::new(
-                                "invalid_import",
-                                "the header row is larger than the row limit",
-                            ));
-                        }
+                let header = match reader.next_row().map_err(read_error)? {
+                    None => {
+                        return Err(ApiError::new(
+                            "invalid_import",
+                            "the file is empty: a CSV import needs a header row",
+                        ));
+                    }
+                    Some(RawRow {
+                        raw: Raw::Fields(fields),
+                        ..
+                    }) => fields,
+                    Some(_) => {
+                        return Err(ApiError::new(
+                            "invalid_import",
+                            "the header row is larger than the row limit",
+                        ));
                     }
                 };
                 let targets = self.header(&header)?;

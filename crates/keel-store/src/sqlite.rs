@@ -379,7 +379,11 @@ impl SqliteTx {
                 let full = statement(rows_per);
                 let single = statement(1);
                 for (part_index, part) in rows.chunks(rows_per).enumerate() {
-                    let text = if part.len() == rows_per { full.clone() } else { statement(part.len()) };
+                    let text = if part.len() == rows_per {
+                        full.clone()
+                    } else {
+                        statement(part.len())
+                    };
                     let mut prepared = connection.prepare_cached(&text)?;
                     for (r, row) in part.iter().enumerate() {
                         for (c, value) in row.iter().enumerate() {

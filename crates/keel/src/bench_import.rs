@@ -94,7 +94,10 @@ async fn setup(dir: &Path, database_url: &Option<String>, name: &str) -> Result<
         .query_one(&db.portable("SELECT id, slug FROM keel_orgs LIMIT 1", vec![]))
         .await?
         .context("an org")?;
-    let (org, slug) = (org[0].uuid().context("org id")?, org[1].text().unwrap_or("").to_string());
+    let (org, slug) = (
+        org[0].uuid().context("org id")?,
+        org[1].text().unwrap_or("").to_string(),
+    );
     let projects = db
         .query(&db.portable(
             "SELECT id, name FROM projects WHERE org = $1 ORDER BY name",
@@ -138,7 +141,10 @@ fn quoted(text: &str) -> String {
 /// The import file: a header and `rows` tasks naming their project.
 fn write_csv(path: &Path, rows: u64, offset: u64, projects: &[(Uuid, String)]) -> Result<u64> {
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    writeln!(out, "title,project,status,priority,position,estimate_hours,due_date,description")?;
+    writeln!(
+        out,
+        "title,project,status,priority,position,estimate_hours,due_date,description"
+    )?;
     for i in offset..offset + rows {
         let (title, project, status, priority, position, estimate, due, description) = task(i, projects);
         writeln!(
@@ -222,7 +228,11 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
             let data = std::fs::read(&path)?;
             let statement = format!(
                 "COPY tasks ({}) FROM STDIN WITH (FORMAT csv)",
-                columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+                columns
+                    .iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let started = Instant::now();
             let mut tx = setup.db.begin().await?;
@@ -238,9 +248,15 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
             let mut tx = setup.db.begin().await?;
             let mut i = 0;
             while i < rows {
-                let chunk: Vec<Vec<SqlValue>> = (i..(i + 10_000).min(rows)).map(|n| raw_row(n, setup, batch, now)).collect();
+                let chunk: Vec<Vec<SqlValue>> = (i..(i + 10_000).min(rows))
+                    .map(|n| raw_row(n, setup, batch, now))
+                    .collect();
                 let failures = keel_store::bulk::insert_rows_one_by_one(&mut tx, "tasks", &columns, &chunk).await?;
-                anyhow::ensure!(failures.is_empty(), "the baseline insert failed: {:?}", failures.first());
+                anyhow::ensure!(
+                    failures.is_empty(),
+                    "the baseline insert failed: {:?}",
+                    failures.first()
+                );
                 i += 10_000;
             }
             tx.commit().await?;
@@ -288,7 +304,11 @@ async fn import_file(slug: &str, state: &keel_server::AppState, path: &Path) -> 
 
 pub async fn run(args: ImportArgs) -> Result<()> {
     let dir: PathBuf = crate::bench::tempdir()?;
-    let backend = if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" };
+    let backend = if args.database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let Setup {
         config,
         schema,
@@ -299,7 +319,11 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     } = setup(&dir, &args.database_url, "import").await?;
     let csv = dir.join("tasks.csv");
     let bytes = write_csv(&csv, args.rows, 0, &projects)?;
-    eprintln!("bench import ({backend}): {} rows, {:.0} MB of CSV", args.rows, bytes as f64 / 1e6);
+    eprintln!(
+        "bench import ({backend}): {} rows, {:.0} MB of CSV",
+        args.rows,
+        bytes as f64 / 1e6
+    );
     let state = keel_server::state(config, schema, db);
     let before = peak_rss_mib();
     reset_peak_rss();
@@ -308,7 +332,12 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     eprintln!("  keel import: {seconds:.2} s, peak RSS {peak:.0} MiB");
-    anyhow::ensure!(report.counts.written == args.rows, "wrote {} of {}", report.counts.written, args.rows);
+    anyhow::ensure!(
+        report.counts.written == args.rows,
+        "wrote {} of {}",
+        report.counts.written,
+        args.rows
+    );
 
     let fresh = setup_baseline(&dir, &args.database_url).await?;
     let base_seconds = baseline(&fresh, args.rows, &dir).await.context("the baseline")?;

@@ -2,8 +2,8 @@
 //! manage users, and benchmark.
 
 mod bench;
-mod bench_jobs;
 mod bench_import;
+mod bench_jobs;
 mod demo;
 mod examples;
 mod http_client;
