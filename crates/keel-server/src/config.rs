@@ -608,6 +608,13 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("limits.max_expand", "The most relations one request may expand."),
     ("limits.max_aggregate_groups", "The most groups an aggregate returns."),
+    ("limits.import_max_bytes", "The largest file an import accepts, in bytes (413 `payload_too_large` above)."),
+    (
+        "limits.import_max_row_bytes",
+        "The longest row (CSV record or NDJSON line) an import reads; a longer row is rejected and skipped.",
+    ),
+    ("limits.import_max_errors", "Rejected rows an import report lists (all are counted)."),
+    ("limits.bulk_delete_chunk", "Records a bulk delete removes per statement (all in one transaction)."),
     (
         "redis.url",
         "`redis://host:port/db` turns on shared state across instances (the token cache); unset: none.",
