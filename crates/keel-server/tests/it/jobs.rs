@@ -631,9 +631,10 @@ async fn the_cleanup_job_applies_each_queues_retention(backend: Backend) {
     let done = app
         .wait_job(cleanup.body["id"].as_i64().unwrap(), JobState::Completed, 10)
         .await;
-    // The scheduled cleanup (every 5 minutes) may have run first and deleted one of them.
+    // The scheduled cleanup (every 5 minutes) may have run first and deleted some of them;
+    // either way one completed job is left.
     let deleted = done.result.unwrap()["deleted"]["tiny"].as_i64().unwrap_or(0);
-    assert!((1..=2).contains(&deleted), "deleted {deleted}");
+    assert!((0..=2).contains(&deleted), "deleted {deleted}");
     assert_eq!(jobs_in(&app, &owner, "tiny").await["depth"]["completed"], 1);
     app.state.jobs.shutdown().await;
 }
