@@ -28,6 +28,9 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
                 memory_bytes,
             } => command(&context, &program, cpu_seconds, memory_bytes).await,
             Handler::Cleanup => cleanup(&context).await,
+            Handler::Import => Err(JobFailure::permanent(
+                "the import handler is registered by the server; this instance has none",
+            )),
             Handler::Http {
                 url,
                 method,
@@ -198,5 +201,11 @@ async fn cleanup(context: &JobContext) -> Result<Option<Value>, JobFailure> {
             .map_err(|e| JobFailure::retry(format!("pruning {} failed: {e}", queue.name)))?;
         deleted.insert(queue.name.clone(), Value::from(n));
     }
-    Ok(Some(serde_json::json!({ "deleted": deleted })))
+    // Spooled uploads whose import never ran to its end (a crash, a lost lease).
+    let spooled = keel_store::uploads::upload_prune(&context.db, Duration::from_secs(24 * 3600))
+        .await
+        .map_err(|e| JobFailure::retry(format!("pruning uploads failed: {e}")))?;
+    Ok(Some(
+        serde_json::json!({ "deleted": deleted, "upload_chunks": spooled }),
+    ))
 }

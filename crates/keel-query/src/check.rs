@@ -690,7 +690,7 @@ impl Compiler<'_> {
             (SqlValue::Date(d), _) => format!("'{}'", d.format("%Y-%m-%d")),
             (SqlValue::Datetime(d), _) => format!("'{}'", format_datetime(d)),
             (SqlValue::Null, _) => "NULL".to_string(),
-            (SqlValue::Json(_), _) => "NULL".to_string(),
+            (SqlValue::Json(_) | SqlValue::Bytes(_), _) => "NULL".to_string(),
         };
         sql.push(&text);
     }

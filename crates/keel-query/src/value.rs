@@ -22,6 +22,8 @@ pub enum SqlValue {
     Date(NaiveDate),
     Datetime(DateTime<Utc>),
     Json(serde_json::Value),
+    /// Raw bytes (BLOB / bytea): spooled uploads.
+    Bytes(Vec<u8>),
 }
 
 /// The canonical text form of a datetime: RFC 3339, UTC, microseconds, `Z`.

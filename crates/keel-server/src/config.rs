@@ -167,6 +167,8 @@ pub struct LimitsSection {
     pub max_aggregate_groups: u32,
     /// The largest file an import accepts, in bytes.
     pub import_max_bytes: u64,
+    /// A larger import (or one of unknown length) is spooled and run as a background job.
+    pub import_sync_max_bytes: u64,
     /// The longest row (CSV record or NDJSON line) an import reads; longer rows are rejected.
     pub import_max_row_bytes: usize,
     /// Rejected rows an import report lists (all are counted).
@@ -274,6 +276,7 @@ impl Default for LimitsSection {
             max_expand: 8,
             max_aggregate_groups: 1_000,
             import_max_bytes: 1 << 30,
+            import_sync_max_bytes: 16 << 20,
             import_max_row_bytes: 1 << 20,
             import_max_errors: 1_000,
             bulk_delete_chunk: 20_000,
@@ -608,13 +611,26 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("limits.max_expand", "The most relations one request may expand."),
     ("limits.max_aggregate_groups", "The most groups an aggregate returns."),
-    ("limits.import_max_bytes", "The largest file an import accepts, in bytes (413 `payload_too_large` above)."),
+    (
+        "limits.import_max_bytes",
+        "The largest file an import accepts, in bytes (413 `payload_too_large` above).",
+    ),
     (
         "limits.import_max_row_bytes",
         "The longest row (CSV record or NDJSON line) an import reads; a longer row is rejected and skipped.",
     ),
-    ("limits.import_max_errors", "Rejected rows an import report lists (all are counted)."),
-    ("limits.bulk_delete_chunk", "Records a bulk delete removes per statement (all in one transaction)."),
+    (
+        "limits.import_sync_max_bytes",
+        "An import larger than this (or of unknown length) is stored and run as a background job, answering 202 with the job; `?background=false` runs it in the request anyway.",
+    ),
+    (
+        "limits.import_max_errors",
+        "Rejected rows an import report lists (all are counted).",
+    ),
+    (
+        "limits.bulk_delete_chunk",
+        "Records a bulk delete removes per statement (all in one transaction).",
+    ),
     (
         "redis.url",
         "`redis://host:port/db` turns on shared state across instances (the token cache); unset: none.",

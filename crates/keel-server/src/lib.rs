@@ -284,6 +284,10 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         config.jobs(),
         metrics.clone(),
     );
+    jobs.register(
+        keel_spec::IMPORT_KIND,
+        import::job_handler(import::Limits::of(&config.limits)),
+    );
     AppState {
         inner: Arc::new(state::Inner {
             dummy_password_hash,

@@ -159,6 +159,8 @@ pub enum Handler {
     },
     /// Deletes finished jobs beyond each queue's retention and old time-series rows.
     Cleanup,
+    /// Runs a background import (the built-in `keel_import` kind; the server provides it).
+    Import,
 }
 
 impl Handler {
@@ -170,6 +172,7 @@ impl Handler {
             Handler::Email { .. } => "email",
             Handler::Command { .. } => "command",
             Handler::Cleanup => "cleanup",
+            Handler::Import => "import",
         }
     }
 }
@@ -505,6 +508,10 @@ pub fn activity_collection(roles: &[String]) -> Collection {
 /// The built-in job that applies retention (finished jobs, time series) every 5 minutes.
 pub const CLEANUP_KIND: &str = "keel_cleanup";
 
+/// The built-in job that runs a large import in the background, on its own queue.
+pub const IMPORT_KIND: &str = "keel_import";
+pub const BULK_QUEUE: &str = "keel_bulk";
+
 impl App {
     /// Adds the built-in collections (the activity log) after validation.
     pub fn with_builtins(mut self) -> App {
@@ -514,6 +521,28 @@ impl App {
         }
         if self.jobs.queue("default").is_none() {
             self.jobs.queues.insert(0, QueueSpec::new("default"));
+        }
+        if self.jobs.queue(BULK_QUEUE).is_none() {
+            let mut bulk = QueueSpec::new(BULK_QUEUE);
+            bulk.concurrency = 2;
+            bulk.prefetch = 2;
+            self.jobs.queues.push(bulk);
+        }
+        if self.jobs.kind(IMPORT_KIND).is_none() {
+            self.jobs.kinds.push(JobKind {
+                name: IMPORT_KIND.to_string(),
+                queue: BULK_QUEUE.to_string(),
+                handler: Handler::Import,
+                // An import is not retried: a skip-mode import may have committed batches.
+                attempts: 1,
+                backoff_ms: 5_000,
+                max_backoff_ms: 60_000,
+                timeout_ms: 2 * 3_600_000,
+                priority: 0,
+                concurrency_key: None,
+                enqueue_role: None,
+                cron: None,
+            });
         }
         if self.jobs.kind(CLEANUP_KIND).is_none() {
             self.jobs.kinds.push(JobKind {

@@ -123,6 +123,14 @@ fn copy_value(out: &mut Vec<u8>, value: &SqlValue) {
             escape(out, &j.to_string());
             Ok(())
         }
+        SqlValue::Bytes(b) => {
+            // bytea's hex input form; its backslash is escaped for COPY.
+            let _ = out.write_all(b"\\\\x");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+            Ok(())
+        }
     };
 }
 

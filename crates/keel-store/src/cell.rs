@@ -15,6 +15,7 @@ pub enum Cell {
     Bool(bool),
     Uuid(Uuid),
     Datetime(DateTime<Utc>),
+    Bytes(Vec<u8>),
 }
 
 pub type Row = Vec<Cell>;
@@ -37,7 +38,14 @@ impl Cell {
             Cell::Bool(b) => Some(b.to_string()),
             Cell::Uuid(u) => Some(u.to_string()),
             Cell::Datetime(d) => Some(keel_query::value::format_datetime(&d)),
-            Cell::Null => None,
+            Cell::Null | Cell::Bytes(_) => None,
+        }
+    }
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Cell::Bytes(b) => Some(b),
+            Cell::Text(s) => Some(s.into_bytes()),
+            _ => None,
         }
     }
     pub fn int(&self) -> Option<i64> {

@@ -14,6 +14,7 @@ pub mod records;
 pub mod replicas;
 pub mod sqlite;
 pub mod system;
+pub mod uploads;
 
 use std::time::Duration;
 

@@ -116,9 +116,11 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         });
     }
     if from < 3 {
+        let mut statements = vec!["UPDATE keel_system SET version = 3 WHERE id = 1".to_string()];
+        statements.extend(crate::uploads::tables(dialect));
         steps.push(Step {
-            description: "record system version 3 (import batches)".into(),
-            statements: vec!["UPDATE keel_system SET version = 3 WHERE id = 1".to_string()],
+            description: "create the upload spool (system version 3)".into(),
+            statements,
             destructive: false,
         });
     }

@@ -37,6 +37,7 @@ fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &SqlValue) -> Query<
         SqlValue::Date(d) => query.bind(*d),
         SqlValue::Datetime(d) => query.bind(*d),
         SqlValue::Json(j) => query.bind(sqlx::types::Json(j.clone())),
+        SqlValue::Bytes(b) => query.bind(b.clone()),
     }
 }
 
@@ -67,6 +68,7 @@ fn cells(row: &PgRow) -> Result<Row, StoreError> {
             "TIMESTAMPTZ" => Cell::Datetime(row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)?),
             "DATE" => Cell::Text(row.try_get::<chrono::NaiveDate, _>(i)?.format("%Y-%m-%d").to_string()),
             "JSON" | "JSONB" => Cell::Text(row.try_get::<serde_json::Value, _>(i)?.to_string()),
+            "BYTEA" => Cell::Bytes(row.try_get::<Vec<u8>, _>(i)?),
             _ => Cell::Text(row.try_get::<String, _>(i)?),
         };
         out.push(cell);

@@ -84,6 +84,7 @@ fn to_sqlite(value: &SqlValue) -> Value {
         SqlValue::Date(d) => Value::Text(d.format("%Y-%m-%d").to_string()),
         SqlValue::Datetime(d) => Value::Text(keel_query::value::format_datetime(d)),
         SqlValue::Json(j) => Value::Text(j.to_string()),
+        SqlValue::Bytes(b) => Value::Blob(b.clone()),
     }
 }
 
@@ -112,7 +113,7 @@ fn run_query(connection: &Connection, sql: &Sql, timeout: Duration) -> Result<Ve
                         Ok(text) => text.to_owned(),
                         Err(_) => String::from_utf8_lossy(t).into_owned(),
                     }),
-                    ValueRef::Blob(b) => Cell::Text(String::from_utf8_lossy(b).into_owned()),
+                    ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
                 });
             }
             out.push(cells);

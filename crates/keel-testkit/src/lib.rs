@@ -344,6 +344,12 @@ impl TestApp {
         if body.is_some() && !has_type {
             builder = builder.header("content-type", "application/json");
         }
+        // As a real client sends it (in-process requests get none from hyper).
+        if let Some(body) = &body
+            && !builder.headers_ref().is_some_and(|h| h.contains_key("content-length"))
+        {
+            builder = builder.header("content-length", body.len());
+        }
         let request = builder
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
             .expect("request");

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,40 +19,11 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Params};
-use crate::import::{self, BodyTooLarge, Destination, Format, Limits, Mode, Options, Report};
+use crate::import::{
+    self, Background, BodyTooLarge, ChannelReader, Destination, Format, Limits, Mode, Options, Report,
+};
 use crate::routes::records::{resolve, resolve_write, triggered};
 use crate::state::AppState;
-
-/// Reads a byte stream fed by an async task, for the blocking import reader.
-pub struct ChannelReader {
-    receiver: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    pub fn new(receiver: mpsc::Receiver<io::Result<Bytes>>) -> ChannelReader {
-        ChannelReader {
-            receiver,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.receiver.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(error)) => return Err(error),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
 
 /// Feeds a request body to a [`ChannelReader`], failing past `limit` bytes.
 fn body_reader(body: Body, limit: u64) -> ChannelReader {
@@ -162,12 +133,7 @@ pub fn options(params: &Params, headers: &HeaderMap) -> ApiResult<Options> {
 
 /// The limits of an import, from the config.
 pub fn limits(state: &AppState) -> Limits {
-    let config = &state.config.limits;
-    Limits {
-        max_row_bytes: config.import_max_row_bytes,
-        max_errors: config.import_max_errors,
-        ..Limits::default()
-    }
+    Limits::of(&state.config.limits)
 }
 
 /// Runs an import for a caller and answers with its report.
@@ -180,7 +146,7 @@ pub async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    params.only(&["format", "mode", "map", "delimiter"])?;
+    params.only(&["format", "mode", "map", "delimiter", "background"])?;
     let options = options(&params, &headers)?;
     let limit = state.config.limits.import_max_bytes;
     let declared = headers
@@ -193,6 +159,17 @@ pub async fn import(
             format!("the file is larger than {limit} bytes"),
         ));
     }
+    let sync_max = state.config.limits.import_sync_max_bytes;
+    let background = match params.get("background").unwrap_or("auto") {
+        // A body of unknown length (chunked) may be large: spool it.
+        "auto" => declared.is_none_or(|length| length > sync_max),
+        "true" => true,
+        "false" => false,
+        _ => return Err(ApiError::new("invalid_query", "background is auto, true or false")),
+    };
+    if background {
+        return spool(state, principal, org, name, options, body, limit).await;
+    }
     let report = import_stream(
         state,
         principal,
@@ -204,6 +181,101 @@ pub async fn import(
     )
     .await?;
     report_response(report)
+}
+
+/// Stores the body in the upload spool and enqueues a `keel_import` job for it: 202 with the
+/// job, whose progress and report `GET /api/v1/jobs/{id}` shows.
+async fn spool(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    options: Options,
+    body: Body,
+    limit: u64,
+) -> ApiResult<Response> {
+    use keel_store::uploads;
+    // Permission and the mapping are checked before a byte is stored.
+    let target = resolve_write(state, principal, org, name, Action::Create).await?;
+    import::check_mapping(target.collection, &options.mapping)?;
+    let upload = Uuid::now_v7();
+    let mut stream = body.into_data_stream();
+    let mut buffer: Vec<u8> = Vec::with_capacity(uploads::CHUNK);
+    let mut total: u64 = 0;
+    let mut seq = 0;
+    let stored: ApiResult<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new("bad_request", format!("the upload failed: {e}")))?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(ApiError::new(
+                    "payload_too_large",
+                    format!("the file is larger than {limit} bytes"),
+                ));
+            }
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = (uploads::CHUNK - buffer.len()).min(rest.len());
+                buffer.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buffer.len() == uploads::CHUNK {
+                    let full = std::mem::replace(&mut buffer, Vec::with_capacity(uploads::CHUNK));
+                    uploads::upload_put(&state.db, upload, seq, full).await?;
+                    seq += 1;
+                }
+            }
+        }
+        if !buffer.is_empty() {
+            uploads::upload_put(&state.db, upload, seq, std::mem::take(&mut buffer)).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = stored {
+        let _ = uploads::upload_delete(&state.db, upload).await;
+        return Err(error);
+    }
+    let rank = match &target.caller.context.role {
+        keel_query::RoleSource::Rank(rank) => *rank,
+        keel_query::RoleSource::Expression(_) => None,
+    };
+    let payload = Background {
+        upload,
+        bytes: total,
+        collection: target.collection.name.clone(),
+        org: target.org,
+        user: target.actor.user,
+        api_key: target.actor.api_key,
+        request_id: target.actor.request_id.clone(),
+        rank,
+        superuser: target.caller.superuser,
+        options,
+    };
+    let kind = state
+        .schema
+        .app
+        .jobs
+        .kind(keel_spec::IMPORT_KIND)
+        .ok_or_else(|| ApiError::internal("the keel_import kind is missing"))?;
+    let job = keel_store::jobs::NewJob::of_kind(kind, json!(payload), target.org, target.actor.user);
+    let enqueued = match keel_store::jobs::job_enqueue(&state.db, &job).await {
+        Ok(enqueued) => enqueued,
+        Err(error) => {
+            let _ = uploads::upload_delete(&state.db, upload).await;
+            return Err(error.into());
+        }
+    };
+    keel_jobs::Observer::enqueued(state.metrics.as_ref(), &job.queue, &job.kind, 1);
+    state.jobs.wake(&job.queue);
+    let body = json!({
+        "job": { "id": enqueued.id, "kind": job.kind, "queue": job.queue, "state": enqueued.state },
+        "bytes": total,
+    });
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(&format!("/api/v1/jobs/{}", enqueued.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// Runs an import from any reader (the API's body, a file for `keel import`).

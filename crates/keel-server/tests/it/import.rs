@@ -506,3 +506,96 @@ both!(
     the_create_rule_applies_to_each_row,
     batches_and_filters_delete_in_one_call,
 );
+
+async fn large_imports_run_as_background_jobs(backend: Backend) {
+    let app = TestApp::spawn_with(backend, SPEC, |config| {
+        config.limits.import_sync_max_bytes = 1_000;
+    })
+    .await;
+    app.state.jobs.start();
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    app.create("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"}))
+        .await;
+    // 25,000 rows: more than one spool chunk (1 MiB) and more than two write batches.
+    let mut body = String::from("title,project,position\n");
+    for n in 0..25_000 {
+        body.push_str(&format!("background task number {n:>10},Apollo,{n}\n"));
+    }
+    body.push_str("bad row,Apollo,x\n");
+    assert!(body.len() > 1 << 20);
+    let response = app
+        .import("/api/v1/orgs/acme/tasks", "mode=skip", &owner, CSV, body)
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text);
+    let id = response.body["job"]["id"].as_i64().unwrap();
+    assert_eq!(response.header("location"), Some(format!("/api/v1/jobs/{id}").as_str()));
+    assert_eq!(response.body["job"]["kind"], "keel_import");
+
+    let job = app.wait_job(id, keel_store::jobs::JobState::Completed, 60).await;
+    let report = job.result.expect("the report is the job's result");
+    assert_eq!(
+        (
+            report["read"].as_u64(),
+            report["written"].as_u64(),
+            report["rejected"].as_u64()
+        ),
+        (Some(25_001), Some(25_000), Some(1))
+    );
+    assert_eq!(
+        errors(&report),
+        vec![(25_001, 25_002, "position".into(), "invalid_type".into())]
+    );
+    let status = app.get(&format!("/api/v1/jobs/{id}"), &owner).await;
+    assert_eq!(status.body["progress"]["written"], 25_000, "{}", status.text);
+    let count = app.get("/api/v1/orgs/acme/tasks?limit=1&count=exact", &owner).await;
+    assert_eq!(count.body["count"], 25_000);
+    let spool = app
+        .db()
+        .query(&app.db().portable("SELECT count(*) FROM keel_uploads", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(spool[0][0].int(), Some(0), "the spool is deleted when the import ends");
+
+    // A bad header fails the job with the reason; background=false runs in the request.
+    let response = app
+        .import(
+            "/api/v1/orgs/acme/tasks",
+            "background=true",
+            &owner,
+            CSV,
+            "title,colour\nx,red\n",
+        )
+        .await;
+    assert_eq!(response.status, 202);
+    let id = response.body["job"]["id"].as_i64().unwrap();
+    let job = app.wait_job(id, keel_store::jobs::JobState::Dead, 30).await;
+    assert!(
+        job.errors[0]["error"].as_str().unwrap().contains("invalid_import"),
+        "{:?}",
+        job.errors
+    );
+    let mut small = String::from("title,project,position\n");
+    for n in 0..100 {
+        small.push_str(&format!("in the request {n},Apollo,{n}\n"));
+    }
+    let response = app
+        .import("/api/v1/orgs/acme/tasks", "background=false", &owner, CSV, small)
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    // Permission is checked before anything is stored.
+    let (_, viewer) = app.member(&owner, "acme", "viewer@example.com", "viewer").await;
+    let response = app
+        .import(
+            "/api/v1/orgs/acme/tasks",
+            "background=true",
+            &viewer,
+            CSV,
+            "title,project\nx,Apollo\n",
+        )
+        .await;
+    assert_eq!(response.status, 403);
+    app.state.jobs.shutdown().await;
+}
+
+both!(large_imports_run_as_background_jobs);
