@@ -270,6 +270,51 @@ fn demo_generates_and_reuses_data() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&csv.stdout).starts_with("id,title,status\n"));
+    // `keel import` reads an export back in (B1): system columns are ignored, every row is
+    // checked like a create, and the report goes to standard output.
+    let done = dir.path().join("done.csv");
+    let full = keel()
+        .args([
+            "export",
+            "tasks",
+            "--org",
+            "org-001",
+            "--filter",
+            "status = 'done'",
+            "--spec",
+        ])
+        .arg(data.join("keel.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    std::fs::write(&done, &full.stdout).unwrap();
+    let import = keel()
+        .args(["import", "tasks"])
+        .arg(&done)
+        .args(["--org", "org-001", "--quiet", "--spec"])
+        .arg(data.join("keel.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&import.stdout).unwrap();
+    assert_eq!(report["written"].as_u64(), Some(lines.len() as u64), "{report}");
+    assert_eq!(report["committed"], true);
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "title,project\nno such project,Nope\n").unwrap();
+    let rejected = keel()
+        .args(["import", "tasks"])
+        .arg(&bad)
+        .args(["--org", "org-001", "--quiet", "--spec"])
+        .arg(data.join("keel.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!rejected.status.success(), "an atomic import with a bad row fails");
+    assert!(String::from_utf8_lossy(&rejected.stdout).contains("invalid_relation"));
     let unknown = keel().args(["demo", "nope", "--no-serve"]).output().unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("fleet-compliance"));
