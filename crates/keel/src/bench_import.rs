@@ -30,6 +30,9 @@ pub struct ImportArgs {
     /// Rows of the import batch that is then deleted.
     #[arg(long, default_value_t = 100_000)]
     pub delete_rows: u64,
+    /// Concurrent exports of the whole collection (memory under concurrent exports).
+    #[arg(long, default_value_t = 16)]
+    pub exports: usize,
 }
 
 const STATUSES: [&str; 5] = ["backlog", "todo", "in_progress", "in_review", "done"];
@@ -339,6 +342,38 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         args.rows
     );
 
+    // Exports of the whole collection: one, then `exports` at once (B5: memory stays flat).
+    let mut export_lines = vec![];
+    for concurrent in [1, args.exports] {
+        reset_peak_rss();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrent {
+            let state = state.clone();
+            let slug = slug.clone();
+            tasks.spawn(async move {
+                keel_server::routes::export::export_to(
+                    &state,
+                    Some(&slug),
+                    "tasks",
+                    vec![("format".to_string(), "csv".to_string())],
+                    tokio::io::sink(),
+                )
+                .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done?.map_err(|e| anyhow::anyhow!("{}: {} {:?}", e.code, e.message, e.cause))?;
+        }
+        let export_seconds = started.elapsed().as_secs_f64();
+        export_lines.push(format!(
+            "| {concurrent} concurrent export(s) of all {} rows (CSV) | {export_seconds:.2} s | {:.0} rows/s | peak RSS {:.0} MiB |",
+            args.rows,
+            (concurrent as u64 * args.rows) as f64 / export_seconds,
+            peak_rss_mib()
+        ));
+    }
+
     let fresh = setup_baseline(&dir, &args.database_url).await?;
     let base_seconds = baseline(&fresh, args.rows, &dir).await.context("the baseline")?;
     eprintln!("  baseline: {base_seconds:.2} s");
@@ -378,6 +413,12 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         args.delete_rows,
         args.delete_rows as f64 / delete_seconds
     );
+    println!();
+    println!("| exports | time | rows/s | memory |");
+    println!("| --- | ---: | ---: | ---: |");
+    for line in export_lines {
+        println!("{line}");
+    }
     state.db.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -107,7 +107,7 @@ async fn a_killed_instances_job_runs_again_once(backend: Backend) {
     std::fs::write(&spec_path, spec(&marker)).unwrap();
     let env = env_for(&database);
     let mut first = serve(&spec_path, &env);
-    wait_until("the first instance's migration", 30, || {
+    wait_until("the first instance's migration", 90, || {
         keel(&env)
             .args(["jobs", "--spec"])
             .arg(&spec_path)

@@ -10,7 +10,7 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use keel_query::{Builder, Caller, ListSpec, Scope, decode_cursor};
 use keel_spec::{Action, Collection};
 use keel_store::records;
@@ -94,12 +94,15 @@ fn csv_rows(columns: &[String], header: bool, items: &[String]) -> Result<Vec<u8
     writer.into_inner().map_err(|e| csv::Error::from(e.into_error()))
 }
 
-async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Error>, Cursor)> {
+/// The next page as bytes, or `None` when the export is done.
+async fn fetch(cursor: &mut Cursor) -> Result<Option<Vec<u8>>, ApiError> {
     if cursor.done {
-        return None;
+        return Ok(None);
     }
     let state = cursor.state.clone();
-    let collection = state.schema.app.collection(&cursor.collection)?;
+    let Some(collection) = state.schema.app.collection(&cursor.collection) else {
+        return Ok(None);
+    };
     let builder = Builder {
         schema: &state.schema,
         collection,
@@ -107,15 +110,7 @@ async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Erro
         caller: &cursor.caller,
         scope: cursor.scope,
     };
-    let page = match records::list(&state.db, &builder, &cursor.spec).await {
-        Ok(page) => page,
-        Err(error) => {
-            // The status line is gone: end the body early, so the client sees a broken download.
-            tracing::error!(error = %error, collection = %cursor.collection, "an export failed midway");
-            cursor.done = true;
-            return Some((Err(std::io::Error::other(error.to_string())), cursor));
-        }
-    };
+    let page = records::list(&state.db, &builder, &cursor.spec).await?;
     let chunk = match cursor.format {
         Format::Ndjson => {
             let mut out = Vec::with_capacity(page.items.iter().map(|i| i.len() + 1).sum());
@@ -125,20 +120,28 @@ async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Erro
             }
             out
         }
-        Format::Csv => match csv_rows(&cursor.columns, !cursor.header_sent, &page.items) {
-            Ok(out) => out,
-            Err(error) => {
-                cursor.done = true;
-                return Some((Err(std::io::Error::other(error.to_string())), cursor));
-            }
-        },
+        Format::Csv => csv_rows(&cursor.columns, !cursor.header_sent, &page.items).map_err(ApiError::internal)?,
     };
     cursor.header_sent = true;
     match page.next.as_deref().map(|next| decode_cursor(&cursor.spec.sort, next)) {
         Some(Ok(after)) => cursor.spec.after = Some(after),
         _ => cursor.done = true,
     }
-    Some((Ok(chunk), cursor))
+    Ok(Some(chunk))
+}
+
+/// The pages after the first, for the body stream. The status line is gone by then: an error
+/// ends the body early, so the client sees a broken download (and the log says why).
+async fn next_chunk(mut cursor: Cursor) -> Option<(Result<Vec<u8>, std::io::Error>, Cursor)> {
+    match fetch(&mut cursor).await {
+        Ok(Some(chunk)) => Some((Ok(chunk), cursor)),
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(error = %error.cause.as_deref().unwrap_or(&error.message), collection = %cursor.collection, "an export failed midway");
+            cursor.done = true;
+            Some((Err(std::io::Error::other(error.message)), cursor))
+        }
+    }
 }
 
 /// The command line's caller: the superuser, for `keel export` and `keel import`.
@@ -196,7 +199,7 @@ pub async fn export(
     let mut spec = list_spec(state, &target, &params)?;
     spec.limit = PAGE;
     spec.expand.clear();
-    let cursor = Cursor {
+    let mut cursor = Cursor {
         state: state.clone(),
         collection: target.collection.name.clone(),
         caller: target.caller.clone(),
@@ -211,7 +214,12 @@ pub async fn export(
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
         Format::Ndjson => ("application/x-ndjson", "ndjson"),
     };
-    let mut response = Response::new(Body::from_stream(stream::unfold(cursor, next_chunk)));
+    // The first page is read before answering, so a failure there (a busy pool, a timeout)
+    // is a proper error response rather than a broken download.
+    let first = fetch(&mut cursor).await?;
+    let rest = stream::unfold(cursor, next_chunk);
+    let body = stream::iter(first.map(Ok::<_, std::io::Error>)).chain(rest);
+    let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
