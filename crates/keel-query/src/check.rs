@@ -46,7 +46,7 @@ pub fn column_type(collection: &Collection, name: &str) -> Option<ColumnType> {
         FieldKind::Bool => ColumnType::Bool,
         FieldKind::Date => ColumnType::Date,
         FieldKind::Datetime => ColumnType::Datetime,
-        FieldKind::Json => ColumnType::Json,
+        FieldKind::Json | FieldKind::File { .. } => ColumnType::Json,
         FieldKind::Relation { .. } => ColumnType::Id,
     })
 }

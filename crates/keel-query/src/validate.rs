@@ -233,6 +233,11 @@ pub fn convert(
             }
         }
         FieldKind::Json => Ok(SqlValue::Json(value.clone())),
+        FieldKind::File { .. } => Err(error(
+            name,
+            "read_only_field",
+            format!("'{name}' is a file field: upload files to …/{{id}}/files/{name}"),
+        )),
         FieldKind::Relation { .. } => value
             .as_str()
             .and_then(|s| Uuid::parse_str(s).ok())

@@ -30,6 +30,20 @@ pub struct Config {
     pub redis: RedisSection,
     pub jobs: JobsSection,
     pub smtp: SmtpSection,
+    pub files: FilesSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesSection {
+    /// Where uploaded files are kept (a relative path is under `app.data_dir`).
+    pub dir: PathBuf,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        FilesSection { dir: "files".into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -682,6 +696,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("smtp.username", "SMTP login, if the server needs one."),
     ("smtp.password", "SMTP password."),
     ("smtp.from", "The sender address of email jobs."),
+    (
+        "files.dir",
+        "Where uploaded files are kept, laid out as `org-<org>/<collection>/<record>/<field>/<file>`; a relative path is under `app.data_dir`.",
+    ),
     (
         "log.format",
         "`json` (one object per line, with the request id) or `pretty`.",

@@ -132,6 +132,26 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "The body's `Content-Type` is not one the route accepts: `application/json`, or `text/csv` / `application/x-ndjson` for imports.",
     ),
     (
+        "invalid_file",
+        400,
+        "The upload is empty, or the field named is not a file field; `details.field` names it.",
+    ),
+    (
+        "file_too_large",
+        413,
+        "The file is larger than the field's `max_size`; `details.max_bytes` has the limit.",
+    ),
+    (
+        "file_type_not_allowed",
+        415,
+        "The file's type, read from its bytes (not the client's claim), is not one the field accepts; `details` has both.",
+    ),
+    (
+        "too_many_files",
+        409,
+        "A multiple file field already holds its most files (100); delete one first.",
+    ),
+    (
         "invalid_import",
         400,
         "The import cannot start: an empty file, a header column that is not a field, two columns for one field, a missing required field, or a mapping to no field; `details` names them.",

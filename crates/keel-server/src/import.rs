@@ -637,6 +637,9 @@ fn cell_value(kind: &FieldKind, text: String) -> Result<Option<Value>, (&'static
             "false" | "f" | "no" | "n" | "0" => Value::Bool(false),
             _ => return Err(("invalid_type", format!("'{}' is not true or false", clip(&text)))),
         },
+        FieldKind::File { .. } => {
+            return Err(("read_only_field", "file fields are uploaded, not imported".into()));
+        }
         FieldKind::Json => match serde_json::from_str(&text) {
             Ok(value) => value,
             Err(error) => return Err(("invalid_json", format!("the value is not valid JSON: {error}"))),

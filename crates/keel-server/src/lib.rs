@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod routes;
 pub mod shared;
 pub mod state;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ pub fn load_schema(source: &str) -> Result<Schema, Vec<String>> {
 
 /// Builds the router for a state.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, bulk, jobs, ops, orgs, records};
+    use routes::{auth, bulk, files, jobs, ops, orgs, records};
     let api = Router::new()
         .route("/auth/signup", post(auth::signup))
         .route("/auth/login", post(auth::login))
@@ -75,6 +76,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(bulk::org_delete_many),
         )
         .route("/orgs/{org}/{collection}/import", post(bulk::org_import))
+        .route("/orgs/{org}/{collection}/{id}/files/{field}", post(files::org_upload))
+        .route(
+            "/orgs/{org}/{collection}/{id}/files/{field}/{file}",
+            get(files::org_download).delete(files::org_remove),
+        )
         .route(
             "/orgs/{org}/{collection}/batches/{batch}",
             axum::routing::delete(bulk::org_delete_batch),
@@ -94,6 +100,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(bulk::global_delete_many),
         )
         .route("/global/{collection}/import", post(bulk::global_import))
+        .route("/global/{collection}/{id}/files/{field}", post(files::global_upload))
+        .route(
+            "/global/{collection}/{id}/files/{field}/{file}",
+            get(files::global_download).delete(files::global_remove),
+        )
         .route(
             "/global/{collection}/batches/{batch}",
             axum::routing::delete(bulk::global_delete_batch),
@@ -288,8 +299,15 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         keel_spec::IMPORT_KIND,
         import::job_handler(import::Limits::of(&config.limits)),
     );
+    let files_dir = if config.files.dir.is_absolute() {
+        config.files.dir.clone()
+    } else {
+        config.app.data_dir.join(&config.files.dir)
+    };
+    let storage = Arc::new(storage::Storage::local(&files_dir));
     AppState {
         inner: Arc::new(state::Inner {
+            storage,
             dummy_password_hash,
             patterns,
             schema,

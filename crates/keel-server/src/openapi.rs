@@ -42,6 +42,26 @@ fn field_schema(kind: &FieldKind) -> Value {
         FieldKind::Select { values } => json!({ "type": "string", "enum": values }),
         FieldKind::Json => json!({}),
         FieldKind::Relation { .. } => json!({ "type": "string", "format": "uuid" }),
+        FieldKind::File { multiple, .. } => {
+            let file = json!({
+                "type": "object",
+                "description": "an uploaded file; the bytes are at …/{id}/files/{field}/{file id}",
+                "properties": {
+                    "id": { "type": "string", "format": "uuid" },
+                    "name": { "type": "string" },
+                    "size": { "type": "integer", "minimum": 0 },
+                    "type": { "type": "string" },
+                    "sha256": { "type": "string" },
+                    "uploaded_at": { "type": "string", "format": "date-time" }
+                },
+                "required": ["id", "name", "size", "type", "sha256", "uploaded_at"]
+            });
+            if *multiple {
+                json!({ "type": "array", "items": file })
+            } else {
+                file
+            }
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Inner {
     pub db: Arc<Db>,
     /// The job runtime (started by `App::run_until`, or by tests).
     pub jobs: Arc<keel_jobs::Jobs>,
+    /// Where uploaded files live.
+    pub storage: Arc<crate::storage::Storage>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shared: crate::shared::Shared,

@@ -259,6 +259,18 @@ pub enum FieldKind {
         to: RelationTarget,
         on_delete: OnDelete,
     },
+    /// Uploaded files, stored outside the database; the record holds their metadata.
+    File {
+        /// The largest file accepted, in bytes.
+        max_bytes: u64,
+        /// Allowed content types, checked against the bytes (`image/*` matches any image);
+        /// empty allows any.
+        types: Vec<String>,
+        /// A list of files rather than one.
+        multiple: bool,
+        /// Files older than this are deleted by the cleanup job.
+        retention_ms: Option<u64>,
+    },
 }
 
 impl FieldKind {
@@ -274,6 +286,7 @@ impl FieldKind {
             FieldKind::Select { .. } => "select",
             FieldKind::Json => "json",
             FieldKind::Relation { .. } => "relation",
+            FieldKind::File { .. } => "file",
         }
     }
 }
@@ -590,5 +603,10 @@ impl Collection {
 
     pub fn has_search(&self) -> bool {
         self.search_fields().next().is_some()
+    }
+
+    /// Whether any field holds uploaded files.
+    pub fn has_files(&self) -> bool {
+        self.fields.iter().any(|f| matches!(f.kind, FieldKind::File { .. }))
     }
 }

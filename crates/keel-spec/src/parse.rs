@@ -102,6 +102,21 @@ impl<'s> Reader<'s> {
     }
 }
 
+/// `type/subtype` or `type/*`, lowercase letters, digits and `.+-`.
+fn is_content_type(text: &str) -> bool {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'))
+    };
+    match text.split_once('/') {
+        Some((kind, "*")) => valid(kind),
+        Some((kind, sub)) => valid(kind) && valid(sub),
+        None => false,
+    }
+}
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z'))
@@ -610,7 +625,7 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         reader.problem(
             entry.span(),
             &format!("{path}.type"),
-            "is required: one of text, integer, number, bool, date, datetime, select, json, relation",
+            "is required: one of text, integer, number, bool, date, datetime, select, json, relation, file",
         );
         return None;
     };
@@ -620,10 +635,11 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         "integer" | "number" => &["min", "max"],
         "select" => &["values"],
         "relation" => &["to", "on_delete", "lookup"],
+        "file" => &["max_size", "types", "multiple", "retention"],
         "bool" | "date" | "datetime" | "json" => &[],
         other => {
             let type_entry = items.iter().find(|e| e.key == "type").expect("type exists");
-            reader.problem(type_entry.span(), &format!("{path}.type"), format!("unknown type '{other}'; expected one of text, integer, number, bool, date, datetime, select, json, relation"));
+            reader.problem(type_entry.span(), &format!("{path}.type"), format!("unknown type '{other}'; expected one of text, integer, number, bool, date, datetime, select, json, relation, file"));
             return None;
         }
     };
@@ -639,6 +655,10 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
     let mut to = None;
     let mut on_delete = OnDelete::Restrict;
     let mut lookup = None;
+    let mut max_bytes = 10 << 20;
+    let mut file_types = vec![];
+    let mut multiple = false;
+    let mut retention_ms = None;
     for item in &items {
         let item_path = format!("{path}.{}", item.key);
         if !common.contains(&item.key) && !extra.contains(&item.key) {
@@ -740,6 +760,30 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
                 }
             }
             "lookup" => lookup = string(reader, item, &item_path).map(str::to_string),
+            "max_size" => match jobs::size_bytes(reader, item, &item_path) {
+                Some(bytes) => max_bytes = bytes,
+                None => ok = false,
+            },
+            "multiple" => multiple = boolean(reader, item, &item_path),
+            "retention" => match jobs::duration_ms(reader, item, &item_path) {
+                Some(ms) => retention_ms = Some(ms),
+                None => ok = false,
+            },
+            "types" => {
+                for node in array(reader, item, &item_path) {
+                    match node.node() {
+                        Node::Str(text) if is_content_type(text) => file_types.push(text.to_ascii_lowercase()),
+                        _ => {
+                            reader.problem(
+                                item.span(),
+                                &item_path,
+                                "each type is a content type such as \"application/pdf\" or \"image/*\"",
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
             "to" => {
                 if let Some(target) = string(reader, item, &item_path) {
                     if target == "users" {
@@ -806,6 +850,22 @@ fn field(reader: &mut Reader, entry: &Entry, base: &str, all_names: &[&str]) -> 
         "date" => FieldKind::Date,
         "datetime" => FieldKind::Datetime,
         "json" => FieldKind::Json,
+        "file" => {
+            if required || unique || default_entry.is_some() {
+                reader.problem(
+                    entry.span(),
+                    &path,
+                    "a file field cannot be required, unique or have a default (files are uploaded to an existing record)",
+                );
+                ok = false;
+            }
+            FieldKind::File {
+                max_bytes,
+                types: file_types,
+                multiple,
+                retention_ms,
+            }
+        }
         "select" => {
             if values.is_empty() {
                 if !items.iter().any(|e| e.key == "values") {
@@ -999,9 +1059,9 @@ fn index(reader: &mut Reader, item: NodeRef, path: &str, collection: &Collection
         }
         if collection
             .field(field)
-            .is_some_and(|f| matches!(f.kind, FieldKind::Json))
+            .is_some_and(|f| matches!(f.kind, FieldKind::Json | FieldKind::File { .. }))
         {
-            reader.problem(field_node.span(), &field_path, "json fields cannot be indexed");
+            reader.problem(field_node.span(), &field_path, "json and file fields cannot be indexed");
             return None;
         }
         columns.push(IndexColumn {

@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod cell;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod jobs;
 pub mod migrate;
 pub mod observe;

@@ -77,7 +77,7 @@ fn column_type(dialect: Dialect, kind: &FieldKind) -> &'static str {
         (Dialect::Postgres, FieldKind::Bool) => "boolean",
         (Dialect::Postgres, FieldKind::Date) => "date",
         (Dialect::Postgres, FieldKind::Datetime) => "timestamptz",
-        (Dialect::Postgres, FieldKind::Json) => "jsonb",
+        (Dialect::Postgres, FieldKind::Json | FieldKind::File { .. }) => "jsonb",
         (Dialect::Postgres, FieldKind::Relation { .. }) => "uuid",
     }
 }
@@ -118,8 +118,9 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
     if from < 3 {
         let mut statements = vec!["UPDATE keel_system SET version = 3 WHERE id = 1".to_string()];
         statements.extend(crate::uploads::tables(dialect));
+        statements.extend(crate::files::tables(dialect));
         steps.push(Step {
-            description: "create the upload spool (system version 3)".into(),
+            description: "create the upload spool and the file index (system version 3)".into(),
             statements,
             destructive: false,
         });

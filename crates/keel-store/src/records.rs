@@ -104,7 +104,7 @@ pub async fn aggregate(
         .collect())
 }
 
-fn parse_object(json: &str) -> Map<String, Value> {
+pub fn parse_object(json: &str) -> Map<String, Value> {
     match serde_json::from_str(json) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
@@ -179,7 +179,7 @@ pub async fn log_activity(
 }
 
 /// Enqueues the collection's job kinds for this write, in its transaction (invariant 4).
-async fn enqueue_triggers(
+pub async fn enqueue_triggers(
     tx: &mut Tx,
     scope: &WriteScope<'_>,
     kinds: &[String],
@@ -318,8 +318,14 @@ pub async fn update(db: &Db, scope: &WriteScope<'_>, change: Change<'_>) -> Resu
     Ok(json)
 }
 
-/// Deletes a record the delete rule lets the caller touch.
-pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<i64>) -> Result<(), RecordError> {
+/// Deletes a record the delete rule lets the caller touch. Returns the object keys of its
+/// files, for the caller to delete from storage once the transaction has committed.
+pub async fn delete(
+    db: &Db,
+    scope: &WriteScope<'_>,
+    id: Uuid,
+    if_match: Option<i64>,
+) -> Result<Vec<String>, RecordError> {
     let builder = scope.builder;
     let mut tx = db.begin().await?;
     let before = tx
@@ -336,6 +342,11 @@ pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<
         }
     }
     tx.execute(&builder.delete(id)).await?;
+    let object_keys = if builder.collection.has_files() {
+        crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &[id]).await?
+    } else {
+        vec![]
+    };
     let triggers = &builder.collection.triggers.on_delete;
     enqueue_triggers(&mut tx, scope, triggers, "delete", &id.to_string(), before.clone()).await?;
     log_activity(
@@ -348,7 +359,7 @@ pub async fn delete(db: &Db, scope: &WriteScope<'_>, id: Uuid, if_match: Option<
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(object_keys)
 }
 
 /// What a bulk delete removes: records matching a filter, one import's batch, or both.
@@ -361,23 +372,45 @@ pub struct Selection<'a> {
 
 /// Deletes every record of the selection that the delete rule lets the caller touch (B4):
 /// `chunk` records per statement, all in one transaction with one activity entry that counts
-/// them (not one entry per record). Triggers get one job per deleted record.
+/// them (not one entry per record). Triggers get one job per deleted record. Returns the
+/// count and the object keys of the deleted records' files (to delete after the commit).
 pub async fn delete_many(
     db: &Db,
     scope: &WriteScope<'_>,
     selection: &Selection<'_>,
     chunk: u32,
-) -> Result<u64, RecordError> {
+) -> Result<(u64, Vec<String>), RecordError> {
     let builder = scope.builder;
     let triggers = &builder.collection.triggers.on_delete;
     let app = &builder.schema.app;
+    let files = builder.collection.has_files();
     let mut tx = db.begin().await?;
     let mut deleted: u64 = 0;
+    let mut object_keys = vec![];
     loop {
         let sql = builder.delete_chunk(selection.filter, selection.batch, chunk, !triggers.is_empty());
         let rows = tx.query(&sql).await?;
         let count = rows.len() as u64;
         deleted += count;
+        if files {
+            let ids: Vec<Uuid> = rows
+                .iter()
+                .filter_map(|row| {
+                    let cell = row.first()?;
+                    match (cell.uuid(), cell.text()) {
+                        (Some(id), _) => Some(id),
+                        (None, Some(json)) => serde_json::from_str::<Value>(json)
+                            .ok()?
+                            .get("id")?
+                            .as_str()
+                            .and_then(|s| Uuid::parse_str(s).ok()),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let keys = crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &ids).await?;
+            object_keys.extend(keys);
+        }
         if !triggers.is_empty() {
             let mut jobs = Vec::with_capacity(rows.len() * triggers.len());
             for row in rows {
@@ -420,5 +453,5 @@ pub async fn delete_many(
         log_activity(&mut tx, scope, &subject, "bulk_delete", changes, deleted as i64).await?;
     }
     tx.commit().await?;
-    Ok(deleted)
+    Ok((deleted, object_keys))
 }

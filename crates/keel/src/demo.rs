@@ -298,6 +298,7 @@ fn random_value(
         }
         FieldKind::Select { values } => SqlValue::Text(values[rng.random_range(0..values.len())].clone()),
         FieldKind::Json => SqlValue::Json(serde_json::json!({ "demo": true, "n": serial })),
+        FieldKind::File { .. } => SqlValue::Null,
         FieldKind::Relation { .. } => return None,
     })
 }

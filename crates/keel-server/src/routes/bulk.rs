@@ -355,9 +355,11 @@ pub async fn delete_many(
         filter_text,
         batch,
     };
-    let deleted = records::delete_many(&state.db, &scope, &selection, state.config.limits.bulk_delete_chunk)
-        .await
-        .map_err(|e| crate::routes::records::record_error(target.collection, e))?;
+    let (deleted, object_keys) =
+        records::delete_many(&state.db, &scope, &selection, state.config.limits.bulk_delete_chunk)
+            .await
+            .map_err(|e| crate::routes::records::record_error(target.collection, e))?;
+    state.storage.delete_all(&object_keys).await;
     triggered(state, &target.collection.triggers.on_delete, deleted);
     Ok((StatusCode::OK, axum::Json(json!({ "deleted": deleted }))).into_response())
 }

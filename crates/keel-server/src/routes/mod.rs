@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bulk;
 pub mod export;
+pub mod files;
 pub mod jobs;
 pub mod ops;
 pub mod orgs;

@@ -498,9 +498,10 @@ pub async fn delete(
     let id = parse_id(id)?;
     let expected = if_match(headers)?;
     let builder = target.builder(state);
-    records::delete(&state.db, &target.scope(&builder), id, expected)
+    let object_keys = records::delete(&state.db, &target.scope(&builder), id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
+    state.storage.delete_all(&object_keys).await;
     triggered(state, &target.collection.triggers.on_delete, 1);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

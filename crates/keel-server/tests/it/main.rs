@@ -5,6 +5,7 @@ mod docs;
 mod errors;
 mod explain;
 mod export;
+mod files;
 mod hostile;
 mod import;
 mod jobs;

@@ -43,7 +43,7 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 /// A size such as `"512MB"`, `"1GB"` or `"64KB"`, in bytes.
-fn size_bytes(reader: &mut Reader, entry: &Entry, path: &str) -> Option<u64> {
+pub(super) fn size_bytes(reader: &mut Reader, entry: &Entry, path: &str) -> Option<u64> {
     let text = string(reader, entry, path)?;
     let digits = text.chars().take_while(char::is_ascii_digit).count();
     let (number, unit) = text.split_at(digits);

@@ -1,0 +1,560 @@
+//! Files (F1–F3, F5): `POST …/{collection}/{id}/files/{field}` streams a file to storage,
+//! `GET …/files/{field}/{file}` streams it back, `DELETE` removes it.
+//!
+//! An upload is written to storage while it arrives (never held in memory), hashed, counted
+//! against the field's `max_size`, and typed from its first bytes, not from what the client
+//! claims. The record then changes in one transaction: its file field, the `keel_files` row,
+//! the activity entry and the update triggers. A file that the transaction does not keep is
+//! deleted from storage; a file the transaction drops is deleted after it commits.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use futures_util::StreamExt;
+use keel_query::SqlValue;
+use keel_query::value::truncate_micros;
+use keel_spec::{Action, Collection, FieldKind};
+use keel_store::files::{self, StoredFile};
+use keel_store::records::{self, WriteScope, parse_object};
+use keel_store::system::Principal;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Params};
+use crate::routes::records::{Target, ensure_allowed, resolve, resolve_write, triggered};
+use crate::state::AppState;
+
+/// Bytes looked at to tell a file's type.
+const SNIFF: usize = 8 * 1024;
+/// Files one `multiple` field holds at most.
+pub const MAX_FILES: usize = 100;
+
+/// The file field `name` of the collection, with its settings.
+struct FileField<'a> {
+    name: &'a str,
+    max_bytes: u64,
+    types: &'a [String],
+    multiple: bool,
+}
+
+fn file_field<'a>(collection: &'a Collection, name: &str) -> ApiResult<FileField<'a>> {
+    match collection.field(name) {
+        Some(field) => match &field.kind {
+            FieldKind::File {
+                max_bytes,
+                types,
+                multiple,
+                ..
+            } => Ok(FileField {
+                name: &field.name,
+                max_bytes: *max_bytes,
+                types,
+                multiple: *multiple,
+            }),
+            _ => Err(ApiError::new(
+                "invalid_file",
+                format!("'{name}' is not a file field of {}", collection.name),
+            )
+            .with_details(json!({ "field": name }))),
+        },
+        None => Err(keel_query::QueryError::unknown_field(name, 0, &collection.name).into()),
+    }
+}
+
+fn parse_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
+}
+
+/// Where a file is stored: by org, collection, record and field (seed 000's layout).
+pub fn object_key(org: Option<Uuid>, collection: &str, record: Uuid, field: &str, file: Uuid) -> String {
+    match org {
+        Some(org) => format!("org-{org}/{collection}/{record}/{field}/{file}"),
+        None => format!("global/{collection}/{record}/{field}/{file}"),
+    }
+}
+
+/// The content type of a file from its first bytes: a known signature, else text (with the
+/// client's text subtype, e.g. `text/csv`, which bytes cannot tell apart), else binary.
+pub fn sniff(head: &[u8], claimed: Option<&str>) -> String {
+    if let Some(kind) = infer::get(head) {
+        return kind.mime_type().to_string();
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        // A multi-byte character cut at the end of the sample is still text.
+        Err(error) => error.error_len().is_none() && error.valid_up_to() + 4 > head.len(),
+    };
+    let printable = !head.iter().any(|b| *b == 0);
+    if text && printable {
+        let claimed = claimed
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let textual = claimed.starts_with("text/")
+            || matches!(
+                claimed.as_str(),
+                "application/json" | "application/x-ndjson" | "application/xml" | "application/csv"
+            );
+        if textual && claimed != "text/html" {
+            return claimed;
+        }
+        return "text/plain".into();
+    }
+    "application/octet-stream".into()
+}
+
+fn allowed(types: &[String], content_type: &str) -> bool {
+    types.is_empty()
+        || types.iter().any(|t| match t.strip_suffix("/*") {
+            Some(prefix) => content_type.split('/').next() == Some(prefix),
+            None => t == content_type,
+        })
+}
+
+/// A file name as given, without directories or control characters, at most 255 bytes.
+fn clean_name(raw: Option<&str>) -> String {
+    let base = raw.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    let mut name: String = base.chars().filter(|c| !c.is_control()).collect();
+    while name.len() > 255 {
+        name.pop();
+    }
+    let name = name.trim().to_string();
+    if name.is_empty() || name == "." || name == ".." {
+        "file".into()
+    } else {
+        name
+    }
+}
+
+/// The files a field holds, as a list.
+fn files_of(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Object(_)) => vec![value.cloned().unwrap_or(Value::Null)],
+        _ => vec![],
+    }
+}
+
+fn file_id_of(meta: &Value) -> Option<Uuid> {
+    meta.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// Writes a changed file field in a transaction holding the record's lock: the record, the
+/// activity entry and the update triggers. Returns the record's JSON.
+async fn write_field(
+    tx: &mut keel_store::Tx,
+    state: &AppState,
+    target: &Target<'_>,
+    id: Uuid,
+    record: &serde_json::Map<String, Value>,
+    field: &str,
+    value: Value,
+) -> ApiResult<String> {
+    let builder = target.builder(state);
+    let version = record.get("version").and_then(Value::as_i64).unwrap_or(0);
+    let stored = if value.is_null() {
+        SqlValue::Null
+    } else {
+        SqlValue::Json(value.clone())
+    };
+    let columns = vec![
+        (field.to_string(), stored),
+        (
+            "updated_at".to_string(),
+            SqlValue::Datetime(truncate_micros(Utc::now())),
+        ),
+    ];
+    let json = tx
+        .query_one(&builder.update(id, version, &columns))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or_else(ApiError::not_found)?;
+    let scope = WriteScope {
+        builder: &builder,
+        org: target.org,
+        actor: &target.actor,
+    };
+    let old = record.get(field).cloned().unwrap_or(Value::Null);
+    let after = serde_json::from_str::<Value>(&json).unwrap_or(Value::Null);
+    let triggers = &target.collection.triggers.on_update;
+    records::enqueue_triggers(tx, &scope, triggers, "update", &id.to_string(), after).await?;
+    records::log_activity(
+        tx,
+        &scope,
+        &id.to_string(),
+        "update",
+        json!({ "changed": { field: { "old": old, "new": value } } }),
+        1,
+    )
+    .await?;
+    Ok(json)
+}
+
+/// The record, locked for update, if the update rule lets the caller change it.
+async fn locked_record(
+    tx: &mut keel_store::Tx,
+    state: &AppState,
+    target: &Target<'_>,
+    id: Uuid,
+) -> ApiResult<serde_json::Map<String, Value>> {
+    let builder = target.builder(state);
+    let json = tx
+        .query_one(&builder.get(id, Action::Update, &[], None, true))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(parse_object(&json))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn upload(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    field: &str,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    params.only(&["name"])?;
+    let target = resolve_write(state, principal, org, name, Action::Update).await?;
+    let id = parse_id(id)?;
+    let spec = file_field(target.collection, field)?;
+    let too_large = || {
+        ApiError::new(
+            "file_too_large",
+            format!("'{}' takes files of at most {} bytes", spec.name, spec.max_bytes),
+        )
+        .with_details(json!({ "field": spec.name, "max_bytes": spec.max_bytes }))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > spec.max_bytes) {
+        return Err(too_large());
+    }
+    // The record must exist and be the caller's to change before a byte is stored.
+    let builder = target.builder(state);
+    if state
+        .db
+        .query_one(&builder.get(id, Action::Update, &[], None, false))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    let claimed = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let file_name = clean_name(params.get("name"));
+    let file_id = Uuid::now_v7();
+    let key = object_key(target.org, &target.collection.name, id, spec.name, file_id);
+    let mut writer = state.storage.writer(&key).await.map_err(ApiError::internal)?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut head: Vec<u8> = Vec::with_capacity(SNIFF);
+    let mut content_type: Option<String> = None;
+    let check = |head: &[u8]| -> ApiResult<String> {
+        let sniffed = sniff(head, claimed);
+        if allowed(spec.types, &sniffed) {
+            Ok(sniffed)
+        } else {
+            Err(ApiError::new(
+                "file_type_not_allowed",
+                format!(
+                    "'{}' takes {}; this file is {sniffed}",
+                    spec.name,
+                    spec.types.join(", ")
+                ),
+            )
+            .with_details(json!({ "field": spec.name, "type": sniffed, "allowed": spec.types })))
+        }
+    };
+    let mut stream = body.into_data_stream();
+    let received: ApiResult<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new("bad_request", format!("the upload failed: {e}")))?;
+            size += chunk.len() as u64;
+            if size > spec.max_bytes {
+                return Err(too_large());
+            }
+            hasher.update(&chunk);
+            if content_type.is_none() {
+                let take = (SNIFF - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+                if head.len() >= SNIFF {
+                    content_type = Some(check(&head)?);
+                }
+            }
+            writer.write(&chunk);
+            writer.wait_for_capacity(4).await.map_err(ApiError::internal)?;
+        }
+        if size == 0 {
+            return Err(ApiError::new("invalid_file", "the file is empty"));
+        }
+        if content_type.is_none() {
+            content_type = Some(check(&head)?);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = received {
+        let _ = writer.abort().await;
+        return Err(error);
+    }
+    writer.finish().await.map_err(ApiError::internal)?;
+    let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
+    let sha256: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let now = truncate_micros(Utc::now());
+    let meta = json!({
+        "id": file_id,
+        "name": file_name,
+        "size": size,
+        "type": content_type,
+        "sha256": sha256,
+        "uploaded_at": keel_query::value::format_datetime(&now),
+    });
+    let stored = StoredFile {
+        id: file_id,
+        org: target.org,
+        collection: target.collection.name.clone(),
+        record: id,
+        field: spec.name.to_string(),
+        object_key: key.clone(),
+        name: file_name,
+        content_type,
+        size: size as i64,
+        sha256,
+        uploaded_by: target.actor.user,
+        created_at: now,
+    };
+    let kept: ApiResult<(String, Vec<String>)> = async {
+        let mut tx = state.db.begin().await?;
+        let record = locked_record(&mut tx, state, &target, id).await?;
+        let current = files_of(record.get(spec.name));
+        let (value, dropped) = if spec.multiple {
+            if current.len() >= MAX_FILES {
+                return Err(ApiError::new(
+                    "too_many_files",
+                    format!("'{}' holds at most {MAX_FILES} files; delete one first", spec.name),
+                ));
+            }
+            let mut list = current;
+            list.push(meta.clone());
+            (Value::Array(list), vec![])
+        } else {
+            (meta.clone(), current.iter().filter_map(file_id_of).collect())
+        };
+        let json = write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
+        files::file_insert(&mut tx, &stored).await?;
+        let dropped_keys = files::file_delete(&mut tx, &dropped).await?;
+        tx.commit().await?;
+        Ok((json, dropped_keys))
+    }
+    .await;
+    let (json, dropped_keys) = match kept {
+        Ok(kept) => kept,
+        Err(error) => {
+            state.storage.delete_all(std::slice::from_ref(&key)).await;
+            return Err(error);
+        }
+    };
+    state.storage.delete_all(&dropped_keys).await;
+    triggered(state, &target.collection.triggers.on_update, 1);
+    let record: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "file": meta, "record": record })),
+    )
+        .into_response())
+}
+
+/// `attachment; filename="…"; filename*=UTF-8''…` for any name.
+fn disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+pub async fn download(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    field: &str,
+    file: &str,
+) -> ApiResult<Response> {
+    let target = resolve(state, principal, org, name).await?;
+    let builder = target.builder(state);
+    ensure_allowed(&builder, Action::View)?;
+    let id = parse_id(id)?;
+    let file = parse_id(file)?;
+    let spec = file_field(target.collection, field)?;
+    let json = records::get(
+        &state.db,
+        &builder,
+        id,
+        &[],
+        Some(&[spec.name.to_string(), "org".to_string()]),
+    )
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let record = parse_object(&json);
+    let meta = files_of(record.get(spec.name))
+        .into_iter()
+        .find(|m| file_id_of(m) == Some(file))
+        .ok_or_else(ApiError::not_found)?;
+    // The org of the record, not of the request (`-` reads across orgs).
+    let org = record
+        .get("org")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let key = object_key(org, &target.collection.name, id, spec.name, file);
+    let (size, stream) = match state.storage.get(&key).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => {
+            tracing::error!(key = %key, "a file the record lists is missing from storage");
+            return Err(ApiError::not_found());
+        }
+        Err(error) => return Err(ApiError::internal(error)),
+    };
+    let content_type = meta
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("application/octet-stream");
+    let file_name = meta.get("name").and_then(Value::as_str).unwrap_or("file");
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(value) = HeaderValue::from_str(&disposition(file_name)) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Some(hash) = meta.get("sha256").and_then(Value::as_str)
+        && let Ok(value) = HeaderValue::from_str(&format!("\"{hash}\""))
+    {
+        headers.insert(header::ETAG, value);
+    }
+    Ok(response)
+}
+
+pub async fn remove(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    field: &str,
+    file: &str,
+) -> ApiResult<Response> {
+    let target = resolve_write(state, principal, org, name, Action::Update).await?;
+    let id = parse_id(id)?;
+    let file = parse_id(file)?;
+    let spec = file_field(target.collection, field)?;
+    let mut tx = state.db.begin().await?;
+    let record = locked_record(&mut tx, state, &target, id).await?;
+    let current = files_of(record.get(spec.name));
+    if !current.iter().any(|m| file_id_of(m) == Some(file)) {
+        return Err(ApiError::not_found());
+    }
+    let value = if spec.multiple {
+        Value::Array(current.into_iter().filter(|m| file_id_of(m) != Some(file)).collect())
+    } else {
+        Value::Null
+    };
+    write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
+    let keys = files::file_delete(&mut tx, &[file]).await?;
+    tx.commit().await?;
+    state.storage.delete_all(&keys).await;
+    triggered(state, &target.collection.triggers.on_update, 1);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// Axum handlers.
+
+pub async fn org_upload(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id, field)): Path<(String, String, String, String)>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    upload(&state, &p, Some(&org), &name, &id, &field, params, headers, body).await
+}
+
+pub async fn global_upload(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id, field)): Path<(String, String, String)>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    upload(&state, &p, None, &name, &id, &field, params, headers, body).await
+}
+
+pub async fn org_download(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id, field, file)): Path<(String, String, String, String, String)>,
+) -> ApiResult<Response> {
+    download(&state, &p, Some(&org), &name, &id, &field, &file).await
+}
+
+pub async fn global_download(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id, field, file)): Path<(String, String, String, String)>,
+) -> ApiResult<Response> {
+    download(&state, &p, None, &name, &id, &field, &file).await
+}
+
+pub async fn org_remove(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id, field, file)): Path<(String, String, String, String, String)>,
+) -> ApiResult<Response> {
+    remove(&state, &p, Some(&org), &name, &id, &field, &file).await
+}
+
+pub async fn global_remove(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id, field, file)): Path<(String, String, String, String)>,
+) -> ApiResult<Response> {
+    remove(&state, &p, None, &name, &id, &field, &file).await
+}

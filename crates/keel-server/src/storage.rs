@@ -1,0 +1,71 @@
+//! Where uploaded files live: an `object_store` store (the local disk under `files.dir`),
+//! with every key under one prefix. Keys are laid out as
+//! `org-<org>/<collection>/<record>/<field>/<file id>` (`global/…` for global collections).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures_util::stream::BoxStream;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, WriteMultipart};
+
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Prepended to every key (the directory, for the local store).
+    prefix: String,
+}
+
+pub type StorageError = object_store::Error;
+
+impl Storage {
+    /// Files on the local disk under `dir` (created on first write).
+    pub fn local(dir: &Path) -> Storage {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let prefix = absolute
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
+        Storage {
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            prefix,
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}/{key}", self.prefix))
+    }
+
+    /// A writer for a new object: parts are written as they fill; `finish` makes the object
+    /// visible, `abort` drops what was written.
+    pub async fn writer(&self, key: &str) -> Result<WriteMultipart, StorageError> {
+        let upload = self.store.put_multipart(&self.path(key)).await?;
+        Ok(WriteMultipart::new_with_chunk_size(upload, 5 << 20))
+    }
+
+    /// An object's size and its bytes as a stream.
+    pub async fn get(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+        let result = self.store.get(&self.path(key)).await?;
+        let size = result.meta.size;
+        Ok((size, result.into_stream()))
+    }
+
+    /// Deletes an object; one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes objects after the transaction that dropped them committed; failures are
+    /// logged (the object is then an orphan on disk, not a dangling reference).
+    pub async fn delete_all(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(error) = self.delete(key).await {
+                tracing::warn!(key = %key, error = %error, "could not delete a stored file");
+            }
+        }
+    }
+}

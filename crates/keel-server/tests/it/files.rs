@@ -1,0 +1,247 @@
+//! Files (F1–F3, F5) on both backends with local storage: uploads streamed to disk under the
+//! org/collection/record/field layout, size and type limits read from the bytes, downloads
+//! under the view rule, single and multiple fields, and files deleted with their record.
+
+use keel_testkit::{Backend, TestApp, both};
+use serde_json::json;
+
+const SPEC: &str = r#"
+[app]
+name = "files"
+
+[roles]
+order = ["owner", "admin", "member", "viewer"]
+
+[collections.drivers]
+fields.name = { type = "text", required = true }
+fields.licence = { type = "file", max_size = "1MB", types = ["application/pdf", "image/*"] }
+fields.documents = { type = "file", multiple = true, max_size = "2MB" }
+rules.view = "role >= viewer"
+rules.update = "role >= member"
+rules.delete = "role >= admin"
+"#;
+
+const PDF: &[u8] = b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n";
+const PNG: &[u8] = &[
+    0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R',
+];
+
+async fn upload(app: &TestApp, path: &str, token: &str, content_type: &str, body: &[u8]) -> keel_testkit::TestResponse {
+    let headers = vec![
+        ("authorization".to_string(), format!("Bearer {token}")),
+        ("content-type".to_string(), content_type.to_string()),
+    ];
+    app.request_bytes("POST", path, headers, Some(body.to_vec())).await
+}
+
+fn stored_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+async fn files_upload_download_replace_and_delete(backend: Backend) {
+    let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
+    let files_dir = app.state.config.app.data_dir.join("files");
+    let (_, owner) = app.signup("owner@example.com").await;
+    let org = app.org(&owner, "acme").await;
+    let driver = app
+        .create("/api/v1/orgs/acme/drivers", &owner, json!({"name": "Dana"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/drivers/{driver}/files");
+
+    // The client says JSON; the bytes say PDF, and the bytes win.
+    let response = upload(
+        &app,
+        &format!("{base}/licence?name=../../etc/licence%201.pdf"),
+        &owner,
+        "application/json",
+        PDF,
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let file = response.body["file"].clone();
+    assert_eq!(file["type"], "application/pdf");
+    assert_eq!(file["size"], PDF.len());
+    assert_eq!(file["name"], "licence 1.pdf", "directories are stripped from names");
+    assert_eq!(file["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(response.body["record"]["licence"], file);
+    assert_eq!(response.body["record"]["version"], 2);
+    let file_id = file["id"].as_str().unwrap().to_string();
+    // Laid out by org, collection, record and field.
+    let on_disk = files_dir.join(format!("org-{org}/drivers/{driver}/licence/{file_id}"));
+    assert_eq!(std::fs::read(&on_disk).unwrap(), PDF);
+
+    let download = app.get(&format!("{base}/licence/{file_id}"), &owner).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(download.text.as_bytes(), PDF);
+    assert_eq!(download.header("content-type"), Some("application/pdf"));
+    assert_eq!(download.header("x-content-type-options"), Some("nosniff"));
+    assert!(
+        download
+            .header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=\"licence 1.pdf\"")
+    );
+
+    // Setting a file field through the JSON API is refused.
+    let patched = app
+        .patch(
+            &format!("/api/v1/orgs/acme/drivers/{driver}"),
+            &owner,
+            json!({"licence": file}),
+        )
+        .await;
+    assert_eq!(patched.code(), "validation_failed");
+
+    // A new licence replaces the old one, whose bytes go.
+    let response = upload(&app, &format!("{base}/licence"), &owner, "image/png", PNG).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    assert_eq!(response.body["file"]["type"], "image/png");
+    assert_eq!(response.body["file"]["name"], "file");
+    assert!(!on_disk.exists(), "the replaced file is deleted");
+    let old = app.get(&format!("{base}/licence/{file_id}"), &owner).await;
+    assert_eq!(old.status, 404);
+
+    // Limits: type from the bytes, size, empty files, non-file fields.
+    let text = upload(
+        &app,
+        &format!("{base}/licence"),
+        &owner,
+        "application/pdf",
+        b"just text, not a PDF",
+    )
+    .await;
+    assert_eq!(
+        (text.status.as_u16(), text.code()),
+        (415, "file_type_not_allowed"),
+        "{}",
+        text.text
+    );
+    assert_eq!(text.body["error"]["details"]["type"], "text/plain");
+    let big = vec![0u8; (1 << 20) + 1];
+    let too_big = upload(&app, &format!("{base}/licence"), &owner, "application/pdf", &big).await;
+    assert_eq!((too_big.status.as_u16(), too_big.code()), (413, "file_too_large"));
+    let empty = upload(&app, &format!("{base}/documents"), &owner, "text/plain", b"").await;
+    assert_eq!(empty.code(), "invalid_file");
+    let not_file = upload(&app, &format!("{base}/name"), &owner, "text/plain", b"x").await;
+    assert_eq!(not_file.code(), "invalid_file");
+
+    // A multiple field collects files; one can be removed.
+    let mut ids = vec![];
+    for (n, body) in [b"first,csv\n1,2\n".as_slice(), b"second".as_slice(), PDF]
+        .iter()
+        .enumerate()
+    {
+        let response = upload(
+            &app,
+            &format!("{base}/documents?name=doc{n}.csv"),
+            &owner,
+            "text/csv",
+            body,
+        )
+        .await;
+        assert_eq!(response.status, 201, "{}", response.text);
+        ids.push(response.body["file"]["id"].as_str().unwrap().to_string());
+    }
+    let record = app.get(&format!("/api/v1/orgs/acme/drivers/{driver}"), &owner).await;
+    let documents = record.body["documents"].as_array().unwrap();
+    assert_eq!(documents.len(), 3);
+    assert_eq!(documents[0]["type"], "text/csv", "text keeps the client's text subtype");
+    assert_eq!(documents[2]["type"], "application/pdf");
+    let removed = app.delete(&format!("{base}/documents/{}", ids[1]), &owner).await;
+    assert_eq!(removed.status, 204, "{}", removed.text);
+    let record = app.get(&format!("/api/v1/orgs/acme/drivers/{driver}"), &owner).await;
+    let left: Vec<&str> = record.body["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [ids[0].as_str(), ids[2].as_str()]);
+    assert_eq!(stored_files(&files_dir).len(), 3, "licence + two documents");
+
+    // Each change is in the activity log.
+    let activity = app
+        .get(
+            &format!("/api/v1/orgs/acme/activity?filter=record%20%3D%20%22{driver}%22"),
+            &owner,
+        )
+        .await;
+    assert_eq!(activity.body["items"].as_array().unwrap().len(), 1 + 2 + 3 + 1);
+
+    // Deleting the record deletes its files.
+    let deleted = app.delete(&format!("/api/v1/orgs/acme/drivers/{driver}"), &owner).await;
+    assert_eq!(deleted.status, 204);
+    assert!(stored_files(&files_dir).is_empty(), "{:?}", stored_files(&files_dir));
+    let rows = app
+        .db()
+        .query(&app.db().portable("SELECT count(*) FROM keel_files", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].int(), Some(0));
+}
+
+async fn file_access_follows_the_record_rules(backend: Backend) {
+    let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let (_, viewer) = app.member(&owner, "acme", "viewer@example.com", "viewer").await;
+    let driver = app
+        .create("/api/v1/orgs/acme/drivers", &owner, json!({"name": "Dana"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/drivers/{driver}/files");
+    // Viewers read but cannot upload or remove.
+    let denied = upload(&app, &format!("{base}/licence"), &viewer, "application/pdf", PDF).await;
+    assert_eq!(denied.status, 403);
+    let response = upload(&app, &format!("{base}/licence"), &owner, "application/pdf", PDF).await;
+    let file_id = response.body["file"]["id"].as_str().unwrap().to_string();
+    let read = app.get(&format!("{base}/licence/{file_id}"), &viewer).await;
+    assert_eq!(read.status, 200);
+    let remove = app.delete(&format!("{base}/licence/{file_id}"), &viewer).await;
+    assert_eq!(remove.status, 403);
+    // Other orgs see nothing; unknown files and records are 404.
+    let (_, stranger) = app.signup("stranger@example.com").await;
+    app.org(&stranger, "other").await;
+    assert_eq!(
+        app.get(&format!("{base}/licence/{file_id}"), &stranger).await.status,
+        404
+    );
+    let elsewhere = format!("/api/v1/orgs/other/drivers/{driver}/files/licence/{file_id}");
+    assert_eq!(app.get(&elsewhere, &stranger).await.status, 404);
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(app.get(&format!("{base}/licence/{unknown}"), &owner).await.status, 404);
+    let missing = upload(
+        &app,
+        &format!("/api/v1/orgs/acme/drivers/{unknown}/files/licence"),
+        &owner,
+        "application/pdf",
+        PDF,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    // Bulk deletes take the files too.
+    let files_dir = app.state.config.app.data_dir.join("files");
+    assert_eq!(stored_files(&files_dir).len(), 1);
+    let bulk = app.delete("/api/v1/orgs/acme/drivers?filter=true", &owner).await;
+    assert_eq!(bulk.body["deleted"], 1, "{}", bulk.text);
+    assert!(stored_files(&files_dir).is_empty());
+}
+
+both!(
+    files_upload_download_replace_and_delete,
+    file_access_follows_the_record_rules
+);
