@@ -88,7 +88,7 @@ pub fn sniff(head: &[u8], claimed: Option<&str>) -> String {
         // A multi-byte character cut at the end of the sample is still text.
         Err(error) => error.error_len().is_none() && error.valid_up_to() + 4 > head.len(),
     };
-    let printable = !head.iter().any(|b| *b == 0);
+    let printable = !head.contains(&0);
     if text && printable {
         let claimed = claimed
             .unwrap_or("")
