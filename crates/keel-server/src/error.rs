@@ -142,6 +142,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "The file is larger than the field's `max_size`; `details.max_bytes` has the limit.",
     ),
     (
+        "quota_exceeded",
+        413,
+        "The upload would take the user's or the org's stored files past the quota in `[storage]`; `details` has the scope, the quota, the bytes used and the file's size.",
+    ),
+    (
         "file_type_not_allowed",
         415,
         "The file's type, read from its bytes (not the client's claim), is not one the field accepts; `details` has both.",

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
                 .post(records::org_create)
                 .delete(bulk::org_delete_many),
         )
+        .route("/orgs/{org}/usage", get(files::org_usage))
         .route("/orgs/{org}/{collection}/import", post(bulk::org_import))
         .route("/orgs/{org}/{collection}/{id}/files/{field}", post(files::org_upload))
         .route(

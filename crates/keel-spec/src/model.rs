@@ -14,6 +14,16 @@ pub struct App {
     /// Queues and job kinds (J1–J10).
     #[serde(default)]
     pub jobs: JobsSpec,
+    /// Storage quotas for uploaded files (S12).
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// `[storage]`: how many bytes of files each user and each org may store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageSpec {
+    pub quota_per_user: Option<u64>,
+    pub quota_per_org: Option<u64>,
 }
 
 /// The app's queues and job kinds. The `default` queue always exists.

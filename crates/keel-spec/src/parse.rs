@@ -197,6 +197,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut queue_entries = vec![];
     let mut job_entries = vec![];
     let mut saw_roles = false;
+    let mut storage = StorageSpec::default();
     for entry in entries(root).unwrap_or_default() {
         match entry.key {
             "app" => {
@@ -275,13 +276,25 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             "collections" => {
                 collection_entries = table_entries(&mut reader, &entry, "collections");
             }
+            "storage" => {
+                for storage_entry in table_entries(&mut reader, &entry, "storage") {
+                    let path = format!("storage.{}", storage_entry.key);
+                    match storage_entry.key {
+                        "quota_per_user" => {
+                            storage.quota_per_user = jobs::size_bytes(&mut reader, &storage_entry, &path)
+                        }
+                        "quota_per_org" => storage.quota_per_org = jobs::size_bytes(&mut reader, &storage_entry, &path),
+                        _ => unknown_key(&mut reader, &storage_entry, &path, &["quota_per_user", "quota_per_org"]),
+                    }
+                }
+            }
             "queues" => queue_entries = table_entries(&mut reader, &entry, "queues"),
             "jobs" => job_entries = table_entries(&mut reader, &entry, "jobs"),
             _ => unknown_key(
                 &mut reader,
                 &entry,
                 entry.key,
-                &["app", "roles", "collections", "demo", "queues", "jobs"],
+                &["app", "roles", "collections", "demo", "queues", "jobs", "storage"],
             ),
         }
     }
@@ -319,6 +332,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             collections,
             demo,
             jobs,
+            storage,
         }
         .with_builtins())
     } else {

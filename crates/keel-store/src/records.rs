@@ -343,7 +343,11 @@ pub async fn delete(
     }
     tx.execute(&builder.delete(id)).await?;
     let object_keys = if builder.collection.has_files() {
-        crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &[id]).await?
+        crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &[id])
+            .await?
+            .into_iter()
+            .map(|removed| removed.object_key)
+            .collect()
     } else {
         vec![]
     };
@@ -408,8 +412,8 @@ pub async fn delete_many(
                     }
                 })
                 .collect();
-            let keys = crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &ids).await?;
-            object_keys.extend(keys);
+            let removed = crate::files::file_delete_for_records(&mut tx, &builder.collection.name, &ids).await?;
+            object_keys.extend(removed.into_iter().map(|r| r.object_key));
         }
         if !triggers.is_empty() {
             let mut jobs = Vec::with_capacity(rows.len() * triggers.len());

@@ -249,13 +249,31 @@ pub async fn upload(
     }
     // The record must exist and be the caller's to change before a byte is stored.
     let builder = target.builder(state);
-    if state
+    let current = state
         .db
         .query_one(&builder.get(id, Action::Update, &[], None, false))
         .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found());
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+        .ok_or_else(ApiError::not_found)?;
+    let quotas = quotas(state, &target);
+    if let Some(length) = declared {
+        // An early refusal, never stricter than the count the upload's transaction makes
+        // atomically (a replaced single file is given back first).
+        let replaced: u64 = if spec.multiple {
+            0
+        } else {
+            files_of(parse_object(&current).get(spec.name))
+                .iter()
+                .filter_map(|m| m.get("size").and_then(Value::as_u64))
+                .sum()
+        };
+        for (scope, what, quota) in &quotas {
+            let (used, _) = files::usage_get(&state.db, scope).await?;
+            if (used as u64).saturating_sub(replaced) + length > *quota {
+                return Err(quota_exceeded(what, *quota, used, length));
+            }
+        }
     }
     let claimed = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let file_name = clean_name(params.get("name"));
@@ -359,7 +377,22 @@ pub async fn upload(
         };
         let json = write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
         files::file_insert(&mut tx, &stored).await?;
-        let dropped_keys = files::file_delete(&mut tx, &dropped).await?;
+        let dropped_keys: Vec<String> = files::file_delete(&mut tx, &dropped)
+            .await?
+            .into_iter()
+            .map(|removed| removed.object_key)
+            .collect();
+        // Counted after the replaced file was given back, under the counters' row locks.
+        for (scope, what, quota) in &quotas {
+            if let Err(used) = files::usage_add(&mut tx, scope, size as i64, 1, Some(*quota)).await? {
+                return Err(quota_exceeded(what, *quota, used, size));
+            }
+        }
+        for scope in unlimited_scopes(&target) {
+            if !quotas.iter().any(|(s, _, _)| *s == scope) {
+                let _ = files::usage_add(&mut tx, &scope, size as i64, 1, None).await?;
+            }
+        }
         tx.commit().await?;
         Ok((json, dropped_keys))
     }
@@ -379,6 +412,56 @@ pub async fn upload(
         axum::Json(json!({ "file": meta, "record": record })),
     )
         .into_response())
+}
+
+/// The usage counters an upload by this caller is charged to.
+fn unlimited_scopes(target: &Target<'_>) -> Vec<String> {
+    let mut scopes = vec![];
+    if let Some(org) = target.org {
+        scopes.push(files::org_scope(org));
+    }
+    if let Some(user) = target.actor.user {
+        scopes.push(files::user_scope(user));
+    }
+    scopes
+}
+
+/// The counters with a quota: (scope, "user" or "org", bytes allowed).
+fn quotas(state: &AppState, target: &Target<'_>) -> Vec<(String, &'static str, u64)> {
+    let spec = &state.schema.app.storage;
+    let mut out = vec![];
+    if let (Some(org), Some(quota)) = (target.org, spec.quota_per_org) {
+        out.push((files::org_scope(org), "org", quota));
+    }
+    if let (Some(user), Some(quota)) = (target.actor.user, spec.quota_per_user) {
+        out.push((files::user_scope(user), "user", quota));
+    }
+    out
+}
+
+fn quota_exceeded(what: &str, quota: u64, used: i64, size: u64) -> ApiError {
+    ApiError::new(
+        "quota_exceeded",
+        format!(
+            "this file ({size} bytes) would take the {what}'s storage past its quota of {quota} bytes ({used} used)"
+        ),
+    )
+    .with_details(json!({ "scope": what, "quota_bytes": quota, "used_bytes": used, "file_bytes": size }))
+}
+
+/// `GET /api/v1/orgs/{org}/usage`: the org's stored files and the caller's, with quotas.
+pub async fn org_usage(State(state): State<AppState>, Auth(p): Auth, Path(org): Path<String>) -> ApiResult<Response> {
+    let (org, _) = crate::extract::org_access(&state, &p, &org).await?;
+    let spec = &state.schema.app.storage;
+    let (org_bytes, org_files) = files::usage_get(&state.db, &files::org_scope(org.id)).await?;
+    let mut body = json!({
+        "org": { "bytes": org_bytes, "files": org_files, "quota_bytes": spec.quota_per_org },
+    });
+    if let Principal::User { user, .. } = &p {
+        let (bytes, count) = files::usage_get(&state.db, &files::user_scope(user.id)).await?;
+        body["user"] = json!({ "bytes": bytes, "files": count, "quota_bytes": spec.quota_per_user });
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 /// `attachment; filename="…"; filename*=UTF-8''…` for any name.
@@ -496,7 +579,11 @@ pub async fn remove(
         Value::Null
     };
     write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
-    let keys = files::file_delete(&mut tx, &[file]).await?;
+    let keys: Vec<String> = files::file_delete(&mut tx, &[file])
+        .await?
+        .into_iter()
+        .map(|removed| removed.object_key)
+        .collect();
     tx.commit().await?;
     state.storage.delete_all(&keys).await;
     triggered(state, &target.collection.triggers.on_update, 1);

@@ -245,3 +245,103 @@ both!(
     files_upload_download_replace_and_delete,
     file_access_follows_the_record_rules
 );
+
+const QUOTA_SPEC: &str = r#"
+[app]
+name = "quotas"
+
+[roles]
+order = ["owner", "member"]
+
+[storage]
+quota_per_user = "1KB"
+quota_per_org = "2KB"
+
+[collections.uploads]
+fields.name = { type = "text" }
+fields.pdf = { type = "file" }
+fields.attachments = { type = "file", multiple = true }
+rules.update = "role >= member"
+"#;
+
+async fn storage_quotas_hold_per_user_and_per_org(backend: Backend) {
+    let app = TestApp::spawn_with(backend, QUOTA_SPEC, |_| {}).await;
+    let (_, alice) = app.signup("alice@example.com").await;
+    app.org(&alice, "acme").await;
+    let (_, bob) = app.member(&alice, "acme", "bob@example.com", "member").await;
+    let record = app
+        .create("/api/v1/orgs/acme/uploads", &alice, json!({"name": "x"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/uploads/{record}/files");
+    let bytes = |n: usize| vec![b'a'; n];
+
+    // Two uploads at once that fit alone but not together: exactly one is kept.
+    let (path, body) = (format!("{base}/attachments"), bytes(600));
+    let (first, second) = tokio::join!(
+        upload(&app, &path, &alice, "text/plain", &body),
+        upload(&app, &path, &alice, "text/plain", &body),
+    );
+    let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 413], "{} / {}", first.text, second.text);
+    let refused = if first.status == 413 { &first } else { &second };
+    assert_eq!(refused.code(), "quota_exceeded");
+    assert_eq!(refused.body["error"]["details"]["scope"], "user");
+    assert_eq!(refused.body["error"]["details"]["quota_bytes"], 1024);
+    assert_eq!(refused.body["error"]["details"]["used_bytes"], 600);
+
+    // Bob has his own user quota; together they reach the org's.
+    let response = upload(&app, &format!("{base}/attachments"), &bob, "text/plain", &bytes(900)).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let response = upload(&app, &format!("{base}/attachments"), &bob, "text/plain", &bytes(100)).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let (_, carol) = app.member(&alice, "acme", "carol@example.com", "member").await;
+    let org_full = upload(&app, &format!("{base}/attachments"), &carol, "text/plain", &bytes(449)).await;
+    assert_eq!(org_full.code(), "quota_exceeded");
+    assert_eq!(org_full.body["error"]["details"]["scope"], "org");
+    let usage = app.get("/api/v1/orgs/acme/usage", &alice).await;
+    assert_eq!(usage.body["org"]["bytes"], 1600, "{}", usage.text);
+    assert_eq!(usage.body["org"]["files"], 3);
+    assert_eq!(usage.body["org"]["quota_bytes"], 2048);
+    assert_eq!(usage.body["user"]["bytes"], 600);
+    assert_eq!(usage.body["user"]["quota_bytes"], 1024);
+
+    // Removing a file gives its bytes back to whoever uploaded it.
+    let record_json = app.get(&format!("/api/v1/orgs/acme/uploads/{record}"), &alice).await;
+    let alices = record_json.body["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["size"] == 600)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let removed = app.delete(&format!("{base}/attachments/{alices}"), &bob).await;
+    assert_eq!(removed.status, 204);
+    let usage = app.get("/api/v1/orgs/acme/usage", &alice).await;
+    assert_eq!(
+        (
+            usage.body["org"]["bytes"].as_i64(),
+            usage.body["user"]["bytes"].as_i64()
+        ),
+        (Some(1000), Some(0))
+    );
+
+    // A replaced single file is given back before the new one is counted.
+    let response = upload(&app, &format!("{base}/pdf"), &alice, "text/plain", &bytes(1000)).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let response = upload(&app, &format!("{base}/pdf"), &alice, "text/plain", &bytes(1010)).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let usage = app.get("/api/v1/orgs/acme/usage", &alice).await;
+    assert_eq!(usage.body["user"]["bytes"], 1010);
+    // Deleting the record gives everything back.
+    app.delete(&format!("/api/v1/orgs/acme/uploads/{record}"), &alice).await;
+    let usage = app.get("/api/v1/orgs/acme/usage", &alice).await;
+    assert_eq!(
+        (usage.body["org"]["bytes"].as_i64(), usage.body["org"]["files"].as_i64()),
+        (Some(0), Some(0))
+    );
+}
+
+both!(storage_quotas_hold_per_user_and_per_org);
