@@ -142,6 +142,16 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "The file is larger than the field's `max_size`; `details.max_bytes` has the limit.",
     ),
     (
+        "invalid_signature",
+        403,
+        "A signed file link whose signature does not match (altered, or made by another deployment).",
+    ),
+    (
+        "link_expired",
+        403,
+        "A signed file link past its expiry; ask for a new one.",
+    ),
+    (
         "quota_exceeded",
         413,
         "The upload would take the user's or the org's stored files past the quota in `[storage]`; `details` has the scope, the quota, the bytes used and the file's size.",

@@ -83,6 +83,11 @@ pub fn router(state: AppState) -> Router {
             get(files::org_download).delete(files::org_remove),
         )
         .route(
+            "/orgs/{org}/{collection}/{id}/files/{field}/{file}/link",
+            post(files::org_link),
+        )
+        .route("/files/{file}", get(files::signed_download))
+        .route(
             "/orgs/{org}/{collection}/batches/{batch}",
             axum::routing::delete(bulk::org_delete_batch),
         )
@@ -105,6 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/global/{collection}/{id}/files/{field}/{file}",
             get(files::global_download).delete(files::global_remove),
+        )
+        .route(
+            "/global/{collection}/{id}/files/{field}/{file}/link",
+            post(files::global_link),
         )
         .route(
             "/global/{collection}/batches/{batch}",
@@ -309,6 +318,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     AppState {
         inner: Arc::new(state::Inner {
             storage,
+            link_key: tokio::sync::OnceCell::new(),
             dummy_password_hash,
             patterns,
             schema,

@@ -23,6 +23,7 @@ pub fn tables(dialect: Dialect) -> Vec<String> {
         "CREATE INDEX keel_files_age ON keel_files (collection, field, created_at)".to_string(),
         "CREATE INDEX keel_files_org ON keel_files (org, uploaded_by)".to_string(),
         format!("CREATE TABLE keel_usage (scope TEXT PRIMARY KEY, bytes {bigint} NOT NULL, files {bigint} NOT NULL)"),
+        "CREATE TABLE keel_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)".to_string(),
     ]
 }
 
@@ -219,4 +220,54 @@ pub async fn usage_get(db: &crate::Db, scope: &str) -> Result<(i64, i64), StoreE
         .next()
         .map(|row| (row[0].int().unwrap_or(0), row[1].int().unwrap_or(0)))
         .unwrap_or((0, 0)))
+}
+
+/// A server secret shared by every instance (e.g. the key that signs file links): created
+/// with `candidate` by the first instance that asks, then read by all.
+pub async fn secret(db: &crate::Db, name: &str, candidate: &str) -> Result<String, StoreError> {
+    let dialect = db.dialect();
+    let insert = crate::db::portable(
+        dialect,
+        "INSERT INTO keel_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        vec![SqlValue::Text(name.to_string()), SqlValue::Text(candidate.to_string())],
+    );
+    db.write(&insert).await?;
+    let select = crate::db::portable(
+        dialect,
+        "SELECT value FROM keel_secrets WHERE name = $1",
+        vec![SqlValue::Text(name.to_string())],
+    );
+    db.query_primary(&select)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
+        .and_then(|cell| cell.into_text())
+        .ok_or(StoreError::NotFound)
+}
+
+/// A stored file by id.
+pub async fn file_get(db: &crate::Db, id: Uuid) -> Result<Option<StoredFile>, StoreError> {
+    let sql = crate::db::portable(
+        db.dialect(),
+        "SELECT id, org, collection, record, field, object_key, name, content_type, size, sha256, uploaded_by, created_at FROM keel_files WHERE id = $1",
+        vec![SqlValue::Uuid(id)],
+    );
+    Ok(db.query_primary(&sql).await?.into_iter().next().and_then(|row| {
+        let mut cells = row.into_iter();
+        Some(StoredFile {
+            id: cells.next()?.uuid()?,
+            org: cells.next().and_then(|c| c.uuid()),
+            collection: cells.next()?.into_text()?,
+            record: cells.next()?.uuid()?,
+            field: cells.next()?.into_text()?,
+            object_key: cells.next()?.into_text()?,
+            name: cells.next()?.into_text()?,
+            content_type: cells.next()?.into_text()?,
+            size: cells.next()?.int()?,
+            sha256: cells.next()?.into_text()?,
+            uploaded_by: cells.next().and_then(|c| c.uuid()),
+            created_at: cells.next()?.datetime()?,
+        })
+    }))
 }

@@ -522,7 +522,24 @@ pub async fn download(
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok());
     let key = object_key(org, &target.collection.name, id, spec.name, file);
-    let (size, stream) = match state.storage.get(&key).await {
+    let content_type = meta
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("application/octet-stream");
+    let file_name = meta.get("name").and_then(Value::as_str).unwrap_or("file");
+    let sha256 = meta.get("sha256").and_then(Value::as_str);
+    stream_file(state, &key, content_type, file_name, sha256).await
+}
+
+/// A stored object as a download.
+async fn stream_file(
+    state: &AppState,
+    key: &str,
+    content_type: &str,
+    file_name: &str,
+    sha256: Option<&str>,
+) -> ApiResult<Response> {
+    let (size, stream) = match state.storage.get(key).await {
         Ok(found) => found,
         Err(object_store::Error::NotFound { .. }) => {
             tracing::error!(key = %key, "a file the record lists is missing from storage");
@@ -530,11 +547,6 @@ pub async fn download(
         }
         Err(error) => return Err(ApiError::internal(error)),
     };
-    let content_type = meta
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("application/octet-stream");
-    let file_name = meta.get("name").and_then(Value::as_str).unwrap_or("file");
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(content_type) {
@@ -546,7 +558,7 @@ pub async fn download(
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    if let Some(hash) = meta.get("sha256").and_then(Value::as_str)
+    if let Some(hash) = sha256
         && let Ok(value) = HeaderValue::from_str(&format!("\"{hash}\""))
     {
         headers.insert(header::ETAG, value);
@@ -590,7 +602,139 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The longest a signed link lives, and its default.
+const MAX_LINK_SECONDS: u64 = 3_600;
+const DEFAULT_LINK_SECONDS: u64 = 300;
+
+/// The link-signing key: random, created once in the database and shared by every instance.
+async fn link_key(state: &AppState) -> ApiResult<&[u8]> {
+    let key = state
+        .link_key
+        .get_or_try_init(|| async {
+            let candidate: String = (0..4).map(|_| Uuid::new_v4().simple().to_string()).collect();
+            let value = files::secret(&state.db, "file_links", &candidate).await?;
+            Ok::<_, ApiError>(value.into_bytes())
+        })
+        .await?;
+    Ok(key)
+}
+
+fn signature(key: &[u8], file: Uuid, expires: i64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("{file}.{expires}").as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `POST …/files/{field}/{file}/link`: a URL that downloads the file without credentials
+/// until it expires (for `<img src>` and browser downloads). Needs the view rule.
+#[allow(clippy::too_many_arguments)]
+pub async fn link(
+    state: &AppState,
+    principal: &Principal,
+    org: Option<&str>,
+    name: &str,
+    id: &str,
+    field: &str,
+    file: &str,
+    params: Params,
+) -> ApiResult<Response> {
+    params.only(&["expires_in"])?;
+    let seconds = match params.get("expires_in") {
+        None => DEFAULT_LINK_SECONDS,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if (1..=MAX_LINK_SECONDS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    "invalid_query",
+                    format!("expires_in is 1 to {MAX_LINK_SECONDS} seconds"),
+                ));
+            }
+        },
+    };
+    let target = resolve(state, principal, org, name).await?;
+    let builder = target.builder(state);
+    ensure_allowed(&builder, Action::View)?;
+    let id = parse_id(id)?;
+    let file = parse_id(file)?;
+    let spec = file_field(target.collection, field)?;
+    let json = records::get(&state.db, &builder, id, &[], Some(&[spec.name.to_string()]))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if !files_of(parse_object(&json).get(spec.name))
+        .iter()
+        .any(|m| file_id_of(m) == Some(file))
+    {
+        return Err(ApiError::not_found());
+    }
+    let expires = Utc::now().timestamp() + seconds as i64;
+    let signature = signature(link_key(state).await?, file, expires);
+    let url = format!("/api/v1/files/{file}?expires={expires}&signature={signature}");
+    let expires_at = chrono::DateTime::from_timestamp(expires, 0).map(|t| keel_query::value::format_datetime(&t));
+    Ok(axum::Json(json!({ "url": url, "expires_at": expires_at })).into_response())
+}
+
+/// `GET /api/v1/files/{file}?expires=…&signature=…`: a signed link, no credentials.
+pub async fn signed_download(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
+    params.only(&["expires", "signature"])?;
+    let refused = || ApiError::new("invalid_signature", "this link is not valid");
+    let file = Uuid::parse_str(&file).map_err(|_| refused())?;
+    let expires: i64 = params.get("expires").and_then(|e| e.parse().ok()).ok_or_else(refused)?;
+    let given = params.get("signature").ok_or_else(refused)?;
+    let expected = signature(link_key(&state).await?, file, expires);
+    // Compare in constant time.
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(refused());
+    }
+    if Utc::now().timestamp() > expires {
+        return Err(ApiError::new(
+            "link_expired",
+            "this link has expired; ask for a new one",
+        ));
+    }
+    // A file removed since the link was made is gone.
+    let stored = files::file_get(&state.db, file)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    stream_file(
+        &state,
+        &stored.object_key,
+        &stored.content_type,
+        &stored.name,
+        Some(&stored.sha256),
+    )
+    .await
+}
+
 // Axum handlers.
+
+pub async fn org_link(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((org, name, id, field, file)): Path<(String, String, String, String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
+    link(&state, &p, Some(&org), &name, &id, &field, &file, params).await
+}
+
+pub async fn global_link(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id, field, file)): Path<(String, String, String, String)>,
+    params: Params,
+) -> ApiResult<Response> {
+    link(&state, &p, None, &name, &id, &field, &file, params).await
+}
 
 pub async fn org_upload(
     State(state): State<AppState>,

@@ -213,6 +213,49 @@ async fn file_access_follows_the_record_rules(backend: Backend) {
     assert_eq!(read.status, 200);
     let remove = app.delete(&format!("{base}/licence/{file_id}"), &viewer).await;
     assert_eq!(remove.status, 403);
+
+    // A signed link downloads without credentials until it expires.
+    let link = app
+        .request(
+            "POST",
+            &format!("{base}/licence/{file_id}/link?expires_in=1"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(link.status, 200, "{}", link.text);
+    let url = link.body["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("/api/v1/files/{file_id}?expires=")), "{url}");
+    let fetched = app.request("GET", &url, None, None).await;
+    assert_eq!(fetched.status, 200, "{}", fetched.text);
+    assert_eq!(fetched.text.as_bytes(), PDF);
+    assert_eq!(fetched.header("content-type"), Some("application/pdf"));
+    let tampered = url.replace("signature=", "signature=0");
+    assert_eq!(
+        app.request("GET", &tampered, None, None).await.code(),
+        "invalid_signature"
+    );
+    let other_file = url.replace(&file_id, &uuid::Uuid::now_v7().to_string());
+    assert_eq!(
+        app.request("GET", &other_file, None, None).await.code(),
+        "invalid_signature"
+    );
+    let too_long = app
+        .request(
+            "POST",
+            &format!("{base}/licence/{file_id}/link?expires_in=86400"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(too_long.code(), "invalid_query");
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(app.request("GET", &url, None, None).await.code(), "link_expired");
+    let (_, outsider) = app.signup("outsider@example.com").await;
+    let denied = app
+        .request("POST", &format!("{base}/licence/{file_id}/link"), Some(&outsider), None)
+        .await;
+    assert_eq!(denied.status, 404);
     // Other orgs see nothing; unknown files and records are 404.
     let (_, stranger) = app.signup("stranger@example.com").await;
     app.org(&stranger, "other").await;
