@@ -298,6 +298,12 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let db = Arc::new(db);
     let schema = Arc::new(schema);
     let patterns = Arc::new(Patterns::new(&schema.app.collections));
+    let files_dir = if config.files.dir.is_absolute() {
+        config.files.dir.clone()
+    } else {
+        config.app.data_dir.join(&config.files.dir)
+    };
+    let storage = Arc::new(storage::Storage::local(&files_dir));
     let jobs = keel_jobs::Jobs::with_observer(
         db.clone(),
         schema.clone(),
@@ -305,16 +311,11 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         config.jobs(),
         metrics.clone(),
     );
+    jobs.register(keel_spec::CLEANUP_KIND, routes::files::cleanup_handler(storage.clone()));
     jobs.register(
         keel_spec::IMPORT_KIND,
         import::job_handler(import::Limits::of(&config.limits)),
     );
-    let files_dir = if config.files.dir.is_absolute() {
-        config.files.dir.clone()
-    } else {
-        config.app.data_dir.join(&config.files.dir)
-    };
-    let storage = Arc::new(storage::Storage::local(&files_dir));
     AppState {
         inner: Arc::new(state::Inner {
             storage,

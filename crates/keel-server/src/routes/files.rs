@@ -789,3 +789,172 @@ pub async fn global_remove(
 ) -> ApiResult<Response> {
     remove(&state, &p, None, &name, &id, &field, &file).await
 }
+
+/// The cleanup job with files: the built-in cleanup (job retention, time series, spooled
+/// uploads), then file retention (`retention` on a file field) and files whose record is gone
+/// (deleted by a database cascade). At most `FILES_PER_RUN` files per run; the rest wait for
+/// the next run.
+pub fn cleanup_handler(storage: std::sync::Arc<crate::storage::Storage>) -> keel_jobs::HandlerFn {
+    std::sync::Arc::new(move |context: keel_jobs::JobContext| {
+        let storage = storage.clone();
+        Box::pin(async move {
+            let base = keel_jobs::handlers::run(keel_spec::Handler::Cleanup, context.clone()).await?;
+            let files = expire_files(&context, &storage)
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("file retention failed: {e}")))?;
+            let mut result = base.unwrap_or_else(|| json!({}));
+            result["files"] = files;
+            Ok(Some(result))
+        })
+    })
+}
+
+const FILES_PER_RUN: i64 = 1_000;
+
+async fn expire_files(
+    context: &keel_jobs::JobContext,
+    storage: &crate::storage::Storage,
+) -> Result<Value, keel_store::StoreError> {
+    let db = &context.db;
+    let dialect = db.dialect();
+    let mut expired = 0u64;
+    let mut orphans = 0u64;
+    for collection in context.schema.app.collections.iter().filter(|c| c.has_files()) {
+        let table = keel_query::value::ident(&collection.table());
+        // Files whose record no longer exists.
+        let sql = db.portable(
+            &format!(
+                "SELECT f.id FROM keel_files f WHERE f.collection = $1 AND NOT EXISTS (SELECT 1 FROM {table} r WHERE r.id = f.record) LIMIT {FILES_PER_RUN}"
+            ),
+            vec![SqlValue::Text(collection.name.clone())],
+        );
+        let ids: Vec<Uuid> = db
+            .query_primary(&sql)
+            .await?
+            .into_iter()
+            .filter_map(|row| row.first().and_then(|c| c.uuid()))
+            .collect();
+        if !ids.is_empty() {
+            let mut tx = db.begin().await?;
+            let removed = files::file_delete(&mut tx, &ids).await?;
+            tx.commit().await?;
+            orphans += removed.len() as u64;
+            let keys: Vec<String> = removed.into_iter().map(|r| r.object_key).collect();
+            storage.delete_all(&keys).await;
+        }
+        // Files past their field's retention.
+        for field in &collection.fields {
+            let FieldKind::File {
+                retention_ms: Some(retention),
+                ..
+            } = &field.kind
+            else {
+                continue;
+            };
+            let cutoff = truncate_micros(Utc::now() - chrono::Duration::milliseconds(*retention as i64));
+            let sql = keel_store::db::portable(
+                dialect,
+                &format!(
+                    "SELECT id FROM keel_files WHERE collection = $1 AND field = $2 AND created_at < $3 ORDER BY created_at LIMIT {FILES_PER_RUN}"
+                ),
+                vec![
+                    SqlValue::Text(collection.name.clone()),
+                    SqlValue::Text(field.name.clone()),
+                    SqlValue::Datetime(cutoff),
+                ],
+            );
+            for row in db.query_primary(&sql).await? {
+                let Some(id) = row.first().and_then(|c| c.uuid()) else {
+                    continue;
+                };
+                if let Some(file) = files::file_get(db, id).await? {
+                    expire_file(context, storage, collection, &file).await?;
+                    expired += 1;
+                }
+            }
+        }
+    }
+    Ok(json!({ "expired": expired, "orphans": orphans }))
+}
+
+/// Removes one file past its retention from its record (an update by the system, logged).
+async fn expire_file(
+    context: &keel_jobs::JobContext,
+    storage: &crate::storage::Storage,
+    collection: &Collection,
+    file: &StoredFile,
+) -> Result<(), keel_store::StoreError> {
+    let caller = keel_query::Caller {
+        context: keel_query::Context {
+            user: None,
+            role: keel_query::RoleSource::Rank(None),
+            now: truncate_micros(Utc::now()),
+        },
+        superuser: true,
+    };
+    let builder = keel_query::Builder {
+        schema: &context.schema,
+        collection,
+        dialect: context.db.dialect(),
+        caller: &caller,
+        scope: file.org.map_or(keel_query::Scope::Unscoped, keel_query::Scope::Org),
+    };
+    let mut tx = context.db.begin().await?;
+    if let Some(json) = tx
+        .query_one(&builder.get(file.record, Action::Update, &[], None, true))
+        .await?
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| c.into_text())
+    {
+        let record = parse_object(&json);
+        let old = record.get(&file.field).cloned().unwrap_or(Value::Null);
+        let value = match &old {
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .filter(|m| file_id_of(m) != Some(file.id))
+                    .cloned()
+                    .collect(),
+            ),
+            _ => Value::Null,
+        };
+        let stored = if value.is_null() {
+            SqlValue::Null
+        } else {
+            SqlValue::Json(value.clone())
+        };
+        let version = record.get("version").and_then(Value::as_i64).unwrap_or(0);
+        let columns = vec![
+            (file.field.clone(), stored),
+            (
+                "updated_at".to_string(),
+                SqlValue::Datetime(truncate_micros(Utc::now())),
+            ),
+        ];
+        tx.query(&builder.update(file.record, version, &columns)).await?;
+        let actor = keel_store::records::Actor {
+            user: None,
+            api_key: None,
+            request_id: format!("job-{}", context.id),
+        };
+        let scope = WriteScope {
+            builder: &builder,
+            org: file.org,
+            actor: &actor,
+        };
+        records::log_activity(
+            &mut tx,
+            &scope,
+            &file.record.to_string(),
+            "update",
+            json!({ "changed": { &file.field: { "old": old, "new": value } }, "reason": "retention" }),
+            1,
+        )
+        .await?;
+    }
+    let removed = files::file_delete(&mut tx, &[file.id]).await?;
+    tx.commit().await?;
+    let keys: Vec<String> = removed.into_iter().map(|r| r.object_key).collect();
+    storage.delete_all(&keys).await;
+    Ok(())
+}

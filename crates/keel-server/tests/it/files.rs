@@ -388,3 +388,98 @@ async fn storage_quotas_hold_per_user_and_per_org(backend: Backend) {
 }
 
 both!(storage_quotas_hold_per_user_and_per_org);
+
+const RETENTION_SPEC: &str = r#"
+[app]
+name = "retention"
+
+[roles]
+order = ["owner"]
+
+[collections.runs]
+fields.name = { type = "text" }
+
+[collections.reports]
+fields.run = { type = "relation", to = "runs", on_delete = "cascade" }
+fields.pdf = { type = "file", retention = "1s" }
+fields.keep = { type = "file" }
+"#;
+
+async fn retention_and_orphans_are_cleaned_up(backend: Backend) {
+    let app = TestApp::spawn_with(backend, RETENTION_SPEC, |_| {}).await;
+    app.state.jobs.start();
+    let (owner_id, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    app.make_superuser(&owner_id).await;
+    let files_dir = app.state.config.app.data_dir.join("files");
+    let run = app.create("/api/v1/orgs/acme/runs", &owner, json!({"name": "r"})).await;
+    let kept = app.create("/api/v1/orgs/acme/reports", &owner, json!({})).await;
+    let orphaned = app
+        .create("/api/v1/orgs/acme/reports", &owner, json!({"run": run}))
+        .await;
+    let up = |record: &str, field: &str| format!("/api/v1/orgs/acme/reports/{record}/files/{field}");
+    assert_eq!(
+        upload(&app, &up(&kept, "pdf"), &owner, "application/pdf", PDF)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        upload(&app, &up(&kept, "keep"), &owner, "application/pdf", PDF)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        upload(&app, &up(&orphaned, "keep"), &owner, "application/pdf", PDF)
+            .await
+            .status,
+        201
+    );
+    // Deleting the run deletes its report by a database cascade, which leaves the file behind.
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/runs/{run}"), &owner)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(stored_files(&files_dir).len(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+
+    let cleanup = app
+        .post("/api/v1/admin/jobs", &owner, json!({"kind": "keel_cleanup"}))
+        .await;
+    assert_eq!(cleanup.status, 201, "{}", cleanup.text);
+    let done = app
+        .wait_job(
+            cleanup.body["id"].as_i64().unwrap(),
+            keel_store::jobs::JobState::Completed,
+            20,
+        )
+        .await;
+    let result = done.result.unwrap();
+    assert_eq!(result["files"], json!({"expired": 1, "orphans": 1}), "{result}");
+    let record = app.get(&format!("/api/v1/orgs/acme/reports/{kept}"), &owner).await;
+    assert!(record.body["pdf"].is_null(), "{}", record.text);
+    assert!(
+        record.body["keep"].is_object(),
+        "a field without retention keeps its file"
+    );
+    assert_eq!(stored_files(&files_dir).len(), 1);
+    let usage = app.get("/api/v1/orgs/acme/usage", &owner).await;
+    assert_eq!(usage.body["org"]["files"], 1);
+    let activity = app
+        .get(
+            &format!("/api/v1/orgs/acme/activity?filter=record%20%3D%20%22{kept}%22&sort=-id"),
+            &owner,
+        )
+        .await;
+    assert_eq!(
+        activity.body["items"][0]["changes"]["reason"], "retention",
+        "{}",
+        activity.text
+    );
+    app.state.jobs.shutdown().await;
+}
+
+both!(retention_and_orphans_are_cleaned_up);
