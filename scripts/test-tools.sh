@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test-tools.sh — the real peers some tests talk to, installed once under target/:
-# a Python venv with aiosmtpd (an SMTP sink for the email handler's tests).
-# Prints the venv's python; tests read it from KEEL_TEST_PYTHON.
+# - a Python venv with aiosmtpd (an SMTP sink for the email handler's tests);
+# - s3rver (npm), an S3-compatible server that keeps objects on disk (the file tests on S3).
+# Prints two lines: the venv's python (tests read KEEL_TEST_PYTHON) and the s3rver
+# program (KEEL_TEST_S3RVER).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/target/venv-test"
@@ -14,4 +16,14 @@ if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
     fi
     "$VENV/bin/pip" install --quiet --disable-pip-version-check aiosmtpd >&2
 fi
+S3RVER_DIR="$ROOT/target/s3rver"
+S3RVER="$S3RVER_DIR/node_modules/.bin/s3rver"
+if [ ! -x "$S3RVER" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
+    fi
+    mkdir -p "$S3RVER_DIR"
+    npm install --prefix "$S3RVER_DIR" --no-audit --no-fund --loglevel=error s3rver@3.7.1 >&2
+fi
 echo "$VENV/bin/python"
+echo "$S3RVER"

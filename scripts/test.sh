@@ -12,7 +12,8 @@
 #      (tests then fail, rather than skip, when PostgreSQL is unavailable).
 #      `scripts/services.sh down` runs on exit: success, failure or Ctrl-C.
 #      scripts/test-tools.sh installs aiosmtpd (the SMTP sink of the email tests)
-#      into target/venv-test and we export KEEL_TEST_PYTHON.
+#      into target/venv-test and s3rver (an S3-compatible server on disk, for the
+#      file tests) into target/s3rver; we export KEEL_TEST_PYTHON and KEEL_TEST_S3RVER.
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. cargo nextest run --workspace --no-fail-fast [ARGS...]
@@ -86,10 +87,13 @@ echo "KEEL_TEST_PG_URL=$KEEL_TEST_PG_URL"
 echo "KEEL_TEST_REDIS_URL=$KEEL_TEST_REDIS_URL"
 
 # --- tools some tests talk to (an SMTP sink) -------------------------------------
-stage "test tools: aiosmtpd in target/venv-test (scripts/test-tools.sh)"
-KEEL_TEST_PYTHON="$(scripts/test-tools.sh)"
-export KEEL_TEST_PYTHON
+stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver (scripts/test-tools.sh)"
+TOOLS="$(scripts/test-tools.sh)"
+KEEL_TEST_PYTHON="$(echo "$TOOLS" | sed -n 1p)"
+KEEL_TEST_S3RVER="$(echo "$TOOLS" | sed -n 2p)"
+export KEEL_TEST_PYTHON KEEL_TEST_S3RVER
 echo "KEEL_TEST_PYTHON=$KEEL_TEST_PYTHON"
+echo "KEEL_TEST_S3RVER=$KEEL_TEST_S3RVER"
 
 # --- override (testing this script without cargo) -----------------------------
 if [[ -n "${KEEL_TEST_CMD_OVERRIDE:-}" ]]; then

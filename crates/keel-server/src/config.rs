@@ -36,13 +36,35 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesSection {
-    /// Where uploaded files are kept (a relative path is under `app.data_dir`).
+    /// `local` (a directory) or `s3` (any S3-compatible store).
+    pub backend: String,
+    /// Where uploaded files are kept with `local` (a relative path is under `app.data_dir`).
     pub dir: PathBuf,
+    pub s3_bucket: Option<String>,
+    /// The store's URL for S3-compatible servers other than AWS (MinIO, Garage, R2, …).
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
+    /// Prepended to every key in the bucket.
+    pub s3_prefix: String,
+    /// Allow an `http://` endpoint (local test servers).
+    pub s3_allow_http: bool,
 }
 
 impl Default for FilesSection {
     fn default() -> Self {
-        FilesSection { dir: "files".into() }
+        FilesSection {
+            backend: "local".into(),
+            dir: "files".into(),
+            s3_bucket: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_prefix: String::new(),
+            s3_allow_http: false,
+        }
     }
 }
 
@@ -405,6 +427,16 @@ impl Config {
         if self.jobs.max_claim_wait_ms > 120_000 {
             return fail("jobs.max_claim_wait_ms", "must be at most 120000");
         }
+        match self.files.backend.as_str() {
+            "local" => {}
+            "s3" if self.files.s3_bucket.as_deref().is_some_and(|b| !b.is_empty()) => {
+                if let Err(error) = crate::storage::Storage::s3(&self.files) {
+                    return fail("files", &format!("the S3 settings are not usable: {error}"));
+                }
+            }
+            "s3" => return fail("files.s3_bucket", "is required with files.backend = \"s3\""),
+            _ => return fail("files.backend", "must be local or s3"),
+        }
         if !["none", "starttls", "tls"].contains(&self.smtp.tls.as_str()) {
             return fail("smtp.tls", "must be one of: none, starttls, tls");
         }
@@ -697,6 +729,32 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("smtp.password", "SMTP password."),
     ("smtp.from", "The sender address of email jobs."),
     (
+        "files.backend",
+        "`local` (files under `files.dir`) or `s3` (an S3-compatible bucket).",
+    ),
+    ("files.s3_bucket", "The bucket, with `files.backend = \"s3\"`."),
+    (
+        "files.s3_endpoint",
+        "The endpoint of an S3-compatible store other than AWS (e.g. `http://127.0.0.1:9000`); unset for AWS.",
+    ),
+    ("files.s3_region", "The bucket's region."),
+    (
+        "files.s3_access_key_id",
+        "Credentials; unset uses the environment's (`AWS_ACCESS_KEY_ID`, instance roles).",
+    ),
+    (
+        "files.s3_secret_access_key",
+        "The secret key for `files.s3_access_key_id`.",
+    ),
+    (
+        "files.s3_prefix",
+        "Prepended to every key in the bucket (share a bucket between apps).",
+    ),
+    (
+        "files.s3_allow_http",
+        "Allow a plain `http://` endpoint (local test servers only).",
+    ),
+    (
         "files.dir",
         "Where uploaded files are kept, laid out as `org-<org>/<collection>/<record>/<field>/<file>`; a relative path is under `app.data_dir`.",
     ),
@@ -749,6 +807,9 @@ mod tests {
         keys.push("smtp.host".into());
         keys.push("smtp.username".into());
         keys.push("smtp.password".into());
+        for key in ["s3_bucket", "s3_endpoint", "s3_access_key_id", "s3_secret_access_key"] {
+            keys.push(format!("files.{key}"));
+        }
         for key in keys {
             assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");
         }

@@ -303,7 +303,11 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     } else {
         config.app.data_dir.join(&config.files.dir)
     };
-    let storage = Arc::new(storage::Storage::local(&files_dir));
+    let storage = Arc::new(match config.files.backend.as_str() {
+        // `Config::validate` builds the same store, so a config that reached here builds.
+        "s3" => storage::Storage::s3(&config.files).expect("files.s3_* settings are checked by Config::validate"),
+        _ => storage::Storage::local(&files_dir),
+    });
     let jobs = keel_jobs::Jobs::with_observer(
         db.clone(),
         schema.clone(),

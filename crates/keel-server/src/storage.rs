@@ -1,5 +1,5 @@
-//! Where uploaded files live: an `object_store` store (the local disk under `files.dir`),
-//! with every key under one prefix. Keys are laid out as
+//! Where uploaded files live: an `object_store` store (the local disk under `files.dir`, or
+//! an S3-compatible bucket), with every key under one prefix. Keys are laid out as
 //! `org-<org>/<collection>/<record>/<field>/<file id>` (`global/…` for global collections).
 
 use std::path::Path;
@@ -33,8 +33,39 @@ impl Storage {
         }
     }
 
+    /// Files in an S3-compatible bucket.
+    pub fn s3(files: &crate::config::FilesSection) -> Result<Storage, StorageError> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(files.s3_bucket.clone().unwrap_or_default())
+            .with_region(files.s3_region.clone())
+            .with_allow_http(files.s3_allow_http)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(files.s3_allow_http)
+                    .with_connect_timeout(std::time::Duration::from_secs(5))
+                    .with_timeout(std::time::Duration::from_secs(300)),
+            );
+        if let Some(endpoint) = &files.s3_endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        if let Some(key) = &files.s3_access_key_id {
+            builder = builder.with_access_key_id(key.clone());
+        }
+        if let Some(secret) = &files.s3_secret_access_key {
+            builder = builder.with_secret_access_key(secret.0.clone());
+        }
+        Ok(Storage {
+            store: Arc::new(builder.build()?),
+            prefix: files.s3_prefix.trim_matches('/').to_string(),
+        })
+    }
+
     fn path(&self, key: &str) -> ObjectPath {
-        ObjectPath::from(format!("{}/{key}", self.prefix))
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
     }
 
     /// A writer for a new object: parts are written as they fill; `finish` makes the object

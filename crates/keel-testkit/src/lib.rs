@@ -810,3 +810,87 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// A real S3-compatible server for the tests: s3rver (npm), which keeps objects on disk in a
+/// temporary directory, with one bucket, `keel`. `scripts/test-tools.sh` installs it and the
+/// test script exports its path as `KEEL_TEST_S3RVER`.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "keel";
+
+    pub fn start() -> S3Server {
+        let program = std::env::var("KEEL_TEST_S3RVER").unwrap_or_else(|_| "s3rver".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = std::process::Command::new(&program)
+            .args(["--silent", "-a", "127.0.0.1", "-p", &port.to_string(), "-d"])
+            .arg(dir.path())
+            .args(["--configure-bucket", Self::BUCKET])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); run scripts/test-tools.sh"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3rver did not start on {port} (run scripts/test-tools.sh)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        S3Server { child, port, dir }
+    }
+
+    /// Points a config's file storage at this server.
+    pub fn configure(&self, config: &mut Config) {
+        config.files.backend = "s3".into();
+        config.files.s3_bucket = Some(Self::BUCKET.into());
+        config.files.s3_endpoint = Some(format!("http://127.0.0.1:{}", self.port));
+        config.files.s3_access_key_id = Some("S3RVER".into());
+        config.files.s3_secret_access_key = Some(keel_server::config::Secret("S3RVER".into()));
+        config.files.s3_allow_http = true;
+    }
+
+    /// The objects the server holds, by key.
+    pub fn objects(&self) -> Vec<String> {
+        let root = self.dir.path().join(Self::BUCKET);
+        let mut out = vec![];
+        let mut stack = vec![root.clone()];
+        while let Some(next) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&next) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Some(key) = path
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .and_then(|p| p.strip_suffix("._S3rver_object"))
+                {
+                    out.push(key.to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

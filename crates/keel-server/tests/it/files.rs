@@ -483,3 +483,60 @@ async fn retention_and_orphans_are_cleaned_up(backend: Backend) {
 }
 
 both!(retention_and_orphans_are_cleaned_up);
+
+const S3_SPEC: &str = r#"
+[app]
+name = "s3files"
+
+[roles]
+order = ["owner", "viewer"]
+
+[collections.schedules]
+fields.name = { type = "text" }
+fields.pdf = { type = "file", max_size = "16MB", types = ["application/pdf"] }
+"#;
+
+async fn files_live_in_an_s3_compatible_store(backend: Backend) {
+    let s3 = keel_testkit::S3Server::start();
+    let app = TestApp::spawn_with(backend, S3_SPEC, |config| s3.configure(config)).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    let org = app.org(&owner, "acme").await;
+    let record = app
+        .create("/api/v1/orgs/acme/schedules", &owner, json!({"name": "week 1"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/schedules/{record}/files/pdf");
+    // 6 MiB: more than one part of the multipart upload (5 MiB parts).
+    let mut big = PDF.to_vec();
+    big.resize(6 << 20, b'x');
+    let response = upload(&app, &format!("{base}?name=week.pdf"), &owner, "application/pdf", &big).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let file_id = response.body["file"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s3.objects(),
+        [format!("org-{org}/schedules/{record}/pdf/{file_id}")],
+        "laid out by org, collection, record and field"
+    );
+    let download = app.get(&format!("{base}/{file_id}"), &owner).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(download.text.len(), big.len());
+    assert!(download.text.as_bytes() == big.as_slice());
+    // A replacement deletes the old object; a refused type stores nothing.
+    let response = upload(&app, &base, &owner, "application/pdf", PDF).await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let second = response.body["file"]["id"].as_str().unwrap().to_string();
+    assert_eq!(s3.objects().len(), 1);
+    let refused = upload(&app, &base, &owner, "application/pdf", PNG).await;
+    assert_eq!(refused.code(), "file_type_not_allowed");
+    assert_eq!(s3.objects().len(), 1, "{:?}", s3.objects());
+    let link = app
+        .request("POST", &format!("{base}/{second}/link"), Some(&owner), None)
+        .await;
+    let fetched = app.request("GET", link.body["url"].as_str().unwrap(), None, None).await;
+    assert_eq!(fetched.text.as_bytes(), PDF);
+    // Deleting the record deletes the object.
+    app.delete(&format!("/api/v1/orgs/acme/schedules/{record}"), &owner)
+        .await;
+    assert!(s3.objects().is_empty(), "{:?}", s3.objects());
+}
+
+both!(files_live_in_an_s3_compatible_store);
