@@ -33,6 +33,21 @@ const SNIFF: usize = 8 * 1024;
 /// Files one `multiple` field holds at most.
 pub const MAX_FILES: usize = 100;
 
+/// Where an upload's bytes come from.
+enum Source<'a> {
+    Body(axum::body::BodyDataStream),
+    Part(multer::Field<'a>),
+}
+
+impl Source<'_> {
+    async fn next(&mut self) -> Option<Result<axum::body::Bytes, String>> {
+        match self {
+            Source::Body(stream) => stream.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Source::Part(field) => field.chunk().await.map_err(|e| e.to_string()).transpose(),
+        }
+    }
+}
+
 /// The file field `name` of the collection, with its settings.
 struct FileField<'a> {
     name: &'a str,
@@ -244,7 +259,15 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > spec.max_bytes) {
+    let request_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let multipart = request_type.to_ascii_lowercase().starts_with("multipart/form-data");
+    // A form's own bytes (boundaries, part headers) come on top of the file's.
+    let overhead = if multipart { 64 * 1024 } else { 0 };
+    if declared.is_some_and(|length| length > spec.max_bytes + overhead) {
         return Err(too_large());
     }
     // The record must exist and be the caller's to change before a byte is stored.
@@ -275,8 +298,33 @@ pub async fn upload(
             }
         }
     }
-    let claimed = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let file_name = clean_name(params.get("name"));
+    // The file: the body itself, or the first file part of a `multipart/form-data` form.
+    let (mut source, part_name, part_type) = if multipart {
+        let boundary = multer::parse_boundary(&request_type)
+            .map_err(|_| ApiError::new("invalid_file", "a multipart body needs a boundary"))?;
+        // The field keeps the form's stream: it outlives `form`.
+        let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+        let field = loop {
+            match form.next_field().await {
+                Ok(Some(field)) if field.file_name().is_some() || field.name() == Some("file") => break field,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err(ApiError::new(
+                        "invalid_file",
+                        "the form has no file part (a part with a filename, or named \"file\")",
+                    ));
+                }
+                Err(error) => return Err(ApiError::new("invalid_file", format!("the form is malformed: {error}"))),
+            }
+        };
+        let name = field.file_name().map(str::to_string);
+        let kind = field.content_type().map(|m| m.to_string());
+        (Source::Part(field), name, kind)
+    } else {
+        (Source::Body(body.into_data_stream()), None, Some(request_type.clone()))
+    };
+    let claimed = part_type.as_deref();
+    let file_name = clean_name(params.get("name").or(part_name.as_deref()));
     let file_id = Uuid::now_v7();
     let key = object_key(target.org, &target.collection.name, id, spec.name, file_id);
     let mut writer = state.storage.writer(&key).await.map_err(ApiError::internal)?;
@@ -300,9 +348,8 @@ pub async fn upload(
             .with_details(json!({ "field": spec.name, "type": sniffed, "allowed": spec.types })))
         }
     };
-    let mut stream = body.into_data_stream();
     let received: ApiResult<()> = async {
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = source.next().await {
             let chunk = chunk.map_err(|e| ApiError::new("bad_request", format!("the upload failed: {e}")))?;
             size += chunk.len() as u64;
             if size > spec.max_bytes {

@@ -140,6 +140,39 @@ async fn files_upload_download_replace_and_delete(backend: Backend) {
     let not_file = upload(&app, &format!("{base}/name"), &owner, "text/plain", b"x").await;
     assert_eq!(not_file.code(), "invalid_file");
 
+    // A browser form (multipart/form-data): the file part's name and bytes; other parts are skipped.
+    let form = [
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n".as_slice(),
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"scan.pdf\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        PDF,
+        b"\r\n--XyZ--\r\n",
+    ]
+    .concat();
+    let response = upload(
+        &app,
+        &format!("{base}/licence"),
+        &owner,
+        "multipart/form-data; boundary=XyZ",
+        &form,
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    assert_eq!(response.body["file"]["name"], "scan.pdf");
+    assert_eq!(response.body["file"]["type"], "application/pdf");
+    assert_eq!(response.body["file"]["size"], PDF.len());
+    let scan = response.body["file"]["id"].as_str().unwrap().to_string();
+    let download = app.get(&format!("{base}/licence/{scan}"), &owner).await;
+    assert_eq!(download.text.as_bytes(), PDF);
+    let no_file = upload(
+        &app,
+        &format!("{base}/licence"),
+        &owner,
+        "multipart/form-data; boundary=XyZ",
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nx\r\n--XyZ--\r\n",
+    )
+    .await;
+    assert_eq!(no_file.code(), "invalid_file");
+
     // A multiple field collects files; one can be removed.
     let mut ids = vec![];
     for (n, body) in [b"first,csv\n1,2\n".as_slice(), b"second".as_slice(), PDF]
@@ -181,7 +214,7 @@ async fn files_upload_download_replace_and_delete(backend: Backend) {
             &owner,
         )
         .await;
-    assert_eq!(activity.body["items"].as_array().unwrap().len(), 1 + 2 + 3 + 1);
+    assert_eq!(activity.body["items"].as_array().unwrap().len(), 1 + 3 + 3 + 1);
 
     // Deleting the record deletes its files.
     let deleted = app.delete(&format!("/api/v1/orgs/acme/drivers/{driver}"), &owner).await;
