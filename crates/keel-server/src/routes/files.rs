@@ -36,7 +36,7 @@ pub const MAX_FILES: usize = 100;
 /// Where an upload's bytes come from.
 enum Source<'a> {
     Body(axum::body::BodyDataStream),
-    Part(multer::Field<'a>),
+    Part(Box<multer::Field<'a>>),
 }
 
 impl Source<'_> {
@@ -319,7 +319,7 @@ pub async fn upload(
         };
         let name = field.file_name().map(str::to_string);
         let kind = field.content_type().map(|m| m.to_string());
-        (Source::Part(field), name, kind)
+        (Source::Part(Box::new(field)), name, kind)
     } else {
         (Source::Body(body.into_data_stream()), None, Some(request_type.clone()))
     };
