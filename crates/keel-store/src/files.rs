@@ -44,27 +44,34 @@ pub struct StoredFile {
     pub created_at: DateTime<Utc>,
 }
 
-fn optional(value: Option<Uuid>) -> SqlValue {
-    value.map_or(SqlValue::Null, SqlValue::Uuid)
-}
-
 pub async fn file_insert(tx: &mut Tx, file: &StoredFile) -> Result<(), StoreError> {
+    let mut params = vec![
+        SqlValue::Uuid(file.id),
+        SqlValue::Text(file.collection.clone()),
+        SqlValue::Uuid(file.record),
+        SqlValue::Text(file.field.clone()),
+        SqlValue::Text(file.object_key.clone()),
+        SqlValue::Text(file.name.clone()),
+        SqlValue::Text(file.content_type.clone()),
+        SqlValue::Int(file.size),
+        SqlValue::Text(file.sha256.clone()),
+        SqlValue::Datetime(file.created_at),
+    ];
+    // A missing id is a literal NULL: a bound NULL is typed text on PostgreSQL.
+    let mut optional = |value: Option<Uuid>| match value {
+        Some(id) => {
+            params.push(SqlValue::Uuid(id));
+            format!("${}", params.len())
+        }
+        None => "NULL".to_string(),
+    };
+    let org = optional(file.org);
+    let uploaded_by = optional(file.uploaded_by);
     let sql = tx.portable(
-        "INSERT INTO keel_files (id, org, collection, record, field, object_key, name, content_type, size, sha256, uploaded_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        vec![
-            SqlValue::Uuid(file.id),
-            optional(file.org),
-            SqlValue::Text(file.collection.clone()),
-            SqlValue::Uuid(file.record),
-            SqlValue::Text(file.field.clone()),
-            SqlValue::Text(file.object_key.clone()),
-            SqlValue::Text(file.name.clone()),
-            SqlValue::Text(file.content_type.clone()),
-            SqlValue::Int(file.size),
-            SqlValue::Text(file.sha256.clone()),
-            optional(file.uploaded_by),
-            SqlValue::Datetime(file.created_at),
-        ],
+        &format!(
+            "INSERT INTO keel_files (id, collection, record, field, object_key, name, content_type, size, sha256, created_at, org, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {org}, {uploaded_by})"
+        ),
+        params,
     );
     tx.execute(&sql).await?;
     Ok(())

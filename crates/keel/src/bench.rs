@@ -47,6 +47,8 @@ pub enum Scenario {
     /// Import (P1): N pms tasks from CSV against the database's own bulk path, peak RSS, and
     /// a batch delete (P6).
     Import(crate::bench_import::ImportArgs),
+    /// A large file (1 GiB) uploaded and downloaded through the file routes: MiB/s and peak heap.
+    Upload(crate::bench_upload::UploadArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -209,6 +211,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
         Scenario::Jobs(args) => crate::bench_jobs::run(args).await,
         Scenario::Import(args) => crate::bench_import::run(args).await,
+        Scenario::Upload(args) => crate::bench_upload::run(args).await,
         Scenario::Records {
             rows,
             database_url,

@@ -284,7 +284,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// The process's anonymous resident memory (heap, not file pages mapped by SQLite), in MiB.
-fn anon_rss_mib() -> f64 {
+pub(crate) fn anon_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -299,13 +299,13 @@ fn anon_rss_mib() -> f64 {
 }
 
 /// Samples the anonymous resident memory every 10 ms until dropped; `peak` is the largest seen.
-struct AnonSampler {
+pub(crate) struct AnonSampler {
     peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AnonSampler {
-    fn start() -> AnonSampler {
+    pub(crate) fn start() -> AnonSampler {
         let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = peak.clone();
         let task = tokio::spawn(async move {
@@ -319,7 +319,7 @@ impl AnonSampler {
     }
 
     /// The peak in MiB, and stops sampling.
-    fn stop(self) -> f64 {
+    pub(crate) fn stop(self) -> f64 {
         self.task.abort();
         self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_import;
 mod bench_jobs;
+mod bench_upload;
 mod demo;
 mod examples;
 mod http_client;

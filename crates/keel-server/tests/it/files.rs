@@ -309,9 +309,28 @@ async fn file_access_follows_the_record_rules(backend: Backend) {
     )
     .await;
     assert_eq!(missing.status, 404);
+    // An API key uploads too (a file with no uploading user).
+    let key = app
+        .post(
+            "/api/v1/orgs/acme/api_keys",
+            &owner,
+            json!({"name": "scanner", "role": "member"}),
+        )
+        .await;
+    assert_eq!(key.status, 201, "{}", key.text);
+    let token = key.body["token"].as_str().unwrap().to_string();
+    let by_key = upload(
+        &app,
+        &format!("{base}/documents"),
+        &token,
+        "text/plain",
+        b"from a machine",
+    )
+    .await;
+    assert_eq!(by_key.status, 201, "{}", by_key.text);
     // Bulk deletes take the files too.
     let files_dir = app.state.config.app.data_dir.join("files");
-    assert_eq!(stored_files(&files_dir).len(), 1);
+    assert_eq!(stored_files(&files_dir).len(), 2);
     let bulk = app.delete("/api/v1/orgs/acme/drivers?filter=true", &owner).await;
     assert_eq!(bulk.body["deleted"], 1, "{}", bulk.text);
     assert!(stored_files(&files_dir).is_empty());

@@ -1,0 +1,151 @@
+//! `keel bench upload` (F2): one large file (1 GiB by default) uploaded through Keel's upload
+//! path (the same function as `POST …/files/{field}`: hashed, typed, measured, written to
+//! storage as it arrives) and downloaded back, with throughput and the process's peak heap.
+//! The body is generated as it is sent, so the only memory in play is Keel's.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use futures_util::StreamExt;
+use keel_server::extract::Params;
+
+const SPEC: &str = r#"
+[app]
+name = "uploadbench"
+
+[roles]
+order = ["owner"]
+
+[collections.blobs]
+fields.name = { type = "text" }
+fields.data = { type = "file", max_size = "8GB" }
+"#;
+
+#[derive(clap::Args)]
+pub struct UploadArgs {
+    /// The file's size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub mib: u64,
+    /// PostgreSQL URL; without it the bench runs on embedded SQLite (the file goes to the
+    /// local disk either way).
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+pub async fn run(args: UploadArgs) -> Result<()> {
+    let dir = crate::bench::tempdir()?;
+    let schema = keel_server::load_schema(SPEC).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
+    let spec_path = dir.join("keel.toml");
+    std::fs::write(&spec_path, SPEC)?;
+    let mut config = keel_server::Config::default();
+    config.app.spec = spec_path;
+    config.app.data_dir = dir.clone();
+    config.app.migrate_on_start = true;
+    if let Some(url) = &args.database_url {
+        config.database.url = Some(keel_server::config::Secret(url.clone()));
+        config.database.schema = Some("keel_bench_upload".into());
+        let admin = keel_store::Db::connect(
+            &keel_store::Location::Postgres {
+                url: url.clone(),
+                schema: None,
+                replicas: vec![],
+            },
+            &config.pool(),
+        )
+        .await?;
+        let mut tx = admin.begin().await?;
+        tx.execute_script("DROP SCHEMA IF EXISTS keel_bench_upload CASCADE; CREATE SCHEMA keel_bench_upload")
+            .await?;
+        tx.commit().await?;
+        admin.close().await;
+    }
+    let db = keel_server::open_database(&config, &schema).await?;
+    let state = keel_server::state(config, schema, db);
+    keel_store::system::org_insert(&state.db, "bench", "Bench", None, "owner").await?;
+    let operator = keel_server::routes::export::operator();
+    let created = keel_server::routes::records::create(
+        &state,
+        &operator,
+        Some("bench"),
+        "blobs",
+        serde_json::json!({ "name": "big" }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}: {} {:?}", e.code, e.message, e.cause))?;
+    let body = axum::body::to_bytes(created.into_body(), 1 << 20).await?;
+    let record: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = record["id"].as_str().context("a record id")?.to_string();
+
+    let size = args.mib << 20;
+    let chunk = Bytes::from(vec![b'k'; 64 * 1024]);
+    let chunks = size / chunk.len() as u64;
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("content-type", "application/octet-stream".parse()?);
+    headers.insert("content-length", size.to_string().parse()?);
+    let params = Params(HashMap::from([("name".to_string(), "big.bin".to_string())]));
+    let before = crate::bench_import::anon_rss_mib();
+    let sampler = crate::bench_import::AnonSampler::start();
+    let started = Instant::now();
+    let response = keel_server::routes::files::upload(
+        &state,
+        &operator,
+        Some("bench"),
+        "blobs",
+        &id,
+        "data",
+        params,
+        headers,
+        Body::from_stream(stream),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}: {} {:?}", e.code, e.message, e.cause))?;
+    let upload_seconds = started.elapsed().as_secs_f64();
+    let upload_peak = sampler.stop();
+    anyhow::ensure!(response.status() == 201, "the upload answered {}", response.status());
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    anyhow::ensure!(
+        answer["file"]["size"] == size,
+        "stored {} of {size} bytes",
+        answer["file"]["size"]
+    );
+    let file = answer["file"]["id"].as_str().context("a file id")?.to_string();
+
+    let sampler = crate::bench_import::AnonSampler::start();
+    let started = Instant::now();
+    let response = keel_server::routes::files::download(&state, &operator, Some("bench"), "blobs", &id, "data", &file)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+    let mut stream = response.into_body().into_data_stream();
+    let mut received: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        received += chunk?.len() as u64;
+    }
+    let download_seconds = started.elapsed().as_secs_f64();
+    let download_peak = sampler.stop();
+    anyhow::ensure!(received == size, "downloaded {received} of {size} bytes");
+
+    let backend = if args.database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!("| {backend}, local disk | size | seconds | MiB/s | peak heap (RssAnon) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| upload (hashed, typed, written as it arrives) | {} MiB | {upload_seconds:.2} | {:.0} | {upload_peak:.0} MiB (before: {before:.0} MiB) |",
+        args.mib,
+        args.mib as f64 / upload_seconds
+    );
+    println!(
+        "| download (streamed) | {} MiB | {download_seconds:.2} | {:.0} | {download_peak:.0} MiB |",
+        args.mib,
+        args.mib as f64 / download_seconds
+    );
+    state.db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
