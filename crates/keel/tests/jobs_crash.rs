@@ -61,20 +61,30 @@ fn keel(env: &[(String, String)]) -> Command {
     command
 }
 
+/// Starts `keel serve` on a free port. Another test may take the port between our probe and
+/// the server's bind: a server that exits at once is started again on another port.
 fn serve(spec: &Path, env: &[(String, String)]) -> Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    keel(env)
-        .args(["serve", "--migrate", "--spec"])
-        .arg(spec)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    for _ in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = keel(env)
+            .args(["serve", "--migrate", "--spec"])
+            .arg(spec)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        match child.try_wait().unwrap() {
+            None => return child,
+            Some(status) => eprintln!("keel serve exited at once ({status}); trying another port"),
+        }
+    }
+    panic!("keel serve did not stay up on any of 10 ports");
 }
 
 fn run(spec: &Path, env: &[(String, String)], args: &[&str]) -> String {
@@ -107,16 +117,29 @@ async fn a_killed_instances_job_runs_again_once(backend: Backend) {
     std::fs::write(&spec_path, spec(&marker)).unwrap();
     let env = env_for(&database);
     let mut first = serve(&spec_path, &env);
-    wait_until("the first instance's migration", 90, || {
-        keel(&env)
+    // Until the first instance has migrated, `keel jobs` refuses the database; keep its last
+    // answer for the failure message.
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let output = keel(&env)
             .args(["jobs", "--spec"])
             .arg(&spec_path)
             .arg("queues")
             .output()
-            .unwrap()
-            .status
-            .success()
-    });
+            .unwrap();
+        if output.status.success() {
+            break;
+        }
+        last = String::from_utf8_lossy(&output.stderr).into_owned();
+        let exited = first.try_wait().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the first instance's migration (serve exited: {exited:?}); keel jobs said: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = last;
     let enqueued = run(&spec_path, &env, &["enqueue", "render"]);
     let id: i64 = enqueued.split_whitespace().nth(2).unwrap().parse().unwrap();
     wait_until("the first attempt to start", 20, || marker.exists());
