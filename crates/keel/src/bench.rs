@@ -269,22 +269,7 @@ async fn records(
     config.app.data_dir = data_dir.clone();
     config.app.migrate_on_start = true;
     let backend = if let Some(url) = &database_url {
-        config.database.url = Some(keel_server::config::Secret(url.clone()));
-        config.database.schema = Some("keel_bench".into());
-        let admin = keel_store::Db::connect(
-            &keel_store::Location::Postgres {
-                url: url.clone(),
-                schema: None,
-                replicas: vec![],
-            },
-            &config.pool(),
-        )
-        .await?;
-        let mut tx = admin.begin().await?;
-        tx.execute_script("DROP SCHEMA IF EXISTS keel_bench CASCADE; CREATE SCHEMA keel_bench")
-            .await?;
-        tx.commit().await?;
-        admin.close().await;
+        fresh_pg_schema(&mut config, url, "keel_bench").await?;
         "PostgreSQL"
     } else {
         let _ = std::fs::remove_file(data_dir.join("keel.db"));
@@ -416,6 +401,29 @@ pub(crate) async fn load_tasks(db: &keel_store::Db, schema: &keel_query::Schema,
         activity_target: 0,
     };
     demo::generate(db, schema, &options).await?;
+    Ok(())
+}
+
+/// Points `config` at a new, empty PostgreSQL schema `schema` (dropped first if it exists).
+pub(crate) async fn fresh_pg_schema(config: &mut keel_server::Config, url: &str, schema: &str) -> Result<()> {
+    config.database.url = Some(keel_server::config::Secret(url.to_string()));
+    config.database.schema = Some(schema.to_string());
+    let admin = keel_store::Db::connect(
+        &keel_store::Location::Postgres {
+            url: url.to_string(),
+            schema: None,
+            replicas: vec![],
+        },
+        &config.pool(),
+    )
+    .await?;
+    let mut tx = admin.begin().await?;
+    tx.execute_script(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))
+    .await?;
+    tx.commit().await?;
+    admin.close().await;
     Ok(())
 }
 

@@ -62,25 +62,7 @@ async fn setup(dir: &Path, database_url: &Option<String>, name: &str) -> Result<
     config.app.data_dir = data_dir;
     config.app.migrate_on_start = true;
     if let Some(url) = database_url {
-        let schema_name = format!("keel_bench_{name}");
-        config.database.url = Some(keel_server::config::Secret(url.clone()));
-        config.database.schema = Some(schema_name.clone());
-        let admin = Db::connect(
-            &keel_store::Location::Postgres {
-                url: url.clone(),
-                schema: None,
-                replicas: vec![],
-            },
-            &config.pool(),
-        )
-        .await?;
-        let mut tx = admin.begin().await?;
-        tx.execute_script(&format!(
-            "DROP SCHEMA IF EXISTS {schema_name} CASCADE; CREATE SCHEMA {schema_name}"
-        ))
-        .await?;
-        tx.commit().await?;
-        admin.close().await;
+        crate::bench::fresh_pg_schema(&mut config, url, &format!("keel_bench_{name}")).await?;
     }
     let db = keel_server::open_database(&config, &schema).await?;
     let options = GenOptions {

@@ -44,22 +44,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     config.app.data_dir = dir.clone();
     config.app.migrate_on_start = true;
     if let Some(url) = &args.database_url {
-        config.database.url = Some(keel_server::config::Secret(url.clone()));
-        config.database.schema = Some("keel_bench_upload".into());
-        let admin = keel_store::Db::connect(
-            &keel_store::Location::Postgres {
-                url: url.clone(),
-                schema: None,
-                replicas: vec![],
-            },
-            &config.pool(),
-        )
-        .await?;
-        let mut tx = admin.begin().await?;
-        tx.execute_script("DROP SCHEMA IF EXISTS keel_bench_upload CASCADE; CREATE SCHEMA keel_bench_upload")
-            .await?;
-        tx.commit().await?;
-        admin.close().await;
+        crate::bench::fresh_pg_schema(&mut config, url, "keel_bench_upload").await?;
     }
     let db = keel_server::open_database(&config, &schema).await?;
     let state = keel_server::state(config, schema, db);

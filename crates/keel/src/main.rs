@@ -228,6 +228,14 @@ fn load_config(file: Option<&PathBuf>, overrides: Vec<(String, toml::Value)>) ->
     Ok(Config::load(file.map(|p| p.as_path()), std::env::vars(), overrides)?)
 }
 
+/// The server's state for a command that works on the app's data as the superuser.
+async fn open_state(file: Option<&PathBuf>, common: &Common) -> Result<keel_server::AppState> {
+    let config = load_config(file, overrides(common))?;
+    let schema = read_schema(&config)?;
+    let db = keel_server::open_database(&config, &schema).await?;
+    Ok(keel_server::state(config, schema, db))
+}
+
 fn read_schema(config: &Config) -> Result<keel_query::Schema> {
     let source = std::fs::read_to_string(&config.app.spec)
         .with_context(|| format!("cannot read the spec {}", config.app.spec.display()))?;
@@ -369,10 +377,7 @@ async fn main() -> Result<()> {
             sort,
             fields,
         } => {
-            let config = load_config(cli.config.as_ref(), overrides(&common))?;
-            let schema = read_schema(&config)?;
-            let db = keel_server::open_database(&config, &schema).await?;
-            let state = keel_server::state(config, schema, db);
+            let state = open_state(cli.config.as_ref(), &common).await?;
             let mut params = vec![("format".to_string(), format)];
             for (key, value) in [("filter", filter), ("sort", sort), ("fields", fields)] {
                 if let Some(value) = value {
@@ -401,10 +406,7 @@ async fn main() -> Result<()> {
             delimiter,
             quiet,
         } => {
-            let config = load_config(cli.config.as_ref(), overrides(&common))?;
-            let schema = read_schema(&config)?;
-            let db = keel_server::open_database(&config, &schema).await?;
-            let state = keel_server::state(config, schema, db);
+            let state = open_state(cli.config.as_ref(), &common).await?;
             let request = import_cli::Request {
                 collection,
                 file,

@@ -117,9 +117,8 @@ async fn a_killed_instances_job_runs_again_once(backend: Backend) {
     std::fs::write(&spec_path, spec(&marker)).unwrap();
     let env = env_for(&database);
     let mut first = serve(&spec_path, &env);
-    // Until the first instance has migrated, `keel jobs` refuses the database; keep its last
-    // answer for the failure message.
-    let mut last = String::new();
+    // Until the first instance has migrated, `keel jobs` refuses the database; its answer goes
+    // into the failure message.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let output = keel(&env)
@@ -131,7 +130,7 @@ async fn a_killed_instances_job_runs_again_once(backend: Backend) {
         if output.status.success() {
             break;
         }
-        last = String::from_utf8_lossy(&output.stderr).into_owned();
+        let last = String::from_utf8_lossy(&output.stderr);
         let exited = first.try_wait().unwrap();
         assert!(
             Instant::now() < deadline,
@@ -139,7 +138,6 @@ async fn a_killed_instances_job_runs_again_once(backend: Backend) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = last;
     let enqueued = run(&spec_path, &env, &["enqueue", "render"]);
     let id: i64 = enqueued.split_whitespace().nth(2).unwrap().parse().unwrap();
     wait_until("the first attempt to start", 20, || marker.exists());

@@ -164,17 +164,22 @@ fn file_id_of(meta: &Value) -> Option<Uuid> {
 }
 
 /// Writes a changed file field in a transaction holding the record's lock: the record, the
-/// activity entry and the update triggers. Returns the record's JSON.
+/// activity entry (with `reason` when the system made the change) and the update triggers.
+/// Returns the record's JSON.
 async fn write_field(
     tx: &mut keel_store::Tx,
-    state: &AppState,
-    target: &Target<'_>,
-    id: Uuid,
+    scope: &WriteScope<'_>,
     record: &serde_json::Map<String, Value>,
     field: &str,
     value: Value,
-) -> ApiResult<String> {
-    let builder = target.builder(state);
+    reason: Option<&str>,
+) -> Result<String, keel_store::StoreError> {
+    let builder = scope.builder;
+    let id = record
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or(keel_store::StoreError::NotFound)?;
     let version = record.get("version").and_then(Value::as_i64).unwrap_or(0);
     let stored = if value.is_null() {
         SqlValue::Null
@@ -193,25 +198,16 @@ async fn write_field(
         .await?
         .and_then(|r| r.into_iter().next())
         .and_then(|c| c.into_text())
-        .ok_or_else(ApiError::not_found)?;
-    let scope = WriteScope {
-        builder: &builder,
-        org: target.org,
-        actor: &target.actor,
-    };
+        .ok_or(keel_store::StoreError::NotFound)?;
     let old = record.get(field).cloned().unwrap_or(Value::Null);
     let after = serde_json::from_str::<Value>(&json).unwrap_or(Value::Null);
-    let triggers = &target.collection.triggers.on_update;
-    records::enqueue_triggers(tx, &scope, triggers, "update", &id.to_string(), after).await?;
-    records::log_activity(
-        tx,
-        &scope,
-        &id.to_string(),
-        "update",
-        json!({ "changed": { field: { "old": old, "new": value } } }),
-        1,
-    )
-    .await?;
+    let triggers = &builder.collection.triggers.on_update;
+    records::enqueue_triggers(tx, scope, triggers, "update", &id.to_string(), after).await?;
+    let mut changes = json!({ "changed": { field: { "old": old, "new": value } } });
+    if let Some(reason) = reason {
+        changes["reason"] = json!(reason);
+    }
+    records::log_activity(tx, scope, &id.to_string(), "update", changes, 1).await?;
     Ok(json)
 }
 
@@ -422,7 +418,8 @@ pub async fn upload(
         } else {
             (meta.clone(), current.iter().filter_map(file_id_of).collect())
         };
-        let json = write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
+        let builder = target.builder(state);
+        let json = write_field(&mut tx, &target.scope(&builder), &record, spec.name, value, None).await?;
         files::file_insert(&mut tx, &stored).await?;
         let dropped_keys: Vec<String> = files::file_delete(&mut tx, &dropped)
             .await?
@@ -637,7 +634,8 @@ pub async fn remove(
     } else {
         Value::Null
     };
-    write_field(&mut tx, state, &target, id, &record, spec.name, value).await?;
+    let builder = target.builder(state);
+    write_field(&mut tx, &target.scope(&builder), &record, spec.name, value, None).await?;
     let keys: Vec<String> = files::file_delete(&mut tx, &[file])
         .await?
         .into_iter()
@@ -954,9 +952,8 @@ async fn expire_file(
         .and_then(|c| c.into_text())
     {
         let record = parse_object(&json);
-        let old = record.get(&file.field).cloned().unwrap_or(Value::Null);
-        let value = match &old {
-            Value::Array(items) => Value::Array(
+        let value = match record.get(&file.field) {
+            Some(Value::Array(items)) => Value::Array(
                 items
                     .iter()
                     .filter(|m| file_id_of(m) != Some(file.id))
@@ -965,20 +962,6 @@ async fn expire_file(
             ),
             _ => Value::Null,
         };
-        let stored = if value.is_null() {
-            SqlValue::Null
-        } else {
-            SqlValue::Json(value.clone())
-        };
-        let version = record.get("version").and_then(Value::as_i64).unwrap_or(0);
-        let columns = vec![
-            (file.field.clone(), stored),
-            (
-                "updated_at".to_string(),
-                SqlValue::Datetime(truncate_micros(Utc::now())),
-            ),
-        ];
-        tx.query(&builder.update(file.record, version, &columns)).await?;
         let actor = keel_store::records::Actor {
             user: None,
             api_key: None,
@@ -989,15 +972,7 @@ async fn expire_file(
             org: file.org,
             actor: &actor,
         };
-        records::log_activity(
-            &mut tx,
-            &scope,
-            &file.record.to_string(),
-            "update",
-            json!({ "changed": { &file.field: { "old": old, "new": value } }, "reason": "retention" }),
-            1,
-        )
-        .await?;
+        write_field(&mut tx, &scope, &record, &file.field, value, Some("retention")).await?;
     }
     let removed = files::file_delete(&mut tx, &[file.id]).await?;
     tx.commit().await?;

@@ -47,7 +47,7 @@ impl Target<'_> {
     }
 
     /// The scope of a write made through `builder`.
-    fn scope<'b>(&'b self, builder: &'b Builder<'b>) -> WriteScope<'b> {
+    pub(crate) fn scope<'b>(&'b self, builder: &'b Builder<'b>) -> WriteScope<'b> {
         WriteScope {
             builder,
             org: self.org,
