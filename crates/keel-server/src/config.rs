@@ -152,6 +152,16 @@ pub struct ServerSection {
     /// After SIGTERM, how long Keel keeps serving with readiness failing before it stops
     /// accepting (time for a load balancer to notice).
     pub drain_ms: u64,
+    /// Enforce the spec's `[rate_limits]` (S4). Off only for benchmarks and emergencies.
+    pub rate_limits: bool,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; any other peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// When not empty, only clients in these CIDRs reach the API and /metrics.
+    pub allow_ips: Vec<String>,
+    /// Clients in these CIDRs are refused (403 `ip_blocked`).
+    pub deny_ips: Vec<String>,
+    /// The request timeout of uploads and imports, which stream large bodies.
+    pub upload_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,6 +276,11 @@ impl Default for ServerSection {
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_seconds: 30,
             drain_ms: 0,
+            rate_limits: true,
+            trusted_proxies: vec![],
+            allow_ips: vec![],
+            deny_ips: vec![],
+            upload_timeout_ms: 600_000,
         }
     }
 }
@@ -449,6 +464,18 @@ impl Config {
         if self.database.max_connections != 0 && self.database.min_connections > self.database.max_connections {
             return fail("database.min_connections", "must not exceed database.max_connections");
         }
+        for (key, list) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("server.allow_ips", &self.server.allow_ips),
+            ("server.deny_ips", &self.server.deny_ips),
+        ] {
+            if let Err(error) = crate::protect::parse_cidrs(list) {
+                return fail(key, &error);
+            }
+        }
+        if self.server.request_timeout_ms == 0 || self.server.upload_timeout_ms == 0 {
+            return fail("server.request_timeout_ms", "timeouts must be at least 1 ms");
+        }
         if self.server.body_limit_bytes < 1024 {
             return fail("server.body_limit_bytes", "must be at least 1024");
         }
@@ -588,6 +615,26 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "server.drain_ms",
         "After SIGTERM, keep serving this long with /health/ready answering 503 `draining`, so load balancers move away first.",
+    ),
+    (
+        "server.rate_limits",
+        "Enforce the spec's `[rate_limits]` (429 `rate_limited`). Turn off only for benchmarks or in an emergency.",
+    ),
+    (
+        "server.trusted_proxies",
+        "CIDRs of reverse proxies and load balancers: from these peers the client is the last untrusted address of `X-Forwarded-For`; from any other peer the header is ignored.",
+    ),
+    (
+        "server.allow_ips",
+        "When not empty, only clients in these CIDRs reach the API and /metrics (others get 403 `ip_blocked`); health checks stay open.",
+    ),
+    (
+        "server.deny_ips",
+        "Clients in these CIDRs get 403 `ip_blocked` on the API and /metrics.",
+    ),
+    (
+        "server.upload_timeout_ms",
+        "The request timeout of file uploads and imports (their bodies stream for longer than other requests).",
     ),
     (
         "database.url",

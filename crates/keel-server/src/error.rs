@@ -127,6 +127,21 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ),
     ("payload_too_large", 413, "The body exceeds the configured limit."),
     (
+        "rate_limited",
+        429,
+        "Too many requests from this address, user or org for the route's class (see `[rate_limits]`); retry after `Retry-After` seconds. `details` has the class, the scope (ip, user, org), the limit and its period.",
+    ),
+    (
+        "too_many_concurrent",
+        429,
+        "The user already has the most uploads or imports in progress that `rate_limits.upload.concurrent_per_user` allows; retry when one finishes.",
+    ),
+    (
+        "ip_blocked",
+        403,
+        "The client's address is in `server.deny_ips`, or not in a non-empty `server.allow_ips`.",
+    ),
+    (
         "unsupported_media_type",
         415,
         "The body's `Content-Type` is not one the route accepts: `application/json`, or `text/csv` / `application/x-ndjson` for imports.",
@@ -261,6 +276,10 @@ impl ApiError {
 #[derive(Clone, Debug)]
 pub struct ErrorCause(pub String);
 
+/// The code of an error response, for the request middleware's per-code counter.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -282,6 +301,7 @@ impl IntoResponse for ApiError {
         response
             .extensions_mut()
             .insert(ErrorCause(format!("{}: {cause}", self.code)));
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }

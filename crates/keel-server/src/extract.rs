@@ -135,7 +135,16 @@ pub struct Auth(pub Principal);
 pub struct MaybeAuth(pub Option<Principal>);
 
 async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+    if let Some(resolved) = parts.extensions.get::<crate::protect::ResolvedPrincipal>() {
+        return Ok(Some(resolved.0.clone()));
+    }
+    principal_of(&parts.headers, state).await
+}
+
+/// The caller named by a request's `Authorization` header: `None` without one, an error when
+/// the token is malformed, unknown, expired or revoked.
+pub async fn principal_of(headers: &axum::http::HeaderMap, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("");

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod import;
 pub mod middleware;
 pub mod openapi;
+pub mod protect;
 pub mod routes;
 pub mod shared;
 pub mod state;
@@ -137,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), protect::protect))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,
@@ -225,7 +227,8 @@ impl App {
         let drain = Duration::from_millis(self.state.config.server.drain_ms);
         let draining_state = self.state.clone();
         let (jobs_done_tx, jobs_done_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, router(self.state.clone())).with_graceful_shutdown(async move {
+        let service = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             // Workers stop claiming at once; in-flight jobs finish within the jobs grace
             // period or go back to the queue, while HTTP drains.
@@ -320,8 +323,10 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         keel_spec::IMPORT_KIND,
         import::job_handler(import::Limits::of(&config.limits)),
     );
+    let protection = protect::Protection::new(&config, &schema.app.rate_limits);
     AppState {
         inner: Arc::new(state::Inner {
+            protection,
             storage,
             link_key: tokio::sync::OnceCell::new(),
             dummy_password_hash,

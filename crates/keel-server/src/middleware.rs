@@ -45,7 +45,14 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
-    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    let class = crate::protect::classify(
+        request.method(),
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str()),
+        request.uri().path(),
+    );
+    let timeout = state
+        .protection
+        .timeout(class, Duration::from_millis(state.config.server.request_timeout_ms));
     // The client, for read-your-writes (only when replicas exist).
     let client = if state.db.has_replicas() {
         crate::extract::request_token_hash(request.headers())
@@ -87,6 +94,12 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .metrics
         .http_request(&method, &route, status, elapsed.as_secs_f64());
     state.metrics.db_queries(&route, queries);
+    if let Some(code) = response.extensions().get::<crate::error::ErrorCode>() {
+        // One series per error code (a fixed table): rate limits, blocks, timeouts, limits.
+        state
+            .metrics
+            .counter("keel_http_errors_total", &[("code", code.0.into())], 1);
+    }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let cause = response.extensions().get::<ErrorCause>().map(|c| c.0.clone());
     let _entered = span.enter();

@@ -74,6 +74,9 @@ struct Redis {
     /// so a dead Redis costs requests nothing (milliseconds since `epoch`).
     last_attempt_ms: std::sync::atomic::AtomicU64,
     epoch: Instant,
+    /// The rate-limit and concurrency scripts (sent once, then run by hash).
+    gcra: redis::Script,
+    slot: redis::Script,
 }
 
 /// While Redis is down, how often a call tries it again.
@@ -121,6 +124,8 @@ impl Shared {
                 up: AtomicBool::new(true),
                 last_attempt_ms: std::sync::atomic::AtomicU64::new(0),
                 epoch: Instant::now(),
+                gcra: redis::Script::new(GCRA_LUA),
+                slot: redis::Script::new(SLOT_LUA),
             }),
             local,
             resubscribe,
@@ -152,10 +157,7 @@ impl Shared {
         let outcome = tokio::time::timeout(redis.timeout, command.query_async::<T>(&mut manager)).await;
         match outcome {
             Ok(Ok(value)) => {
-                if !redis.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!("redis is reachable again");
-                    self.resubscribe.notify_one();
-                }
+                self.came_back(redis);
                 Some(value)
             }
             Ok(Err(error)) => {
@@ -369,12 +371,16 @@ impl Shared {
     }
 }
 
-/// The outcome of a rate-limit check (GCRA): whether the request may go, and what to put in
-/// the `RateLimit-*` and `Retry-After` headers.
+/// The outcome of a rate-limit check (GCRA) over one or more limits: whether the request may
+/// go, and, for the `RateLimit-*` and `Retry-After` headers, the limit that binds (when
+/// refused, the one to wait longest for; when allowed, the one with the fewest left).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
     pub allowed: bool,
+    /// Which of the limits checked binds.
+    pub index: usize,
     pub limit: u64,
+    pub period_ms: u64,
     pub remaining: u64,
     /// Milliseconds until the next request would be allowed (0 when allowed).
     pub retry_after_ms: u64,
@@ -384,104 +390,226 @@ pub struct RateDecision {
     pub shared: bool,
 }
 
-/// GCRA over a theoretical arrival time (TAT) in milliseconds, timed by Redis's own clock so
-/// instances with skewed clocks agree (invariant 9). KEYS[1]: the limit's key; ARGV[1]: the
-/// emission interval; ARGV[2]: the burst tolerance. Returns {allowed, remaining, retry_after, reset}.
+/// One limit to count a request against: `limit` requests per `period`, bursts up to `limit`.
+#[derive(Debug, Clone)]
+pub struct RateKey {
+    pub key: String,
+    pub limit: u64,
+    pub period: Duration,
+}
+
+impl RateKey {
+    /// GCRA's emission interval and burst tolerance.
+    fn gcra(&self) -> (Duration, Duration) {
+        let limit = self.limit.max(1);
+        let interval = (self.period / limit as u32).max(Duration::from_micros(1));
+        (interval, interval * (limit as u32 - 1))
+    }
+}
+
+/// GCRA over theoretical arrival times (TAT) in microseconds, timed by Redis's own clock so
+/// instances with skewed clocks agree (invariant 9), over every key at once: a request is
+/// counted against all of them or, if any refuses it, against none. ARGV holds each key's
+/// emission interval and burst tolerance (µs). Returns {allowed, index (1-based), remaining,
+/// retry_after (µs), reset (µs)} of the binding limit.
 const GCRA_LUA: &str = r"
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local owed = tat - now
-if owed > tolerance then
-  return {0, 0, owed - tolerance, owed}
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tats = {}
+local worst, worst_retry = 0, -1
+for i = 1, #KEYS do
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local owed = tat - now
+  if owed > tolerance and owed - tolerance > worst_retry then
+    worst, worst_retry = i, owed - tolerance
+  end
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
-return {1, math.floor((tolerance - (new_tat - now) + interval) / interval), 0, new_tat - now}
+if worst > 0 then
+  return {0, worst, 0, worst_retry, tats[worst] - now}
+end
+local best, best_remaining, best_reset = 1, -1, 0
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local new_tat = tats[i] + interval
+  redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  local remaining = math.floor((tolerance - (new_tat - now) + interval) / interval)
+  if best_remaining < 0 or remaining < best_remaining then
+    best, best_remaining, best_reset = i, remaining, new_tat - now
+  end
+end
+return {1, best, best_remaining, 0, best_reset}
 ";
 
-/// The same algorithm for one instance, bounded: when full, expired entries go first, then all.
+/// At most `ARGV[2]` holders of `KEYS[1]` at once, each holding a lease of `ARGV[3]` ms (so a
+/// crashed instance's slots free themselves): a sorted set of holder ids by lease end.
+const SLOT_LUA: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[2]) then
+  return held
+end
+local lease = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease)
+return -1
+";
+
+/// The same algorithms for one instance, bounded: when full, expired entries go first, then all.
 #[derive(Default)]
 pub struct LocalLimits {
     entries: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Requests in progress by concurrency key.
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 const LOCAL_LIMITS_MAX: usize = 100_000;
 
 impl LocalLimits {
-    fn decide(&self, key: &str, interval: Duration, tolerance: Duration, limit: u64) -> RateDecision {
+    fn decide(&self, keys: &[RateKey]) -> RateDecision {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("local limits lock");
-        if entries.len() >= LOCAL_LIMITS_MAX && !entries.contains_key(key) {
+        if entries.len() + keys.len() > LOCAL_LIMITS_MAX {
             entries.retain(|_, tat| *tat > now);
-            if entries.len() >= LOCAL_LIMITS_MAX {
+            if entries.len() + keys.len() > LOCAL_LIMITS_MAX {
                 entries.clear();
             }
         }
-        let tat = entries.get(key).copied().filter(|t| *t > now).unwrap_or(now);
-        let owed = tat - now;
-        if owed > tolerance {
+        let tats: Vec<Instant> = keys
+            .iter()
+            .map(|k| entries.get(&k.key).copied().filter(|t| *t > now).unwrap_or(now))
+            .collect();
+        let mut worst: Option<(usize, Duration)> = None;
+        for (i, key) in keys.iter().enumerate() {
+            let (_, tolerance) = key.gcra();
+            let owed = tats[i] - now;
+            if owed > tolerance && worst.is_none_or(|(_, retry)| owed - tolerance > retry) {
+                worst = Some((i, owed - tolerance));
+            }
+        }
+        if let Some((i, retry)) = worst {
             return RateDecision {
                 allowed: false,
-                limit,
+                index: i,
+                limit: keys[i].limit,
+                period_ms: keys[i].period.as_millis() as u64,
                 remaining: 0,
-                retry_after_ms: (owed - tolerance).as_millis() as u64,
-                reset_ms: owed.as_millis() as u64,
+                retry_after_ms: (retry.as_micros() as u64).div_ceil(1000),
+                reset_ms: ((tats[i] - now).as_micros() as u64).div_ceil(1000),
                 shared: false,
             };
         }
-        let new_tat = tat + interval;
-        entries.insert(key.to_string(), new_tat);
-        let ahead = new_tat - now;
-        let remaining = ((tolerance + interval).saturating_sub(ahead).as_millis() / interval.as_millis().max(1)) as u64;
+        let mut best: Option<(usize, u64, Duration)> = None;
+        for (i, key) in keys.iter().enumerate() {
+            let (interval, tolerance) = key.gcra();
+            let new_tat = tats[i] + interval;
+            entries.insert(key.key.clone(), new_tat);
+            let ahead = new_tat - now;
+            let remaining =
+                ((tolerance + interval).saturating_sub(ahead).as_nanos() / interval.as_nanos().max(1)) as u64;
+            if best.is_none_or(|(_, fewest, _)| remaining < fewest) {
+                best = Some((i, remaining, ahead));
+            }
+        }
+        let (i, remaining, ahead) = best.unwrap_or((0, u64::MAX, Duration::ZERO));
         RateDecision {
             allowed: true,
-            limit,
+            index: i,
+            limit: keys.get(i).map_or(0, |k| k.limit),
+            period_ms: keys.get(i).map_or(0, |k| k.period.as_millis() as u64),
             remaining,
             retry_after_ms: 0,
-            reset_ms: ahead.as_millis() as u64,
+            reset_ms: (ahead.as_micros() as u64).div_ceil(1000),
             shared: false,
+        }
+    }
+
+    fn acquire(&self, key: &str, cap: u32) -> Option<Slot> {
+        let mut running = self.running.lock().expect("local slots lock");
+        let held = running.entry(key.to_string()).or_insert(0);
+        if *held >= cap {
+            return None;
+        }
+        *held += 1;
+        Some(Slot(Some(Release::Local(self.running.clone(), key.to_string()))))
+    }
+}
+
+/// A held concurrency slot, given back when dropped.
+pub struct Slot(Option<Release>);
+
+enum Release {
+    Local(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>, String),
+    Shared(ConnectionManager, String, String),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(Release::Local(running, key)) => {
+                let mut running = running.lock().expect("local slots lock");
+                if let Some(held) = running.get_mut(&key) {
+                    *held = held.saturating_sub(1);
+                    if *held == 0 {
+                        running.remove(&key);
+                    }
+                }
+            }
+            Some(Release::Shared(mut manager, key, member)) => {
+                // Best effort: a slot that is not removed ends with its lease.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let command = redis::cmd("ZREM").arg(&key).arg(&member).clone();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), command.query_async::<i64>(&mut manager))
+                            .await;
+                    });
+                }
+            }
+            None => {}
         }
     }
 }
 
 impl Shared {
-    /// Counts one request against `limit` per `period` under `key` (GCRA, bursts up to
-    /// `limit`): in Redis for all instances when it is configured and healthy, else in this
-    /// instance's table (`shared: false` says which).
-    pub async fn gcra(&self, local: &LocalLimits, key: &str, limit: u64, period: Duration) -> RateDecision {
-        let limit = limit.max(1);
-        let interval = (period / limit as u32).max(Duration::from_millis(1));
-        let tolerance = interval * (limit as u32 - 1);
+    /// Counts one request against every limit in `keys` (GCRA), or refuses it without
+    /// counting it against any: in Redis for all instances when it is configured and healthy
+    /// (one round trip), else in this instance's table (`shared: false` says which).
+    pub async fn gcra_many(&self, local: &LocalLimits, keys: &[RateKey]) -> RateDecision {
         if let Some(redis) = &self.redis
             && redis.may_try()
+            && !keys.is_empty()
         {
-            let key = self.key(&["rl", key]);
             let mut manager = redis.manager.clone();
-            let script = redis::Script::new(GCRA_LUA);
-            let mut invocation = script.key(&key);
-            invocation
-                .arg(interval.as_millis() as u64)
-                .arg(tolerance.as_millis() as u64);
+            let mut invocation = redis.gcra.prepare_invoke();
+            for key in keys {
+                let (interval, tolerance) = key.gcra();
+                invocation
+                    .key(self.key(&["rl", &key.key]))
+                    .arg(interval.as_micros() as u64)
+                    .arg(tolerance.as_micros() as u64);
+            }
             let outcome = tokio::time::timeout(
                 redis.timeout,
-                invocation.invoke_async::<(u64, u64, u64, u64)>(&mut manager),
+                invocation.invoke_async::<(u64, usize, u64, u64, u64)>(&mut manager),
             )
             .await;
             match outcome {
-                Ok(Ok((allowed, remaining, retry_after_ms, reset_ms))) => {
-                    if !redis.up.swap(true, Ordering::Relaxed) {
-                        self.resubscribe.notify_one();
-                    }
+                Ok(Ok((allowed, index, remaining, retry_after_us, reset_us))) => {
+                    self.came_back(redis);
+                    let i = index.saturating_sub(1).min(keys.len() - 1);
                     return RateDecision {
                         allowed: allowed == 1,
-                        limit,
+                        index: i,
+                        limit: keys[i].limit,
+                        period_ms: keys[i].period.as_millis() as u64,
                         remaining,
-                        retry_after_ms,
-                        reset_ms,
+                        retry_after_ms: retry_after_us.div_ceil(1000),
+                        reset_ms: reset_us.div_ceil(1000),
                         shared: true,
                     };
                 }
@@ -489,6 +617,52 @@ impl Shared {
                 Err(_) => self.went_down(redis, "timed out"),
             }
         }
-        local.decide(key, interval, tolerance, limit)
+        local.decide(keys)
+    }
+
+    /// One limit: `limit` requests per `period` under `key`.
+    pub async fn gcra(&self, local: &LocalLimits, key: &str, limit: u64, period: Duration) -> RateDecision {
+        let key = RateKey {
+            key: key.to_string(),
+            limit,
+            period,
+        };
+        self.gcra_many(local, std::slice::from_ref(&key)).await
+    }
+
+    /// Takes one of `cap` slots under `key` until the returned guard drops (a lease of `lease`
+    /// bounds it in Redis); `None` when all are taken. Shared by every instance when Redis is
+    /// configured and healthy, else per instance.
+    pub async fn acquire_slot(&self, local: &LocalLimits, key: &str, cap: u32, lease: Duration) -> Option<Slot> {
+        if let Some(redis) = &self.redis
+            && redis.may_try()
+        {
+            let mut manager = redis.manager.clone();
+            let key = self.key(&["slot", key]);
+            let member = uuid::Uuid::new_v4().simple().to_string();
+            let mut invocation = redis.slot.prepare_invoke();
+            invocation
+                .key(&key)
+                .arg(&member)
+                .arg(cap)
+                .arg(lease.as_millis().max(1) as u64);
+            let outcome = tokio::time::timeout(redis.timeout, invocation.invoke_async::<i64>(&mut manager)).await;
+            match outcome {
+                Ok(Ok(held)) => {
+                    self.came_back(redis);
+                    return (held < 0).then(|| Slot(Some(Release::Shared(manager, key, member))));
+                }
+                Ok(Err(error)) => self.went_down(redis, &error.to_string()),
+                Err(_) => self.went_down(redis, "timed out"),
+            }
+        }
+        local.acquire(key, cap)
+    }
+
+    fn came_back(&self, redis: &Redis) {
+        if !redis.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis is reachable again");
+            self.resubscribe.notify_one();
+        }
     }
 }

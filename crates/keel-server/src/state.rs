@@ -28,6 +28,8 @@ pub struct Inner {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shared: crate::shared::Shared,
+    /// IP lists, rate limits and concurrency caps (S4, S5).
+    pub protection: crate::protect::Protection,
     /// Clients that wrote recently, by token hash (read-your-writes without Redis).
     pub recent_writers: crate::shared::RecentWriters,
     /// Set on SIGTERM: readiness fails while requests are still served (see `App::run_until`).

@@ -10,6 +10,7 @@ pub use croner;
 pub use model::*;
 pub use parse::jobs::{parse_cron, parse_duration_ms};
 pub use parse::parse_app;
+pub use parse::rates::parse_rate;
 
 /// One problem in a spec, located by line (1-based; 0 when unknown) and key path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,96 @@ pub struct App {
     /// Storage quotas for uploaded files (S12).
     #[serde(default)]
     pub storage: StorageSpec,
+    /// Request rate limits by route class (S4).
+    #[serde(default)]
+    pub rate_limits: RateLimitsSpec,
+}
+
+/// `[rate_limits]`: how many requests a client may make, by route class and by key (the
+/// client's IP, the signed-in user or API key, the org in the path). Every class has
+/// defaults; a class's limits add to `api`'s, which count every API request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitsSpec {
+    /// Every API request.
+    pub api: RateClass,
+    /// Sign-up and log-in, per IP.
+    pub auth: RateClass,
+    /// File uploads and imports.
+    pub upload: RateClass,
+    /// Job-status polling (`GET /api/v1/jobs/{id}`).
+    pub status: RateClass,
+}
+
+/// One route class's limits. An empty list is no limit on that key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateClass {
+    pub per_ip: Vec<Rate>,
+    pub per_user: Vec<Rate>,
+    pub per_org: Vec<Rate>,
+    /// Requests of this class one user may have in progress at once (uploads only).
+    pub concurrent_per_user: Option<u32>,
+}
+
+/// `limit` requests per `period_ms`, with bursts of up to `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub limit: u32,
+    pub period_ms: u64,
+}
+
+impl Rate {
+    pub const fn per_minute(limit: u32) -> Rate {
+        Rate {
+            limit,
+            period_ms: 60_000,
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (n, unit) = match self.period_ms {
+            ms if ms % 86_400_000 == 0 => (ms / 86_400_000, "d"),
+            ms if ms % 3_600_000 == 0 => (ms / 3_600_000, "h"),
+            ms if ms % 60_000 == 0 => (ms / 60_000, "m"),
+            ms if ms % 1_000 == 0 => (ms / 1_000, "s"),
+            ms => (ms, "ms"),
+        };
+        if n == 1 {
+            write!(f, "{}/{unit}", self.limit)
+        } else {
+            write!(f, "{}/{n}{unit}", self.limit)
+        }
+    }
+}
+
+impl Default for RateLimitsSpec {
+    /// On by default, per the seeds: a general limit per IP, per user and per org; log-in
+    /// and sign-up strict per IP; uploads per user with at most 4 at once; status polling
+    /// generous.
+    fn default() -> Self {
+        RateLimitsSpec {
+            api: RateClass {
+                per_ip: vec![Rate::per_minute(1_000)],
+                per_user: vec![Rate::per_minute(600)],
+                per_org: vec![Rate::per_minute(6_000)],
+                concurrent_per_user: None,
+            },
+            auth: RateClass {
+                per_ip: vec![Rate::per_minute(10)],
+                ..RateClass::default()
+            },
+            upload: RateClass {
+                per_user: vec![Rate::per_minute(30)],
+                concurrent_per_user: Some(4),
+                ..RateClass::default()
+            },
+            status: RateClass {
+                per_user: vec![Rate::per_minute(300)],
+                ..RateClass::default()
+            },
+        }
+    }
 }
 
 /// `[storage]`: how many bytes of files each user and each org may store.

@@ -8,6 +8,7 @@ use crate::model::*;
 use crate::{SpecError, SpecProblem};
 
 pub(crate) mod jobs;
+pub(crate) mod rates;
 
 /// A TOML node with its source span, detached from toml_edit's representation.
 enum Node<'a> {
@@ -198,6 +199,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut job_entries = vec![];
     let mut saw_roles = false;
     let mut storage = StorageSpec::default();
+    let mut rate_limits = RateLimitsSpec::default();
     for entry in entries(root).unwrap_or_default() {
         match entry.key {
             "app" => {
@@ -288,13 +290,23 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                     }
                 }
             }
+            "rate_limits" => rate_limits = rates::rate_limits(&mut reader, &entry),
             "queues" => queue_entries = table_entries(&mut reader, &entry, "queues"),
             "jobs" => job_entries = table_entries(&mut reader, &entry, "jobs"),
             _ => unknown_key(
                 &mut reader,
                 &entry,
                 entry.key,
-                &["app", "roles", "collections", "demo", "queues", "jobs", "storage"],
+                &[
+                    "app",
+                    "roles",
+                    "collections",
+                    "demo",
+                    "queues",
+                    "jobs",
+                    "storage",
+                    "rate_limits",
+                ],
             ),
         }
     }
@@ -333,6 +345,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             demo,
             jobs,
             storage,
+            rate_limits,
         }
         .with_builtins())
     } else {

@@ -256,3 +256,66 @@ fields.title = { type = "text" }
     assert_eq!(cleanup.handler, Handler::Cleanup);
     assert_eq!(cleanup.cron.as_ref().unwrap().schedule, "*/5 * * * *");
 }
+
+#[test]
+fn rate_limits_have_defaults_and_overrides() {
+    let defaults = parse_app(PMS).expect("valid").rate_limits;
+    assert_eq!(defaults, RateLimitsSpec::default());
+    assert_eq!(defaults.auth.per_ip, [Rate::per_minute(10)]);
+    let source = format!(
+        "{PMS}\n[rate_limits]\napi = {{ per_ip = \"100/m\", per_org = \"off\" }}\n\
+         upload = {{ per_user = [\"5/m\", \"10/h\"], concurrent_per_user = 2 }}\nstatus = {{ per_user = \"100/1m\" }}\n"
+    );
+    let limits = parse_app(&source).expect("valid").rate_limits;
+    assert_eq!(limits.api.per_ip, [Rate::per_minute(100)]);
+    assert_eq!(
+        limits.api.per_user,
+        RateLimitsSpec::default().api.per_user,
+        "unset keys keep defaults"
+    );
+    assert!(limits.api.per_org.is_empty(), "\"off\" is no limit");
+    assert_eq!(
+        limits.upload.per_user,
+        [
+            Rate::per_minute(5),
+            Rate {
+                limit: 10,
+                period_ms: 3_600_000
+            }
+        ]
+    );
+    assert_eq!(limits.upload.concurrent_per_user, Some(2));
+    assert_eq!(limits.status.per_user, [Rate::per_minute(100)]);
+    assert_eq!(limits.upload.per_user[1].to_string(), "10/h");
+    assert_eq!(parse_rate("10/5m").unwrap().to_string(), "10/5m");
+    for bad in [
+        "10",
+        "0/m",
+        "10/",
+        "10/fortnight",
+        "20000000/h",
+        "1/500ms",
+        "10/2d",
+        "-1/m",
+    ] {
+        assert_eq!(parse_rate(bad), None, "{bad}");
+    }
+
+    let bad = format!(
+        "{PMS}\n[rate_limits]\nauth = {{ per_ip = \"ten a minute\", concurrent_per_user = 2 }}\n\
+         upload = {{ per_user = [\"5/m\", \"6/1m\"] }}\nsearch = {{ per_ip = \"1/s\" }}\n"
+    );
+    let problems = parse_app(&bad).unwrap_err().problems;
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "rate_limits.auth.per_ip",
+            "rate_limits.auth.concurrent_per_user",
+            "rate_limits.upload.per_user",
+            "rate_limits.search"
+        ],
+        "{problems:?}"
+    );
+    assert!(problems.iter().all(|p| p.line > 0), "{problems:?}");
+}

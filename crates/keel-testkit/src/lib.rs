@@ -236,7 +236,24 @@ impl TestResponse {
     }
 }
 
-/// A test configuration: cheap password hashing, small pools.
+/// Sends a request to a router, from 127.0.0.1 unless it carries its own `ConnectInfo`.
+pub async fn send_to(router: axum::Router, mut request: Request<Body>) -> axum::response::Response {
+    if request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_none()
+    {
+        let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    }
+    router.oneshot(request).await.expect("infallible")
+}
+
+/// A pseudo-header of test requests: the client address to present as the socket's peer.
+pub const PEER_HEADER: &str = "x-test-peer";
+
+/// A test configuration: cheap password hashing, small pools, and no rate limits (tests sign
+/// up many users from one address; the rate-limit tests turn them on).
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.app.data_dir = dir.to_path_buf();
@@ -246,6 +263,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.auth.min_password_length = 8;
     config.database.max_connections = 4;
     config.log.level = "warn".into();
+    config.server.rate_limits = false;
     config
 }
 
@@ -337,6 +355,14 @@ impl TestApp {
         let mut builder = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("method"))
             .uri(path);
+        // The peer address a socket would give (`x-test-peer` picks another client).
+        let mut peer: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        let mut headers = headers;
+        if let Some(at) = headers.iter().position(|(k, _)| k == PEER_HEADER) {
+            let ip: std::net::IpAddr = headers.remove(at).1.parse().expect("x-test-peer is an IP address");
+            peer = std::net::SocketAddr::new(ip, 40000);
+        }
+        builder = builder.extension(axum::extract::ConnectInfo(peer));
         let has_type = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -365,6 +391,34 @@ impl TestApp {
             body,
             text,
         }
+    }
+
+    /// Sends a request as built (e.g. with a streaming body), from 127.0.0.1 unless the
+    /// request carries its own `ConnectInfo`.
+    pub async fn send(&self, request: Request<Body>) -> axum::response::Response {
+        send_to(self.router(), request).await
+    }
+
+    /// The app's router, to send requests from another task (`send_to`).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// A request from another client address (as the socket's peer).
+    pub async fn request_from(
+        &self,
+        peer: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut headers = vec![(PEER_HEADER.to_string(), peer.to_string())];
+        if let Some(token) = token {
+            headers.push(("authorization".to_string(), format!("Bearer {token}")));
+        }
+        self.request_with(method, path, headers, body.map(|b| b.to_string()))
+            .await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> TestResponse {
@@ -477,9 +531,12 @@ impl TestApp {
     pub async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let router = self.router.clone();
+        let service = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, service).await;
         });
         format!("http://{address}")
     }

@@ -49,6 +49,9 @@ pub enum Scenario {
     Import(crate::bench_import::ImportArgs),
     /// A large file (1 GiB) uploaded and downloaded through the file routes: MiB/s and peak heap.
     Upload(crate::bench_upload::UploadArgs),
+    /// The cost of rate limiting: limiter decisions per second (in-process and Redis), and
+    /// list throughput with limits off and on.
+    Limits(crate::bench_limits::LimitsArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -212,6 +215,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Scenario::Jobs(args) => crate::bench_jobs::run(args).await,
         Scenario::Import(args) => crate::bench_import::run(args).await,
         Scenario::Upload(args) => crate::bench_upload::run(args).await,
+        Scenario::Limits(args) => crate::bench_limits::run(args).await,
         Scenario::Records {
             rows,
             database_url,
@@ -305,38 +309,11 @@ async fn records(
     db.close().await;
     drop(db);
 
-    let port = free_port()?;
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--spec"])
-        .arg(&spec_path)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--port", &port.to_string()])
-        .env("KEEL_LOG__LEVEL", "error")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(url) = &database_url {
-        command
-            .args(["--database-url", url])
-            .env("KEEL_DATABASE__SCHEMA", "keel_bench");
-        command.env("KEEL_DATABASE__MAX_CONNECTIONS", "32");
-    }
-    let mut server = command.spawn().context("starting keel serve")?;
-    wait_ready(address).await?;
-    let mut connection = Connection::connect(address).await?;
-    let login = format!("{{\"email\":\"owner@org-001.demo.keel\",\"password\":\"{DEMO_PASSWORD}\"}}");
-    let (status, body) = connection
-        .send("POST", "/api/v1/auth/login", None, Some(login.as_bytes()))
-        .await?;
-    if status != 200 {
-        bail!("login failed: {status} {}", String::from_utf8_lossy(&body));
-    }
-    let token = serde_json::from_slice::<serde_json::Value>(&body)?["token"]
-        .as_str()
-        .context("token")?
-        .to_string();
+    // One client address sends thousands of requests a second: throughput is measured with
+    // rate limits off (`keel bench limits` measures their cost).
+    let env = [("KEEL_SERVER__RATE_LIMITS", "false".to_string())];
+    let (mut server, address) = serve(&spec_path, &data_dir, database_url.as_deref(), &env).await?;
+    let token = demo_login(address).await?;
     let filter = "filter=status%20%3D%20%22todo%22&limit=50";
     let first_path = format!("/api/v1/orgs/org-001/tasks?{filter}");
     let deep_path = format!("/api/v1/orgs/org-001/tasks?{filter}&after={cursor}");
@@ -386,6 +363,53 @@ async fn records(
         let _ = std::fs::remove_dir_all(&temporary);
     }
     Ok(())
+}
+
+/// Starts `keel serve` on a free port with extra environment, and waits until it is ready.
+pub(crate) async fn serve(
+    spec_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    env: &[(&str, String)],
+) -> Result<(tokio::process::Child, SocketAddr)> {
+    let port = free_port()?;
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--spec"])
+        .arg(spec_path)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--port", &port.to_string()])
+        .env("KEEL_LOG__LEVEL", "error")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(url) = database_url {
+        command
+            .args(["--database-url", url])
+            .env("KEEL_DATABASE__SCHEMA", "keel_bench");
+        command.env("KEEL_DATABASE__MAX_CONNECTIONS", "32");
+    }
+    let server = command.spawn().context("starting keel serve")?;
+    wait_ready(address).await?;
+    Ok((server, address))
+}
+
+/// Logs in as the benchmark org's owner; returns the token.
+pub(crate) async fn demo_login(address: SocketAddr) -> Result<String> {
+    let mut connection = Connection::connect(address).await?;
+    let login = format!("{{\"email\":\"owner@org-001.demo.keel\",\"password\":\"{DEMO_PASSWORD}\"}}");
+    let (status, body) = connection
+        .send("POST", "/api/v1/auth/login", None, Some(login.as_bytes()))
+        .await?;
+    if status != 200 {
+        bail!("login failed: {status} {}", String::from_utf8_lossy(&body));
+    }
+    Ok(serde_json::from_slice::<serde_json::Value>(&body)?["token"]
+        .as_str()
+        .context("token")?
+        .to_string())
 }
 
 /// The benchmark data: one org (owner `owner@org-001.demo.keel`), 200 projects and `rows`

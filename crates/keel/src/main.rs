@@ -4,6 +4,7 @@
 mod bench;
 mod bench_import;
 mod bench_jobs;
+mod bench_limits;
 mod bench_upload;
 mod demo;
 mod examples;

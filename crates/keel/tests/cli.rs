@@ -37,6 +37,17 @@ fn free_port() -> u16 {
 
 /// A raw HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let response = http_raw(port, method, path, headers, body);
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The whole response: status line, headers and body.
+fn http_raw(port: u16, method: &str, path: &str, headers: &str, body: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -47,12 +58,7 @@ fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16,
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    response
 }
 
 fn wait_for(port: u16, child: &mut Child) {
@@ -163,8 +169,13 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
     wait_for(port, &mut child);
     let (status, body) = http(port, "GET", "/health/ready", "x-request-id: cli-test-42\r\n", "");
     assert_eq!(status, 200, "{body}");
-    let (status, _) = http(port, "GET", "/api/v1/auth/me", "x-request-id: cli-test-43\r\n", "");
-    assert_eq!(status, 401);
+    let response = http_raw(port, "GET", "/api/v1/auth/me", "x-request-id: cli-test-43\r\n", "");
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    // Rate limits are on by default, keyed by the socket's peer address.
+    assert!(
+        response.contains("ratelimit-policy: 1000;w=60\r\n") && response.contains("ratelimit-remaining: 999\r\n"),
+        "{response}"
+    );
     // SIGTERM: the server stops accepting, finishes, and exits cleanly.
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -47,9 +47,17 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let mut degraded = false;
     if let Some(outcome) = state.shared.ping().await {
         degraded = outcome.is_err();
+        // While Redis fails, each instance rate-limits on its own: limits hold per instance.
         checks["redis"] = match outcome {
-            Ok(latency) => json!({ "status": "ok", "required": false, "latency_ms": latency.as_secs_f64() * 1000.0 }),
-            Err(error) => json!({ "status": "failing", "required": false, "error": error }),
+            Ok(latency) => json!({
+                "status": "ok",
+                "required": false,
+                "latency_ms": latency.as_secs_f64() * 1000.0,
+                "rate_limits": "shared",
+            }),
+            Err(error) => {
+                json!({ "status": "failing", "required": false, "error": error, "rate_limits": "per instance" })
+            }
         };
     }
     // Replicas are optional too: reads fall back to the primary.

@@ -14,6 +14,7 @@ mod jobs_store;
 mod migrate;
 mod ops;
 mod orgs;
+mod protect;
 mod records;
 mod redis;
 mod replicas;

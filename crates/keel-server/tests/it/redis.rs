@@ -146,7 +146,50 @@ async fn membership_changes_reach_every_instance(backend: Backend) {
     }
 }
 
+async fn http_limits_hold_across_instances_and_fall_back_when_redis_stops(backend: Backend) {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let spec = format!(
+        "{}\n[rate_limits]\nauth = {{ per_ip = \"4/m\" }}\n",
+        keel_testkit::TEST_SPEC
+    );
+    let first = TestApp::spawn_with(backend, &spec, |c| {
+        c.redis.url = Some(keel_server::config::Secret(url));
+        c.server.rate_limits = true;
+    })
+    .await;
+    let second = first.sibling().await;
+    async fn login(app: &TestApp) -> keel_testkit::TestResponse {
+        let body = json!({"email": "nobody@example.com", "password": "wrong password"});
+        app.request_from("198.51.100.7", "POST", "/api/v1/auth/login", None, Some(body))
+            .await
+    }
+    // Four logins from one address, two on each instance; the fifth is refused by either.
+    for app in [&first, &second, &first, &second] {
+        assert_eq!(login(app).await.status, 401);
+    }
+    assert_eq!(login(&first).await.status, 429);
+    assert_eq!(login(&second).await.status, 429);
+    assert_eq!(redis.keys("keel:rl:auth:*").len(), 1, "one shared key per limit");
+    let metrics = first.request("GET", "/metrics", None, None).await.text;
+    assert!(metrics.contains("keel_rate_limit_shared 1"), "{metrics}");
+    assert!(metrics.contains("keel_rate_limited_total{class=\"auth\",store=\"redis\"} 1"));
+
+    // Redis stops: each instance limits on its own and says so.
+    redis.stop();
+    for _ in 0..4 {
+        assert_eq!(login(&first).await.status, 401, "the local table starts afresh");
+    }
+    assert_eq!(login(&first).await.status, 429, "and still limits");
+    let ready = first.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.body["status"], "degraded", "{}", ready.text);
+    assert_eq!(ready.body["checks"]["redis"]["rate_limits"], "per instance");
+    let metrics = first.request("GET", "/metrics", None, None).await.text;
+    assert!(metrics.contains("keel_rate_limit_shared 0"), "{metrics}");
+}
+
 both!(
+    http_limits_hold_across_instances_and_fall_back_when_redis_stops,
     keeps_serving_while_redis_is_down_and_reconnects,
     a_logout_on_one_instance_reaches_the_others_at_once,
     membership_changes_reach_every_instance
@@ -193,6 +236,38 @@ async fn rate_limits_are_shared_across_instances_and_fall_back_locally() {
     assert!(
         first.gcra(&first_local, "ip:10.0.0.1", 5, second_of).await.allowed,
         "allowed again after Retry-After"
+    );
+
+    // At most two slots across both instances; a dropped guard frees its slot at once, and
+    // a slot whose holder vanished ends with its lease.
+    let lease = Duration::from_millis(300);
+    let one = first.acquire_slot(&first_local, "upload:u1", 2, lease).await;
+    let two = second.acquire_slot(&second_local, "upload:u1", 2, lease).await;
+    assert!(one.is_some() && two.is_some());
+    assert!(first.acquire_slot(&first_local, "upload:u1", 2, lease).await.is_none());
+    assert!(
+        second
+            .acquire_slot(&second_local, "upload:u2", 2, lease)
+            .await
+            .is_some(),
+        "per key"
+    );
+    drop(one);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let three = loop {
+        if let Some(slot) = second.acquire_slot(&second_local, "upload:u1", 2, lease).await {
+            break slot;
+        }
+        assert!(Instant::now() < deadline, "the dropped slot was never given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    std::mem::forget(three);
+    std::mem::forget(two);
+    assert!(first.acquire_slot(&first_local, "upload:u1", 2, lease).await.is_none());
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    assert!(
+        first.acquire_slot(&first_local, "upload:u1", 2, lease).await.is_some(),
+        "leases of lost holders end"
     );
 
     // Redis goes away: each instance limits on its own, and says so.

@@ -1,0 +1,423 @@
+//! Traffic protection (S4, S5): who the client is (its address, behind trusted proxies only),
+//! IP allow and deny lists, rate limits by route class (GCRA, shared through Redis when it
+//! is configured), and a per-user cap on uploads in progress.
+//!
+//! A request is classified by its matched route: `auth` (sign-up, log-in), `upload` (file
+//! uploads, imports), `status` (job-status polls), `api` (every other API route). Each class
+//! has limits per IP, per user (or API key) and per org (the org in the path); the `api`
+//! class's limits count every API request, the others' add to them. Health checks, metrics
+//! and the external workers' routes (worker keys, admin-issued) are not rate limited.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use keel_spec::{Rate, RateClass, RateLimitsSpec};
+use keel_store::system::Principal;
+
+use crate::error::ApiError;
+use crate::shared::{LocalLimits, RateDecision, RateKey};
+use crate::state::AppState;
+
+/// Parses CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses (`192.0.2.7`).
+pub fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>, String> {
+    list.iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| format!("'{text}' is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+        })
+        .collect()
+}
+
+/// A route class: which of the spec's `[rate_limits]` apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Api,
+    Auth,
+    Upload,
+    Status,
+}
+
+impl RouteClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Api => "api",
+            RouteClass::Auth => "auth",
+            RouteClass::Upload => "upload",
+            RouteClass::Status => "status",
+        }
+    }
+
+    fn limits(self, spec: &RateLimitsSpec) -> &RateClass {
+        match self {
+            RouteClass::Api => &spec.api,
+            RouteClass::Auth => &spec.auth,
+            RouteClass::Upload => &spec.upload,
+            RouteClass::Status => &spec.status,
+        }
+    }
+}
+
+/// The class of a request from its method and matched route template (`None` for routes that
+/// are not rate limited). A path under `/api/` that matched no route is `api`.
+pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<RouteClass> {
+    let Some(route) = route else {
+        return path.starts_with("/api/").then_some(RouteClass::Api);
+    };
+    let route = route.strip_prefix("/api/v1")?;
+    if route.starts_with("/workers/") {
+        return None;
+    }
+    Some(match (method, route) {
+        (&Method::POST, "/auth/login" | "/auth/signup") => RouteClass::Auth,
+        (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
+        (&Method::GET, "/jobs/{id}") => RouteClass::Status,
+        _ => RouteClass::Api,
+    })
+}
+
+/// The client's address as Keel sees it, for handlers (log-in backoff) and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// The caller, resolved once by the protection layer for per-user limits and reused by the
+/// `Auth` extractor.
+#[derive(Clone)]
+pub struct ResolvedPrincipal(pub Principal);
+
+/// The protection settings in use, built once from the config and the spec.
+pub struct Protection {
+    enabled: bool,
+    trusted: Vec<IpNet>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    spec: RateLimitsSpec,
+    upload_timeout: Duration,
+    pub local: LocalLimits,
+}
+
+impl Protection {
+    pub fn new(config: &crate::Config, spec: &RateLimitsSpec) -> Protection {
+        // `Config::validate` parses the same lists, so a config that reached here parses.
+        let parse = |list: &[String]| parse_cidrs(list).unwrap_or_default();
+        Protection {
+            enabled: config.server.rate_limits,
+            trusted: parse(&config.server.trusted_proxies),
+            allow: parse(&config.server.allow_ips),
+            deny: parse(&config.server.deny_ips),
+            spec: spec.clone(),
+            upload_timeout: Duration::from_millis(config.server.upload_timeout_ms),
+            local: LocalLimits::default(),
+        }
+    }
+
+    /// The client: the peer, or, when the peer is a trusted proxy, the last address in
+    /// `X-Forwarded-For` that is not a trusted proxy (the one the nearest proxy saw).
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?.to_canonical();
+        if !self.trusted.iter().any(|net| net.contains(&peer)) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("").split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev() {
+            // A malformed hop ends the chain: the last good address is the client.
+            let Ok(address) = hop.parse::<IpAddr>().map(|a| a.to_canonical()) else {
+                break;
+            };
+            client = address;
+            if !self.trusted.iter().any(|net| net.contains(&address)) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    fn ip_allowed(&self, ip: Option<IpAddr>) -> bool {
+        match ip {
+            Some(ip) => {
+                !self.deny.iter().any(|net| net.contains(&ip))
+                    && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
+            }
+            // No peer address (not served from a socket): only when no list restricts.
+            None => self.allow.is_empty(),
+        }
+    }
+
+    /// The request timeout of a route class.
+    pub fn timeout(&self, class: Option<RouteClass>, default: Duration) -> Duration {
+        match class {
+            Some(RouteClass::Upload) => self.upload_timeout.max(default),
+            _ => default,
+        }
+    }
+
+    fn needs_principal(&self, class: RouteClass) -> bool {
+        let wants = |c: &RateClass| !c.per_user.is_empty() || !c.per_org.is_empty() || c.concurrent_per_user.is_some();
+        wants(&self.spec.api) || wants(class.limits(&self.spec))
+    }
+
+    /// The limits a request counts against: its class's and, for the other classes, `api`'s.
+    fn keys(&self, class: RouteClass, ip: Option<IpAddr>, caller: Option<&str>, org: Option<&str>) -> Vec<RateKey> {
+        let mut keys = vec![];
+        let ip = ip.map(ip_key);
+        let mut add = |class: RouteClass| {
+            let limits = class.limits(&self.spec);
+            let scopes = [
+                ("ip", ip.as_deref(), &limits.per_ip),
+                ("user", caller, &limits.per_user),
+                ("org", org, &limits.per_org),
+            ];
+            for (scope, who, rates) in scopes {
+                let Some(who) = who else { continue };
+                for rate in rates {
+                    keys.push(rate_key(class, scope, who, rate));
+                }
+            }
+        };
+        add(class);
+        if class != RouteClass::Api {
+            add(RouteClass::Api);
+        }
+        keys
+    }
+}
+
+fn rate_key(class: RouteClass, scope: &str, who: &str, rate: &Rate) -> RateKey {
+    RateKey {
+        key: format!("{}:{scope}:{}:{who}", class.as_str(), rate.period_ms),
+        limit: u64::from(rate.limit),
+        period: Duration::from_millis(rate.period_ms),
+    }
+}
+
+/// The key of an address: IPv4 whole, IPv6 by its /64 (one subscriber's network).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let net = ipnet::Ipv6Net::new(v6, 64).map(|n| n.trunc()).unwrap_or_default();
+            net.to_string()
+        }
+    }
+}
+
+/// Who a per-user limit counts: the user, or the API key.
+fn caller_key(principal: &Principal) -> String {
+    match principal {
+        Principal::User { user, .. } => format!("u{}", user.id.simple()),
+        Principal::ApiKey(key) => format!("k{}", key.id.simple()),
+    }
+}
+
+/// The org slug of an `/api/v1/orgs/{org}/…` route.
+fn org_of<'a>(route: Option<&str>, path: &'a str) -> Option<&'a str> {
+    route.filter(|r| r.starts_with("/api/v1/orgs/{org}"))?;
+    path.split('/').nth(4).filter(|s| !s.is_empty() && s.len() <= 63)
+}
+
+/// The middleware: IP lists, then rate limits, then the upload concurrency cap.
+pub async fn protect(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let protection = &state.protection;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let ip = protection.client_ip(peer, request.headers());
+    request.extensions_mut().insert(ClientIp(ip));
+    let path = request.uri().path().to_string();
+    if !path.starts_with("/health/") && !protection.ip_allowed(ip) {
+        return ApiError::new("ip_blocked", "requests from this address are not accepted").into_response();
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let class = classify(request.method(), route.as_deref(), &path);
+    let Some(class) = class.filter(|_| protection.enabled) else {
+        return next.run(request).await;
+    };
+    let principal = if protection.needs_principal(class) {
+        // A bad token is the handler's to refuse (401); for limits the caller is anonymous.
+        crate::extract::principal_of(request.headers(), &state)
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let caller = principal.as_ref().map(caller_key);
+    let org = principal.as_ref().and(org_of(route.as_deref(), &path));
+    let keys = protection.keys(class, ip, caller.as_deref(), org);
+    let decision = state.shared.gcra_many(&protection.local, &keys).await;
+    let store = if decision.shared { "redis" } else { "local" };
+    if state.shared.enabled() {
+        // 0 while Redis is down and each instance limits on its own.
+        let shared = if decision.shared { 1.0 } else { 0.0 };
+        state.metrics.gauge("keel_rate_limit_shared", &[], shared);
+    }
+    if !decision.allowed {
+        state.metrics.counter(
+            "keel_rate_limited_total",
+            &[("class", class.as_str().into()), ("store", store.into())],
+            1,
+        );
+        let scope = keys
+            .get(decision.index)
+            .map(|k| k.key.split(':').nth(1).unwrap_or(""))
+            .unwrap_or("");
+        let mut error = ApiError::new("rate_limited", "too many requests; retry after the time in Retry-After")
+            .with_details(serde_json::json!({
+                "class": class.as_str(),
+                "scope": scope,
+                "limit": decision.limit,
+                "period_seconds": decision.period_ms as f64 / 1000.0,
+                "retry_after_ms": decision.retry_after_ms,
+            }));
+        error.retry_after = Some(decision.retry_after_ms.div_ceil(1000).max(1));
+        let mut response = error.into_response();
+        set_headers(response.headers_mut(), &decision, !keys.is_empty());
+        return response;
+    }
+    if let Some(principal) = principal.clone() {
+        request.extensions_mut().insert(ResolvedPrincipal(principal));
+    }
+    let cap = class.limits(&protection.spec).concurrent_per_user;
+    let slot = match (cap, &caller) {
+        (Some(cap), Some(caller)) => {
+            let lease = protection.timeout(
+                Some(class),
+                Duration::from_millis(state.config.server.request_timeout_ms),
+            );
+            let key = format!("{}:{caller}", class.as_str());
+            match state.shared.acquire_slot(&protection.local, &key, cap, lease).await {
+                Some(slot) => Some(slot),
+                None => {
+                    state.metrics.counter(
+                        "keel_rate_limited_total",
+                        &[("class", class.as_str().into()), ("store", "concurrency".into())],
+                        1,
+                    );
+                    let mut error = ApiError::new(
+                        "too_many_concurrent",
+                        format!("at most {cap} of these requests may run at once per user; wait for one to finish"),
+                    )
+                    .with_details(serde_json::json!({ "class": class.as_str(), "concurrent": cap }));
+                    error.retry_after = Some(1);
+                    return error.into_response();
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut response = next.run(request).await;
+    drop(slot);
+    set_headers(response.headers_mut(), &decision, !keys.is_empty());
+    response
+}
+
+/// `RateLimit-Limit`, `-Remaining`, `-Reset` (seconds) and `-Policy` of the binding limit.
+fn set_headers(headers: &mut HeaderMap, decision: &RateDecision, any: bool) {
+    if !any {
+        return;
+    }
+    let seconds = |ms: u64| HeaderValue::from(ms.div_ceil(1000));
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", seconds(decision.reset_ms));
+    if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", decision.limit, decision.period_ms.div_ceil(1000))) {
+        headers.insert("ratelimit-policy", policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protection(trusted: &[&str]) -> Protection {
+        let mut config = crate::Config::default();
+        config.server.trusted_proxies = trusted.iter().map(|s| s.to_string()).collect();
+        Protection::new(&config, &RateLimitsSpec::default())
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let direct = protection(&[]);
+        assert_eq!(
+            direct.client_ip(ip("203.0.113.9"), &forwarded("1.2.3.4")),
+            ip("203.0.113.9"),
+            "an untrusted peer's header is ignored"
+        );
+        let behind = protection(&["10.0.0.0/8", "192.0.2.1"]);
+        assert_eq!(
+            behind.client_ip(ip("10.1.1.1"), &forwarded("1.2.3.4, 198.51.100.7, 192.0.2.1")),
+            ip("198.51.100.7"),
+            "the last untrusted hop, not the spoofable first"
+        );
+        assert_eq!(
+            behind.client_ip(ip("10.1.1.1"), &forwarded("garbage, 198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            behind.client_ip(ip("10.1.1.1"), &forwarded("198.51.100.7, garbage")),
+            ip("10.1.1.1"),
+            "a malformed nearest hop leaves the proxy as the client"
+        );
+        assert_eq!(behind.client_ip(ip("10.1.1.1"), &HeaderMap::new()), ip("10.1.1.1"));
+        assert_eq!(
+            direct.client_ip(ip("::ffff:203.0.113.9"), &HeaderMap::new()),
+            ip("203.0.113.9"),
+            "IPv4-mapped addresses are IPv4"
+        );
+        assert_eq!(ip_key("2001:db8:1:2:3:4:5:6".parse().unwrap()), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn routes_fall_into_classes() {
+        let class = |method: Method, route: &str| classify(&method, Some(route), route);
+        assert_eq!(class(Method::POST, "/api/v1/auth/login"), Some(RouteClass::Auth));
+        assert_eq!(class(Method::POST, "/api/v1/auth/logout"), Some(RouteClass::Api));
+        assert_eq!(
+            class(Method::POST, "/api/v1/orgs/{org}/{collection}/{id}/files/{field}"),
+            Some(RouteClass::Upload)
+        );
+        assert_eq!(
+            class(Method::POST, "/api/v1/global/{collection}/import"),
+            Some(RouteClass::Upload)
+        );
+        assert_eq!(class(Method::GET, "/api/v1/jobs/{id}"), Some(RouteClass::Status));
+        assert_eq!(class(Method::POST, "/api/v1/workers/claim"), None);
+        assert_eq!(class(Method::GET, "/health/ready"), None);
+        assert_eq!(classify(&Method::GET, None, "/api/v1/nothing"), Some(RouteClass::Api));
+        assert_eq!(classify(&Method::GET, None, "/favicon.ico"), None);
+        assert_eq!(
+            org_of(Some("/api/v1/orgs/{org}/{collection}"), "/api/v1/orgs/acme/tasks"),
+            Some("acme")
+        );
+        assert_eq!(
+            org_of(Some("/api/v1/global/{collection}"), "/api/v1/global/tasks"),
+            None
+        );
+        assert!(parse_cidrs(&["10.0.0.0/8".into(), "::1".into()]).is_ok());
+        assert!(parse_cidrs(&["10.0.0.0/33".into()]).is_err());
+    }
+}
