@@ -136,6 +136,8 @@ pub struct AppSection {
     pub migrate_on_start: bool,
     /// Allow destructive migrations at start (only with `migrate_on_start`).
     pub allow_destructive: bool,
+    /// `production` or `development` (which allows `*` in `server.cors_origins`).
+    pub environment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +164,11 @@ pub struct ServerSection {
     pub deny_ips: Vec<String>,
     /// The request timeout of uploads and imports, which stream large bodies.
     pub upload_timeout_ms: u64,
+    /// Origins (`https://app.example.com`) whose pages may call the API from a browser.
+    pub cors_origins: Vec<String>,
+    /// `Strict-Transport-Security` max-age, sent on requests that came over HTTPS through a
+    /// trusted proxy (0: never).
+    pub hsts_max_age_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +270,7 @@ impl Default for AppSection {
             data_dir: PathBuf::from("keel-data"),
             migrate_on_start: false,
             allow_destructive: false,
+            environment: "production".into(),
         }
     }
 }
@@ -281,6 +289,8 @@ impl Default for ServerSection {
             allow_ips: vec![],
             deny_ips: vec![],
             upload_timeout_ms: 600_000,
+            cors_origins: vec![],
+            hsts_max_age_seconds: 31_536_000,
         }
     }
 }
@@ -473,6 +483,14 @@ impl Config {
                 return fail(key, &error);
             }
         }
+        if !matches!(self.app.environment.as_str(), "production" | "development") {
+            return fail("app.environment", "must be production or development");
+        }
+        if let Err(error) =
+            crate::browser::check_origins(&self.server.cors_origins, self.app.environment == "production")
+        {
+            return fail("server.cors_origins", &error);
+        }
         if self.server.request_timeout_ms == 0 || self.server.upload_timeout_ms == 0 {
             return fail("server.request_timeout_ms", "timeouts must be at least 1 ms");
         }
@@ -598,6 +616,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         "app.allow_destructive",
         "With `migrate_on_start`, also apply destructive steps (drops, narrowing).",
     ),
+    (
+        "app.environment",
+        "`production` or `development`; development allows `*` in `server.cors_origins`.",
+    ),
     ("server.host", "The address to listen on."),
     ("server.port", "The port to listen on (0 picks a free one)."),
     (
@@ -631,6 +653,14 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "server.deny_ips",
         "Clients in these CIDRs get 403 `ip_blocked` on the API and /metrics.",
+    ),
+    (
+        "server.cors_origins",
+        "Origins (`scheme://host[:port]`) whose pages may call the API from a browser, with credentials; empty allows none. `*` allows any origin without credentials, and only with `app.environment = \"development\"`.",
+    ),
+    (
+        "server.hsts_max_age_seconds",
+        "`Strict-Transport-Security: max-age=…; includeSubDomains` on requests that reached a trusted proxy over HTTPS (`X-Forwarded-Proto: https`); 0 never sends it.",
     ),
     (
         "server.upload_timeout_ms",

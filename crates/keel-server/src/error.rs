@@ -137,6 +137,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "The user already has the most uploads or imports in progress that `rate_limits.upload.concurrent_per_user` allows; retry when one finishes.",
     ),
     (
+        "csrf_failed",
+        403,
+        "A write authenticated by the session cookie came without the session's `X-CSRF-Token`, or from an origin that is neither this server's nor in `server.cors_origins`.",
+    ),
+    (
         "ip_blocked",
         403,
         "The client's address is in `server.deny_ips`, or not in a non-empty `server.allow_ips`.",

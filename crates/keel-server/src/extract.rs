@@ -144,16 +144,21 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>,
 /// The caller named by a request's `Authorization` header: `None` without one, an error when
 /// the token is malformed, unknown, expired or revoked.
 pub async fn principal_of(headers: &axum::http::HeaderMap, state: &AppState) -> Result<Option<Principal>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let text = value.to_str().unwrap_or("");
+            text.strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 256)
+                .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?
+        }
+        // A cookie session (Keel's own pages); `browser::guard` has checked a write's CSRF token.
+        None => match crate::browser::cookie(headers, crate::browser::SESSION_COOKIE) {
+            Some(token) if token.starts_with("ks_") && token.len() <= 256 => token,
+            _ => return Ok(None),
+        },
     };
-    let text = value.to_str().unwrap_or("");
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?;
     let hash = token_hash(token);
     let key = state.shared.key(&["auth", &hash]);
     let now = chrono::Utc::now();
@@ -229,13 +234,18 @@ pub async fn forget_tokens(state: &AppState, hashes: &[String]) {
     state.shared.del(&keys).await;
 }
 
-/// The hash of the request's bearer token, if it sent one.
+/// The hash of the request's bearer token or session cookie, if it sent one.
 pub fn request_token_hash(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value.to_str().ok()?;
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))?
+                .trim()
+        }
+        None => crate::browser::cookie(headers, crate::browser::SESSION_COOKIE)?,
+    };
     (!token.is_empty()).then(|| token_hash(token))
 }
 

@@ -1,6 +1,7 @@
 //! The Keel server: configuration, the axum router and middleware, auth and tenancy, the
 //! records API, health and metrics, and the OpenAPI document.
 
+pub mod browser;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -139,6 +140,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), protect::protect))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), browser::guard))
+        .layer(tower::util::option_layer(browser::cors(&state.config)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,

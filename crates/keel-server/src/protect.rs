@@ -145,6 +145,11 @@ impl Protection {
         Some(client)
     }
 
+    /// Whether the socket's peer is one of `server.trusted_proxies`.
+    pub fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|peer| self.trusted.iter().any(|net| net.contains(&peer.to_canonical())))
+    }
+
     fn ip_allowed(&self, ip: Option<IpAddr>) -> bool {
         match ip {
             Some(ip) => {

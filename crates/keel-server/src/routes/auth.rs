@@ -25,6 +25,9 @@ pub struct Credentials {
     password: String,
     #[serde(default)]
     name: Option<String>,
+    /// Keep the session in a cookie (for browser pages) instead of answering the token.
+    #[serde(default)]
+    cookie: bool,
 }
 
 /// A new random token with a prefix telling sessions (`ks_`) from API keys (`kk_`).
@@ -151,10 +154,31 @@ pub async fn signup(
         other => other.into(),
     })?;
     let (token, expires_at) = start_session(&state, user.id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "user": user, "token": token, "expires_at": expires_at })),
-    ))
+    let mut response = session_answer(json!({ "user": user }), &token, expires_at, body.cookie);
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+/// The answer of a new session: the token in the body or, for a cookie session, in an
+/// `HttpOnly` cookie with the CSRF token in the body and a readable cookie.
+fn session_answer(
+    mut body: serde_json::Value,
+    token: &str,
+    expires_at: chrono::DateTime<Utc>,
+    cookie: bool,
+) -> axum::response::Response {
+    body["expires_at"] = json!(expires_at);
+    if !cookie {
+        body["token"] = json!(token);
+        return Json(body).into_response();
+    }
+    body["csrf_token"] = json!(crate::browser::csrf_token(token));
+    let max_age = (expires_at - Utc::now()).num_seconds();
+    let mut response = Json(body).into_response();
+    for value in crate::browser::session_cookies(token, max_age) {
+        response.headers_mut().append(axum::http::header::SET_COOKIE, value);
+    }
+    response
 }
 
 pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
@@ -171,21 +195,27 @@ pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credent
         return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
     };
     let (token, expires_at) = start_session(&state, user.id).await?;
-    Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": user })))
+    Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
 }
 
 pub async fn logout(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     Auth(principal): Auth,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
     match principal {
         Principal::User { session, .. } => {
             system::session_revoke(&state.db, session).await?;
             if let Some(hash) = crate::extract::request_token_hash(&headers) {
                 crate::extract::forget_tokens(&state, &[hash]).await;
             }
-            Ok(StatusCode::NO_CONTENT)
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            if crate::browser::cookie(&headers, crate::browser::SESSION_COOKIE).is_some() {
+                for value in crate::browser::session_cookies("", 0) {
+                    response.headers_mut().append(axum::http::header::SET_COOKIE, value);
+                }
+            }
+            Ok(response)
         }
         Principal::ApiKey(_) => Err(ApiError::new(
             "bad_request",

@@ -1,6 +1,7 @@
 //! HTTP integration tests: every test runs on SQLite and on PostgreSQL (`both!`).
 
 mod auth;
+mod browser;
 mod docs;
 mod errors;
 mod explain;
