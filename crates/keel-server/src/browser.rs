@@ -96,6 +96,16 @@ pub fn csrf_token(session_token: &str) -> String {
     digest.iter().take(24).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Compares two secrets in time that depends on their length only.
+pub fn constant_time_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// A cookie's value from the request's `Cookie` headers.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -179,14 +189,7 @@ fn csrf_problem(state: &AppState, request: &Request) -> Option<&'static str> {
     }
     let session = cookie(headers, SESSION_COOKIE)?;
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let expected = csrf_token(session);
-    let matches = sent.len() == expected.len()
-        && sent
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !matches {
+    if !constant_time_eq(sent, &csrf_token(session)) {
         return Some("a write with a cookie session needs the X-CSRF-Token header of its login");
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())

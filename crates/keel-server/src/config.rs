@@ -207,6 +207,15 @@ pub struct AuthSection {
     pub argon2_memory_kib: u32,
     /// argon2id iterations (OWASP: at least 2 with 19 MiB).
     pub argon2_iterations: u32,
+    /// Failed logins for one account (within `lockout_window_seconds`) before it is locked.
+    pub lockout_failures: u32,
+    /// Failed logins from one address before it may not log in.
+    pub lockout_ip_failures: u32,
+    /// The first lock's length; each further failure doubles it, up to `lockout_max_seconds`.
+    pub lockout_seconds: u64,
+    pub lockout_max_seconds: u64,
+    /// Failures older than this are forgotten.
+    pub lockout_window_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,6 +333,11 @@ impl Default for AuthSection {
             min_password_length: 10,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            lockout_failures: 5,
+            lockout_ip_failures: 20,
+            lockout_seconds: 60,
+            lockout_max_seconds: 3_600,
+            lockout_window_seconds: 900,
         }
     }
 }
@@ -504,6 +518,15 @@ impl Config {
             return fail(
                 "auth.argon2_memory_kib",
                 "must be at least 64 KiB with at least 1 iteration",
+            );
+        }
+        if self.auth.lockout_failures == 0 || self.auth.lockout_ip_failures == 0 {
+            return fail("auth.lockout_failures", "lockouts need at least 1 failure");
+        }
+        if self.auth.lockout_seconds == 0 || self.auth.lockout_max_seconds < self.auth.lockout_seconds {
+            return fail(
+                "auth.lockout_seconds",
+                "must be at least 1 and at most auth.lockout_max_seconds",
             );
         }
         if self.auth.min_password_length < 8 {
@@ -723,6 +746,23 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("auth.min_password_length", "The shortest password accepted."),
     ("auth.argon2_memory_kib", "argon2id memory cost in KiB."),
     ("auth.argon2_iterations", "argon2id iterations."),
+    (
+        "auth.lockout_failures",
+        "Failed logins for one account within `auth.lockout_window_seconds` before logins to it are refused (429 `login_locked`) for `auth.lockout_seconds`.",
+    ),
+    (
+        "auth.lockout_ip_failures",
+        "Failed logins from one client address (any accounts) before its logins are refused the same way.",
+    ),
+    (
+        "auth.lockout_seconds",
+        "The first lock's length; every further failure doubles it (backoff), up to `auth.lockout_max_seconds`.",
+    ),
+    ("auth.lockout_max_seconds", "The longest lock."),
+    (
+        "auth.lockout_window_seconds",
+        "Failures older than this (with no lock running) are forgotten; a successful login forgets the account's.",
+    ),
     ("limits.default_page_size", "Page size when `limit` is not given."),
     (
         "limits.max_page_size",

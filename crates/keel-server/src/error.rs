@@ -132,6 +132,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "Too many requests from this address, user or org for the route's class (see `[rate_limits]`); retry after `Retry-After` seconds. `details` has the class, the scope (ip, user, org), the limit and its period.",
     ),
     (
+        "login_locked",
+        429,
+        "Too many failed logins for this account or from this address: logins are refused until `Retry-After` seconds have passed (the lock doubles with each further failure).",
+    ),
+    (
         "too_many_concurrent",
         429,
         "The user already has the most uploads or imports in progress that `rate_limits.upload.concurrent_per_user` allows; retry when one finishes.",

@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
         .route("/auth/logout-all", post(auth::logout_all))
+        .route("/auth/password", post(auth::change_password))
         .route("/auth/me", get(auth::me))
         .route("/openapi.json", get(ops::openapi))
         .route("/orgs", get(orgs::list).post(orgs::create))

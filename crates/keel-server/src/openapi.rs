@@ -423,6 +423,10 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "cookie": { "type": "boolean", "description": "keep the session in an HttpOnly cookie and answer its csrf_token instead of the token" } } });
     let public = json!([]);
     paths.insert("/api/v1/auth/signup".into(), json!({ "post": { "operationId": "signup", "tags": ["auth"], "security": public, "requestBody": body(credentials.clone()), "responses": ok("201", "the user and a session token", &[400, 403, 409, 415, 429]) } }));
+    paths.insert("/api/v1/auth/password".into(), json!({ "post": { "operationId": "change_password", "tags": ["auth"],
+        "requestBody": body(json!({ "type": "object", "required": ["current_password", "new_password"], "additionalProperties": false, "properties": {
+            "current_password": { "type": "string", "maxLength": 1024 }, "new_password": { "type": "string", "maxLength": 256 } } })),
+        "responses": ok("200", "a new session; every other session of the user is revoked", &[400, 401, 415]) } }));
     paths.insert("/api/v1/auth/login".into(), json!({ "post": { "operationId": "login", "tags": ["auth"], "security": public, "requestBody": body(credentials), "responses": ok("200", "a session token", &[400, 401, 415, 429]) } }));
     paths.insert(
         "/api/v1/auth/logout".into(),

@@ -209,7 +209,7 @@ fn rate_key(class: RouteClass, scope: &str, who: &str, rate: &Rate) -> RateKey {
 }
 
 /// The key of an address: IPv4 whole, IPv6 by its /64 (one subscriber's network).
-fn ip_key(ip: IpAddr) -> String {
+pub fn ip_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {

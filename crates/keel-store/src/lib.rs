@@ -13,6 +13,7 @@ pub mod partitions;
 pub mod postgres;
 pub mod records;
 pub mod replicas;
+pub mod security;
 pub mod sqlite;
 pub mod system;
 pub mod uploads;

@@ -173,6 +173,33 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
     }
 }
 
+/// Replaces a user's password hash and revokes every session of theirs, in one transaction;
+/// returns the revoked sessions' token hashes (to drop from caches).
+pub async fn user_set_password(db: &Db, id: Uuid, password_hash: &str) -> Result<Vec<String>, StoreError> {
+    let mut tx = db.begin().await?;
+    let at = now();
+    tx.execute(&tx.portable(
+        "UPDATE keel_users SET password_hash = $1, updated_at = $2 WHERE id = $3",
+        vec![
+            SqlValue::Text(password_hash.to_string()),
+            SqlValue::Datetime(at),
+            SqlValue::Uuid(id),
+        ],
+    ))
+    .await?;
+    let hashes = tx
+        .query(&tx.portable(
+            "UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING token_hash",
+            vec![SqlValue::Datetime(at), SqlValue::Uuid(id)],
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
+        .collect();
+    tx.commit().await?;
+    Ok(hashes)
+}
+
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
     let n = tx

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use chrono::{Duration, Utc};
 use keel_store::StoreError;
+use keel_store::security;
 use keel_store::system::{self, NewUser, Principal};
 use rand::RngCore;
 use serde::Deserialize;
@@ -28,6 +29,19 @@ pub struct Credentials {
     /// Keep the session in a cookie (for browser pages) instead of answering the token.
     #[serde(default)]
     cookie: bool,
+}
+
+/// The answer while a login lock runs: when it ends, and whose it is.
+fn locked(key: &str, until: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> ApiError {
+    let seconds = ((until - now).num_milliseconds().max(1) as u64).div_ceil(1000);
+    let scope = key.split(':').next().unwrap_or("account");
+    let mut error = ApiError::new(
+        "login_locked",
+        format!("too many failed logins; try again in {seconds} s"),
+    )
+    .with_details(json!({ "scope": scope, "retry_after_seconds": seconds, "locked_until": until }));
+    error.retry_after = Some(seconds);
+    error
 }
 
 /// A new random token with a prefix telling sessions (`ks_`) from API keys (`kk_`).
@@ -95,7 +109,33 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
     }
 }
 
-/// The password policy: length bounds, and not the email itself.
+/// The most common passwords of breach corpora (8 characters or more, lowercase, sorted):
+/// see `data/README.md`.
+const COMMON_PASSWORDS: &str = include_str!("../../data/common-passwords.txt");
+
+/// Whether a password is on the bundled list of common and breached passwords (any case).
+pub fn is_common_password(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    let list = COMMON_PASSWORDS.as_bytes();
+    // Binary search over the sorted lines without building an index.
+    let (mut low, mut high) = (0usize, list.len());
+    while low < high {
+        let middle = (low + high) / 2;
+        let start = list[..middle].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let end = list[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(list.len(), |i| start + i);
+        match list[start..end].cmp(lower.as_bytes()) {
+            std::cmp::Ordering::Equal => return true,
+            std::cmp::Ordering::Less => low = end + 1,
+            std::cmp::Ordering::Greater => high = start,
+        }
+    }
+    false
+}
+
+/// The password policy: length bounds, not the email itself, not a common password.
 pub fn check_password(password: &str, email: &str, min_length: usize) -> ApiResult<()> {
     let length = password.chars().count();
     let problem = if length < min_length {
@@ -106,6 +146,8 @@ pub fn check_password(password: &str, email: &str, min_length: usize) -> ApiResu
         || password.eq_ignore_ascii_case(email.split('@').next().unwrap_or(""))
     {
         Some("the password must not be your email".to_string())
+    } else if is_common_password(password) {
+        Some("this password is one of the most common ones in breached-password lists; choose another".to_string())
     } else {
         None
     };
@@ -181,8 +223,28 @@ fn session_answer(
     response
 }
 
-pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
+pub async fn login(
+    State(state): State<AppState>,
+    client: Option<axum::Extension<crate::protect::ClientIp>>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim().to_lowercase();
+    if email.len() > 254 || body.password.len() > 1024 {
+        return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
+    }
+    // Lockouts (S9): the account, and the client's address, each after repeated failures.
+    let now = Utc::now();
+    let mut keys = vec![(format!("account:{email}"), state.config.auth.lockout_failures)];
+    if let Some(ip) = client.and_then(|c| c.0.0) {
+        keys.push((
+            format!("ip:{}", crate::protect::ip_key(ip)),
+            state.config.auth.lockout_ip_failures,
+        ));
+    }
+    let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    if let Some((key, until)) = security::login_locked(&state.db, &names, now).await? {
+        return Err(locked(&key, until, now));
+    }
     let found = system::user_by_email(&state.db, &email).await?;
     // Verify against a hash made with the same cost when the user does not exist, so the
     // answer's timing does not tell whether the email has an account.
@@ -192,8 +254,34 @@ pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Credent
     };
     let ok = verify_password(body.password, hash).await;
     let Some(user) = user.filter(|_| ok) else {
+        let auth = &state.config.auth;
+        let window = Duration::seconds(auth.lockout_window_seconds as i64);
+        for (key, threshold) in &keys {
+            let failures = security::login_failure(&state.db, key, now, window).await?;
+            if failures >= i64::from(*threshold) {
+                // Backoff: the lock doubles with every failure past the threshold.
+                let doublings = (failures - i64::from(*threshold)).min(20) as u32;
+                let seconds = auth
+                    .lockout_seconds
+                    .saturating_mul(1 << doublings)
+                    .min(auth.lockout_max_seconds);
+                security::login_lock(&state.db, key, now + Duration::seconds(seconds as i64)).await?;
+                tracing::warn!(
+                    key = key.split(':').next().unwrap_or(""),
+                    failures,
+                    seconds,
+                    "login locked"
+                );
+                state.metrics.counter(
+                    "keel_login_lockouts_total",
+                    &[("scope", key.split(':').next().unwrap_or("").to_string())],
+                    1,
+                );
+            }
+        }
         return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
     };
+    security::login_clear(&state.db, &keys[0].0).await?;
     let (token, expires_at) = start_session(&state, user.id).await?;
     Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
 }
@@ -224,6 +312,41 @@ pub async fn logout(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /api/v1/auth/password`: checks the current password, sets the new one (by the
+/// policy), ends every session of the user and starts a new one (rotation: a stolen token
+/// dies with the old password). A cookie session gets its new session as cookies.
+pub async fn change_password(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> ApiResult<axum::response::Response> {
+    let Principal::User { user, .. } = principal else {
+        return Err(ApiError::new("bad_request", "API keys have no password"));
+    };
+    let (_, hash) = system::user_by_email(&state.db, &user.email)
+        .await?
+        .ok_or_else(|| ApiError::new("unauthenticated", "the user no longer exists"))?;
+    if body.current_password.len() > 1024 || !verify_password(body.current_password, hash).await {
+        return Err(ApiError::new("invalid_credentials", "the current password is wrong"));
+    }
+    check_password(&body.new_password, &user.email, state.config.auth.min_password_length)?;
+    let password_hash = hash_password(&state.config.auth, body.new_password).await?;
+    let revoked = system::user_set_password(&state.db, user.id, &password_hash).await?;
+    crate::extract::forget_tokens(&state, &revoked).await;
+    let (token, expires_at) = start_session(&state, user.id).await?;
+    let cookie = headers.get(axum::http::header::AUTHORIZATION).is_none();
+    let body = json!({ "user": user, "revoked_sessions": revoked.len() });
+    Ok(session_answer(body, &token, expires_at, cookie))
+}
+
 pub async fn logout_all(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
     match principal {
         Principal::User { user, .. } => {
@@ -252,5 +375,28 @@ pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
             ))
         }
         Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_passwords_are_refused_in_any_case() {
+        assert!(COMMON_PASSWORDS.lines().count() > 8_000);
+        let first = COMMON_PASSWORDS.lines().next().unwrap();
+        let last = COMMON_PASSWORDS.lines().last().unwrap();
+        for listed in [first, last, "password123", "PassWord123", "iloveyou2"] {
+            assert!(is_common_password(listed), "{listed}");
+        }
+        for fine in ["correct horse battery", "zzzzzzzzzzzzzzzzzzzzzzzz", "", "a"] {
+            assert!(!is_common_password(fine), "{fine}");
+        }
+        // Every line is found: the search handles every position.
+        assert!(COMMON_PASSWORDS.lines().all(is_common_password));
+        let refused = check_password("Password123", "ada@example.com", 8).unwrap_err();
+        assert_eq!(refused.code, "weak_password");
+        assert!(check_password("correct horse battery", "ada@example.com", 10).is_ok());
     }
 }

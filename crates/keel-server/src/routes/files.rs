@@ -731,14 +731,7 @@ pub async fn signed_download(
     let expires: i64 = params.get("expires").and_then(|e| e.parse().ok()).ok_or_else(refused)?;
     let given = params.get("signature").ok_or_else(refused)?;
     let expected = signature(link_key(&state).await?, file, expires);
-    // Compare in constant time.
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !crate::browser::constant_time_eq(given, &expected) {
         return Err(refused());
     }
     if Utc::now().timestamp() > expires {
@@ -847,8 +840,14 @@ pub fn cleanup_handler(storage: std::sync::Arc<crate::storage::Storage>) -> keel
             let files = expire_files(&context, &storage)
                 .await
                 .map_err(|e| keel_jobs::JobFailure::retry(format!("file retention failed: {e}")))?;
+            // Failed-login rows a day old whose lock has ended.
+            let day_ago = chrono::Utc::now() - chrono::Duration::days(1);
+            let logins = keel_store::security::login_prune(&context.db, day_ago)
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("login-failure pruning failed: {e}")))?;
             let mut result = base.unwrap_or_else(|| json!({}));
             result["files"] = files;
+            result["login_failures_pruned"] = json!(logins);
             Ok(Some(result))
         })
     })

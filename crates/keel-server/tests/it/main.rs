@@ -1,5 +1,6 @@
 //! HTTP integration tests: every test runs on SQLite and on PostgreSQL (`both!`).
 
+mod accounts;
 mod auth;
 mod browser;
 mod docs;
