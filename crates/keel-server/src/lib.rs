@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod import;
+pub mod keys;
 pub mod middleware;
 pub mod openapi;
 pub mod protect;
@@ -332,7 +333,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         inner: Arc::new(state::Inner {
             protection,
             storage,
-            link_key: tokio::sync::OnceCell::new(),
+            keys: keys::KeyRing::default(),
             dummy_password_hash,
             patterns,
             schema,

@@ -23,8 +23,8 @@ pub struct Inner {
     pub jobs: Arc<keel_jobs::Jobs>,
     /// Where uploaded files live.
     pub storage: Arc<crate::storage::Storage>,
-    /// The key that signs file links, shared by every instance through the database.
-    pub link_key: tokio::sync::OnceCell<Vec<u8>>,
+    /// The keys that sign file links, shared by every instance through the database.
+    pub keys: crate::keys::KeyRing,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shared: crate::shared::Shared,

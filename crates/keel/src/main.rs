@@ -98,6 +98,13 @@ enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// The keys that sign file links: list, rotate, retire.
+    Keys {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Jobs and queues: enqueue, list, retry, cancel, discard, pause, worker keys.
     Jobs {
         #[command(flatten)]
@@ -202,6 +209,23 @@ enum UsersAction {
         /// Make the user the instance superuser.
         #[arg(long)]
         superuser: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// List the keys, newest first (secrets are not shown).
+    List,
+    /// Add a key: it signs from now on (each instance picks it up within a minute), and
+    /// older keys keep verifying what they signed.
+    Rotate,
+    /// Retire a key: what it signed stops verifying. Refused for the key that signs now, and,
+    /// without --force, within an hour and a minute of the rotation that replaced it (file
+    /// links live at most an hour).
+    Retire {
+        id: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -459,6 +483,12 @@ async fn main() -> Result<()> {
                 Ok(())
             }
         },
+        Command::Keys { common, action } => {
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            keys_command(&db, action).await
+        }
         Command::Config {
             action: ConfigAction::PrintDefault,
         } => {
@@ -471,6 +501,77 @@ async fn main() -> Result<()> {
             std::fs::write(dir.join("CONFIG.md"), keel_server::config::config_markdown())?;
             println!("wrote {0}/ERRORS.md and {0}/CONFIG.md", dir.display());
             Ok(())
+        }
+    }
+}
+
+async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
+    use keel_server::keys::FILE_LINKS;
+    use keel_store::security;
+    match action {
+        KeysAction::List => {
+            let keys = security::keys(db, None).await?;
+            if keys.is_empty() {
+                println!("no keys yet (the first file link makes one)");
+            }
+            for (i, key) in keys.iter().enumerate() {
+                let newest = keys[..i]
+                    .iter()
+                    .all(|k| k.purpose != key.purpose || k.retired_at.is_some());
+                let state = match key.retired_at {
+                    Some(at) => format!("retired {}", at.to_rfc3339()),
+                    None if newest => "signs and verifies".to_string(),
+                    None => "verifies".to_string(),
+                };
+                println!(
+                    "{}\t{}\tcreated {}\t{state}",
+                    key.id,
+                    key.purpose,
+                    key.created_at.to_rfc3339()
+                );
+            }
+            Ok(())
+        }
+        KeysAction::Rotate => {
+            let key = keel_server::keys::rotate(db, FILE_LINKS).await?;
+            println!(
+                "added key {} for {FILE_LINKS}: instances sign with it within a minute; retire the old key after an hour",
+                key.id
+            );
+            Ok(())
+        }
+        KeysAction::Retire { id, force } => {
+            let keys = security::keys(db, None).await?;
+            let Some(key) = keys.iter().find(|k| k.id == id) else {
+                bail!("no key {id}");
+            };
+            // The key that replaced it: the oldest newer unretired key of the purpose.
+            let successor = keys
+                .iter()
+                .filter(|k| {
+                    k.purpose == key.purpose
+                        && k.retired_at.is_none()
+                        && k.created_at >= key.created_at
+                        && k.id != key.id
+                })
+                .min_by_key(|k| k.created_at);
+            let Some(successor) = successor else {
+                bail!("key {id} signs now: rotate first (keel keys rotate), then retire it");
+            };
+            let age = chrono::Utc::now() - successor.created_at;
+            if !force && age < chrono::Duration::seconds(3_660) {
+                bail!(
+                    "key {id} was replaced {} s ago; links it signed live up to an hour and instances switch within a minute: retire it after {} s more, or pass --force",
+                    age.num_seconds(),
+                    3_660 - age.num_seconds()
+                );
+            }
+            if security::key_retire(db, &id, chrono::Utc::now()).await? {
+                println!("retired key {id}: what it signed no longer verifies");
+                Ok(())
+            } else {
+                bail!("key {id} is already retired, or is the only key that signs")
+            }
         }
     }
 }

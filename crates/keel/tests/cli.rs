@@ -353,3 +353,55 @@ fn fleet_demo_reaches_the_seeds_year_one_scale() {
         assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
     }
 }
+
+#[test]
+fn keys_rotate_list_and_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), SPEC);
+    let data = dir.path().join("data");
+    let keys = |args: &[&str]| {
+        keel()
+            .args(["keys", "--spec"])
+            .arg(&spec)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let apply = keel()
+        .args(["migrate", "apply", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    let text = |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).to_string();
+    let first = keys(&["rotate"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first_id = text(&first).split_whitespace().nth(2).unwrap().to_string();
+    let refused = keys(&["retire", &first_id]);
+    assert!(!refused.status.success(), "the signing key cannot retire");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("signs now"));
+    let second = keys(&["rotate"]);
+    let second_id = text(&second).split_whitespace().nth(2).unwrap().to_string();
+    let list = text(&keys(&["list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with(&second_id) && lines[0].ends_with("signs and verifies"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with(&first_id) && lines[1].ends_with("\tverifies"),
+        "{list}"
+    );
+    // Links live up to an hour: retiring the replaced key at once needs --force.
+    let early = keys(&["retire", &first_id]);
+    assert!(!early.status.success());
+    assert!(String::from_utf8_lossy(&early.stderr).contains("--force"));
+    let retired = keys(&["retire", &first_id, "--force"]);
+    assert!(retired.status.success(), "{}", String::from_utf8_lossy(&retired.stderr));
+    assert!(text(&keys(&["list"])).contains("retired"));
+}

@@ -652,22 +652,16 @@ const MAX_LINK_SECONDS: u64 = 3_600;
 const DEFAULT_LINK_SECONDS: u64 = 300;
 
 /// The link-signing key: random, created once in the database and shared by every instance.
-async fn link_key(state: &AppState) -> ApiResult<&[u8]> {
-    let key = state
-        .link_key
-        .get_or_try_init(|| async {
-            let candidate: String = (0..4).map(|_| Uuid::new_v4().simple().to_string()).collect();
-            let value = files::secret(&state.db, "file_links", &candidate).await?;
-            Ok::<_, ApiError>(value.into_bytes())
-        })
-        .await?;
-    Ok(key)
-}
-
-fn signature(key: &[u8], file: Uuid, expires: i64) -> String {
+/// HMAC-SHA256 of a link's file and expiry under a key of the ring (the key id is signed too,
+/// except for links made before the ring, whose key is `legacy`).
+fn signature(key: &[u8], kid: &str, file: Uuid, expires: i64) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(format!("{file}.{expires}").as_bytes());
+    if kid == "legacy" {
+        mac.update(format!("{file}.{expires}").as_bytes());
+    } else {
+        mac.update(format!("{kid}.{file}.{expires}").as_bytes());
+    }
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -713,8 +707,9 @@ pub async fn link(
         return Err(ApiError::not_found());
     }
     let expires = Utc::now().timestamp() + seconds as i64;
-    let signature = signature(link_key(state).await?, file, expires);
-    let url = format!("/api/v1/files/{file}?expires={expires}&signature={signature}");
+    let (kid, key) = state.keys.signer(&state.db).await?;
+    let signature = signature(&key, &kid, file, expires);
+    let url = format!("/api/v1/files/{file}?expires={expires}&kid={kid}&signature={signature}");
     let expires_at = chrono::DateTime::from_timestamp(expires, 0).map(|t| keel_query::value::format_datetime(&t));
     Ok(axum::Json(json!({ "url": url, "expires_at": expires_at })).into_response())
 }
@@ -725,13 +720,18 @@ pub async fn signed_download(
     Path(file): Path<String>,
     params: Params,
 ) -> ApiResult<Response> {
-    params.only(&["expires", "signature"])?;
+    params.only(&["expires", "kid", "signature"])?;
     let refused = || ApiError::new("invalid_signature", "this link is not valid");
     let file = Uuid::parse_str(&file).map_err(|_| refused())?;
     let expires: i64 = params.get("expires").and_then(|e| e.parse().ok()).ok_or_else(refused)?;
     let given = params.get("signature").ok_or_else(refused)?;
-    let expected = signature(link_key(&state).await?, file, expires);
-    if !crate::browser::constant_time_eq(given, &expected) {
+    // Links made before the key ring carry no key id.
+    let kid = params.get("kid").unwrap_or("legacy");
+    if kid.len() > 64 {
+        return Err(refused());
+    }
+    let key = state.keys.verifier(&state.db, kid).await?.ok_or_else(refused)?;
+    if !crate::browser::constant_time_eq(given, &signature(&key, kid, file, expires)) {
         return Err(refused());
     }
     if Utc::now().timestamp() > expires {

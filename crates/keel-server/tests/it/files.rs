@@ -336,9 +336,66 @@ async fn file_access_follows_the_record_rules(backend: Backend) {
     assert!(stored_files(&files_dir).is_empty());
 }
 
+async fn signed_links_survive_key_rotation_until_the_key_retires(backend: Backend) {
+    use keel_server::keys::{self, FILE_LINKS};
+    let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let driver = app
+        .create("/api/v1/orgs/acme/drivers", &owner, json!({"name": "Dana"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/drivers/{driver}/files");
+    let uploaded = upload(&app, &format!("{base}/licence"), &owner, "application/pdf", PDF).await;
+    let file_id = uploaded.body["file"]["id"].as_str().unwrap().to_string();
+    async fn link(app: &TestApp, path: &str, owner: &str) -> String {
+        let response = app.request("POST", path, Some(owner), None).await;
+        response.body["url"].as_str().expect("a url").to_string()
+    }
+    let path = format!("{base}/licence/{file_id}/link");
+    let kid = |url: &str| url.split("kid=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let old = link(&app, &path, &owner).await;
+    let first_kid = kid(&old);
+    assert_eq!(app.request("GET", &old, None, None).await.status, 200);
+
+    // Rotation: another instance (with a fresh ring) signs with the new key at once; the
+    // first instance verifies the new key's links, and both verify the old key's.
+    let rotated = keys::rotate(app.db(), FILE_LINKS).await.unwrap();
+    let second = app.sibling().await;
+    let new = link(&second, &path, &owner).await;
+    assert_eq!(kid(&new), rotated.id);
+    for (instance, url) in [(&app, &new), (&second, &old), (&app, &old), (&second, &new)] {
+        let response = instance.request("GET", url, None, None).await;
+        assert_eq!(response.status, 200, "{url}: {}", response.text);
+    }
+    // A key id nobody made is refused.
+    let forged = new.replace(&rotated.id, "k0000");
+    assert_eq!(
+        app.request("GET", &forged, None, None).await.code(),
+        "invalid_signature"
+    );
+
+    // The signing key cannot retire; the old one can, and (on an instance that reads the
+    // ring afresh) its links stop working while the new key's go on.
+    assert!(
+        !keel_store::security::key_retire(app.db(), &rotated.id, chrono::Utc::now())
+            .await
+            .unwrap(),
+        "the signing key cannot retire"
+    );
+    assert!(
+        keel_store::security::key_retire(app.db(), &first_kid, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    let third = app.sibling().await;
+    assert_eq!(third.request("GET", &old, None, None).await.code(), "invalid_signature");
+    assert_eq!(third.request("GET", &new, None, None).await.status, 200);
+}
+
 both!(
     files_upload_download_replace_and_delete,
-    file_access_follows_the_record_rules
+    file_access_follows_the_record_rules,
+    signed_links_survive_key_rotation_until_the_key_retires
 );
 
 const QUOTA_SPEC: &str = r#"
