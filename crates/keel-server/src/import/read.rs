@@ -42,8 +42,9 @@ impl<R: Read> CsvReader<R> {
         CsvReader {
             input: io::BufReader::with_capacity(BUFFER, input),
             core: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
-            out: vec![0; 4096],
-            ends: vec![0; 64],
+            // Start small and grow up to the bounds (never past them).
+            out: vec![0; 4096.min(max_row_bytes.max(1))],
+            ends: vec![0; 64.min(max_fields.max(1))],
             max_row_bytes,
             max_fields,
             done: false,
@@ -272,5 +273,94 @@ mod tests {
         assert!(matches!(rows[1].raw, Raw::TooLarge));
         assert_eq!(rows[1].line, 3);
         assert!(matches!(&rows[2].raw, Raw::Line(l) if l == b"{\"a\":2}"));
+    }
+
+    // Fuzzing by property (S10): any bytes at all, and any fields the `csv` crate can write.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn all_rows(mut next: impl FnMut() -> io::Result<Option<RawRow>>) -> Vec<RawRow> {
+            let mut rows = vec![];
+            while let Some(row) = next().expect("reading from memory does not fail") {
+                rows.push(row);
+            }
+            rows
+        }
+
+        /// Fields of the awkward kinds: delimiters, quotes, CR, LF, unicode, empty.
+        fn field() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    Just(",".to_string()),
+                    Just("\"".to_string()),
+                    Just("\r\n".to_string()),
+                    Just("\n".to_string()),
+                    Just(" ".to_string()),
+                    "[a-z0-9]{1,5}",
+                    "\\PC{1,3}",
+                ],
+                0..6,
+            )
+            .prop_map(|parts| parts.concat())
+            .prop_filter("a leading BOM is the file's, not the field's", |f| {
+                !f.starts_with('\u{FEFF}')
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn csv_round_trips_what_a_csv_writer_writes(
+                rows in prop::collection::vec(prop::collection::vec(field(), 1..6), 1..20)
+            ) {
+                let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(vec![]);
+                for row in &rows {
+                    writer.write_record(row).unwrap();
+                }
+                let bytes = writer.into_inner().unwrap();
+                let mut reader = CsvReader::new(&bytes[..], b',', 1 << 20, 100);
+                let read = all_rows(|| reader.next_row());
+                // A row of one empty field is written as a blank line, which readers skip.
+                let expected: Vec<&Vec<String>> = rows.iter().filter(|r| !(r.len() == 1 && r[0].is_empty())).collect();
+                prop_assert_eq!(read.len(), expected.len());
+                let mut line = 1u64;
+                for (got, want) in read.iter().zip(expected) {
+                    let Raw::Fields(fields) = &got.raw else { panic!("{:?}", got.raw) };
+                    let texts: Vec<String> = fields.iter().map(|f| String::from_utf8(f.clone()).unwrap()).collect();
+                    prop_assert_eq!(&texts, want);
+                    prop_assert!(got.line >= line, "lines only grow");
+                    line = got.line;
+                }
+            }
+
+            #[test]
+            fn csv_reader_is_total_and_bounded_on_any_bytes(
+                bytes in prop::collection::vec(any::<u8>(), 0..4096),
+                delimiter in prop::sample::select(vec![b',', b';', b'\t', b'|']),
+            ) {
+                let mut reader = CsvReader::new(&bytes[..], delimiter, 64, 8);
+                for row in all_rows(|| reader.next_row()) {
+                    if let Raw::Fields(fields) = row.raw {
+                        prop_assert!(fields.iter().map(Vec::len).sum::<usize>() <= 64);
+                        prop_assert!(fields.len() <= 8);
+                    }
+                }
+            }
+
+            #[test]
+            fn line_reader_is_total_and_bounded_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                let mut reader = LineReader::new(&bytes[..], 64);
+                let rows = all_rows(|| reader.next_row());
+                let lines = bytes.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+                for row in rows {
+                    prop_assert!(row.line <= lines);
+                    if let Raw::Line(line) = row.raw {
+                        prop_assert!(!line.is_empty() && line.len() <= 64);
+                    }
+                }
+            }
+        }
     }
 }
