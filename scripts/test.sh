@@ -22,6 +22,10 @@
 #      or, without cargo-nextest, cargo test --workspace --no-fail-fast [ARGS...]
 #   5. scripts/check-openapi.sh: every example app's OpenAPI document through
 #      openapi-spec-validator (PyPI, in a venv under target/).
+#   6. scripts/schemathesis.sh: schemathesis (PyPI) fuzzes the API of two example apps
+#      served by `keel demo`; any 5xx or answer that breaks the document fails.
+#   7. scripts/supply-chain.sh: cargo deny check with deny.toml (cargo-deny is installed
+#      once per machine; advisories need github.com and say NOT RUN without it).
 #   It stops at the first failing stage and exits with its status.
 #
 # Environment:
@@ -129,4 +133,8 @@ fi
 # --- the OpenAPI documents of the example apps, checked by a standard validator ----------
 if [[ $# -eq 0 ]]; then
     run_stage scripts/check-openapi.sh
+    # --- API fuzzing against two example apps: no 5xx, every answer as documented ------
+    run_stage scripts/schemathesis.sh
+    # --- dependencies: licences, bans, sources, advisories (deny.toml) -----------------
+    run_stage scripts/supply-chain.sh
 fi

@@ -90,7 +90,8 @@ pub fn record_columns(collection: &Collection) -> Vec<(String, ColumnType)> {
     columns
 }
 
-/// The `(key, sql)` pairs of a record, optionally projected to some fields.
+/// The `(key, sql)` pairs of a record, optionally projected to some fields (the id always
+/// stays: a projected record still says which record it is).
 pub fn record_pairs(
     dialect: Dialect,
     collection: &Collection,
@@ -99,7 +100,7 @@ pub fn record_pairs(
 ) -> Vec<(String, String)> {
     record_columns(collection)
         .into_iter()
-        .filter(|(name, _)| fields.is_none_or(|wanted| wanted.iter().any(|w| w == name)))
+        .filter(|(name, _)| name == "id" || fields.is_none_or(|wanted| wanted.iter().any(|w| w == name)))
         .map(|(name, ty)| {
             let value = column_json(dialect, table, &name, ty);
             (name, value)

@@ -209,11 +209,17 @@ pub fn document(app: &App) -> Value {
         let name = &collection.name;
         let type_name = format!("{}Record", pascal(name));
         schemas.insert(type_name.clone(), record_schema(collection));
+        // Reads take `fields`, which may leave out anything but the id.
+        let mut projection = record_schema(collection);
+        projection["required"] = json!(["id"]);
+        let projection_name = format!("{}Projection", pascal(name));
+        schemas.insert(projection_name.clone(), projection);
         schemas.insert(format!("{}Create", pascal(name)), input_schema(collection, true));
         schemas.insert(format!("{}Update", pascal(name)), input_schema(collection, false));
         let record_ref = json!({ "$ref": format!("#/components/schemas/{type_name}") });
+        let projection_ref = json!({ "$ref": format!("#/components/schemas/{projection_name}") });
         let page = json!({ "type": "object", "required": ["items", "next"], "properties": {
-            "items": { "type": "array", "items": record_ref },
+            "items": { "type": "array", "items": projection_ref },
             "next": { "type": ["string", "null"] },
             "count": { "type": "integer" },
             "count_capped": { "type": "boolean" }
@@ -263,7 +269,7 @@ pub fn document(app: &App) -> Value {
         let mut get_responses = error_responses(&[400, 401, 403, 404, 503]);
         get_responses.insert(
             "200".into(),
-            json!({ "description": "the record", "content": { "application/json": { "schema": record_ref } } }),
+            json!({ "description": "the record (with `fields`, only those and the id)", "content": { "application/json": { "schema": projection_ref } } }),
         );
         let mut get_params = item_params.clone();
         get_params.push(query_parameter(
@@ -375,6 +381,19 @@ pub fn document(app: &App) -> Value {
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
                     })
                 });
+            }
+            // A route that takes a body refuses another content type and an oversized body.
+            if operation.get("requestBody").is_some()
+                && let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+            {
+                for code in ["413", "415"] {
+                    responses.entry(code).or_insert_with(|| {
+                        json!({
+                            "description": "error",
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                        })
+                    });
+                }
             }
         }
     }

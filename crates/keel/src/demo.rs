@@ -23,6 +23,9 @@ pub const DEMO_PASSWORD: &str = "keel-demo-password";
 pub const SUPERUSER_EMAIL: &str = "admin@demo.keel";
 
 pub struct DemoArgs {
+    /// The configuration from `--config` and `KEEL_*` (the demo sets its own spec, data
+    /// directory, port and logging, and always runs on embedded SQLite).
+    pub config: keel_server::Config,
     pub app: String,
     pub port: u16,
     pub data_dir: Option<PathBuf>,
@@ -617,10 +620,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let spec_path = data_dir.join("keel.toml");
     std::fs::write(&spec_path, source)?;
-    let mut config = keel_server::Config::default();
+    let mut config = args.config;
     config.app.spec = spec_path.clone();
     config.app.data_dir = data_dir.clone();
     config.app.migrate_on_start = true;
+    config.database.url = None;
     config.server.port = args.port;
     config.log.format = "pretty".into();
     config.log.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,keel=info".into());

@@ -305,6 +305,7 @@ async fn main() -> Result<()> {
             scale,
         } => {
             demo::run(demo::DemoArgs {
+                config: load_config(cli.config.as_ref(), vec![])?,
                 app,
                 port,
                 data_dir,

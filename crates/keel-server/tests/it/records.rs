@@ -498,6 +498,15 @@ async fn fields_expand_and_no_n_plus_one(backend: Backend) {
         item.keys().cloned().collect::<HashSet<_>>(),
         HashSet::from(["id".to_string(), "title".to_string()])
     );
+    // The id stays in every projection, even an empty one.
+    for fields in ["title", ""] {
+        let projected = app
+            .get(&format!("/api/v1/orgs/acme/tasks?fields={fields}&limit=1"), &owner)
+            .await;
+        let item = projected.body["items"][0].as_object().unwrap();
+        assert!(item.contains_key("id"), "fields={fields}: {item:?}");
+        assert_eq!(item.len(), if fields.is_empty() { 1 } else { 2 });
+    }
 
     let expanded = app
         .get("/api/v1/orgs/acme/tasks?expand=project,assignee&limit=3", &owner)
