@@ -237,6 +237,10 @@ pub struct LimitsSection {
     pub import_max_errors: usize,
     /// Records deleted per statement by a bulk delete.
     pub bulk_delete_chunk: u32,
+    /// The response cache's bound in bytes (entries, keys and headers).
+    pub cache_max_bytes: u64,
+    /// Answers larger than this are not cached.
+    pub cache_max_entry_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -355,6 +359,8 @@ impl Default for LimitsSection {
             import_max_row_bytes: 1 << 20,
             import_max_errors: 1_000,
             bulk_delete_chunk: 20_000,
+            cache_max_bytes: 64 << 20,
+            cache_max_entry_bytes: 1 << 20,
         }
     }
 }
@@ -793,6 +799,14 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "limits.bulk_delete_chunk",
         "Records a bulk delete removes per statement (all in one transaction).",
+    ),
+    (
+        "limits.cache_max_bytes",
+        "The response cache's bound in bytes (answers, keys and headers of collections with `cache`); past it the least useful entries go (S3-FIFO).",
+    ),
+    (
+        "limits.cache_max_entry_bytes",
+        "Answers larger than this are served but not cached.",
     ),
     (
         "redis.url",

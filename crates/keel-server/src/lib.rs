@@ -2,6 +2,7 @@
 //! records API, health and metrics, and the OpenAPI document.
 
 pub mod browser;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cache::cache))
         .layer(axum::middleware::from_fn_with_state(state.clone(), protect::protect))
         .layer(axum::middleware::from_fn_with_state(state.clone(), browser::guard))
         .layer(tower::util::option_layer(browser::cors(&state.config)))
@@ -295,10 +297,10 @@ fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 
 pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     // A malformed URL is refused by `Config::validate`; what is left cannot fail here.
-    let shared = shared::Shared::connect(&config.redis).unwrap_or_else(|error| {
+    let shared = Arc::new(shared::Shared::connect(&config.redis).unwrap_or_else(|error| {
         tracing::error!(error, "redis is configured but unusable; running without shared state");
         shared::Shared::none()
-    });
+    }));
     let dummy_password_hash = routes::auth::hash_password_blocking(&config.auth, &uuid::Uuid::new_v4().to_string())
         .map_err(|e| e.cause.unwrap_or(e.message))
         .expect("argon2 hashes with valid parameters");
@@ -316,13 +318,14 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         "s3" => storage::Storage::s3(&config.files).expect("files.s3_* settings are checked by Config::validate"),
         _ => storage::Storage::local(&files_dir),
     });
-    let jobs = keel_jobs::Jobs::with_observer(
-        db.clone(),
-        schema.clone(),
-        patterns.clone(),
-        config.jobs(),
-        metrics.clone(),
-    );
+    let cache = Arc::new(cache::ResponseCache::new(&schema.app, &config));
+    let observer = Arc::new(state::ServerObserver {
+        metrics: metrics.clone(),
+        cache: cache.clone(),
+        shared: shared.clone(),
+        schema: schema.clone(),
+    });
+    let jobs = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), patterns.clone(), config.jobs(), observer);
     jobs.register(keel_spec::CLEANUP_KIND, routes::files::cleanup_handler(storage.clone()));
     jobs.register(
         keel_spec::IMPORT_KIND,
@@ -331,6 +334,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let protection = protect::Protection::new(&config, &schema.app.rate_limits);
     AppState {
         inner: Arc::new(state::Inner {
+            cache,
             protection,
             storage,
             keys: keys::KeyRing::default(),

@@ -217,6 +217,51 @@ impl Shared {
         }
     }
 
+    /// Integer counters (missing ones are 0); `None` when Redis is off or failing.
+    pub async fn counters(&self, keys: &[String]) -> Option<Vec<u64>> {
+        let values = self
+            .run::<Vec<Option<u64>>>(redis::cmd("MGET").arg(keys).clone())
+            .await?;
+        Some(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Sets a counter unless it exists; `None` when Redis is off or failing.
+    pub async fn set_nx(&self, key: &str, value: u64) -> Option<()> {
+        self.run::<Option<String>>(redis::cmd("SET").arg(key).arg(value).arg("NX").clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// Increments counters in one round trip (a pipeline); false when Redis could not.
+    pub async fn increment(&self, keys: &[String]) -> bool {
+        if keys.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("INCR").arg(key).ignore();
+        }
+        let Some(redis) = &self.redis else { return false };
+        if !redis.may_try() {
+            return false;
+        }
+        let mut manager = redis.manager.clone();
+        match tokio::time::timeout(redis.timeout, pipe.query_async::<()>(&mut manager)).await {
+            Ok(Ok(())) => {
+                self.came_back(redis);
+                true
+            }
+            Ok(Err(error)) => {
+                self.went_down(redis, &error.to_string());
+                false
+            }
+            Err(_) => {
+                self.went_down(redis, "timed out");
+                false
+            }
+        }
+    }
+
     /// PING with its latency, for `/health/ready`; `None` when Redis is not configured.
     pub async fn ping(&self) -> Option<Result<Duration, String>> {
         let redis = self.redis.as_ref()?;

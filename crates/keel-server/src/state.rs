@@ -27,7 +27,9 @@ pub struct Inner {
     pub keys: crate::keys::KeyRing,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub shared: crate::shared::Shared,
+    pub shared: Arc<crate::shared::Shared>,
+    /// The response cache of collections that declare `cache` (C1–C3).
+    pub cache: Arc<crate::cache::ResponseCache>,
     /// IP lists, rate limits and concurrency caps (S4, S5).
     pub protection: crate::protect::Protection,
     /// Clients that wrote recently, by token hash (read-your-writes without Redis).
@@ -97,6 +99,60 @@ impl keel_jobs::Observer for Metrics {
                 &METADATA,
             )
             .increment(count);
+    }
+}
+
+/// The job runtime's observer: metrics, and the response cache's stamps after jobs that
+/// write records.
+pub struct ServerObserver {
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<crate::cache::ResponseCache>,
+    pub shared: Arc<crate::shared::Shared>,
+    pub schema: Arc<Schema>,
+}
+
+impl keel_jobs::Observer for ServerObserver {
+    fn claimed(&self, queue: &str, kind: &str, waited: std::time::Duration) {
+        self.metrics.claimed(queue, kind, waited);
+    }
+
+    fn finished(&self, queue: &str, kind: &str, outcome: keel_jobs::Outcome, ran: std::time::Duration) {
+        self.metrics.finished(queue, kind, outcome, ran);
+        // What the job may have written: an HTTP kind's `into` collection; imports and the
+        // cleanup (file retention) anything. Bumped when the job ends, whatever its outcome
+        // (a failed attempt may have committed batches).
+        let app = &self.schema.app;
+        let written: Vec<String> = match app.jobs.kind(kind).map(|k| &k.handler) {
+            Some(keel_spec::Handler::Http { into: Some(into), .. }) => vec![into.clone()],
+            // An import may write any collection.
+            _ if kind == keel_spec::IMPORT_KIND => app.collections.iter().map(|c| c.name.clone()).collect(),
+            // The cleanup writes records only to remove expired and orphaned files.
+            _ if kind == keel_spec::CLEANUP_KIND => app
+                .collections
+                .iter()
+                .filter(|c| c.has_files())
+                .map(|c| c.name.clone())
+                .collect(),
+            _ => vec![],
+        };
+        if !written.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (cache, shared) = (self.cache.clone(), self.shared.clone());
+            runtime.spawn(async move {
+                for collection in written {
+                    cache.bump(&shared, &collection, None).await;
+                }
+            });
+        }
+    }
+
+    fn enqueued(&self, queue: &str, kind: &str, count: u64) {
+        self.metrics.enqueued(queue, kind, count);
+    }
+
+    fn rescued(&self, queue: &str, count: u64) {
+        self.metrics.rescued(queue, count);
     }
 }
 

@@ -306,6 +306,9 @@ pub struct Collection {
     /// Job kinds enqueued with each write, in the write's transaction.
     #[serde(default)]
     pub triggers: Triggers,
+    /// How long list and get answers are kept in the response cache (C1); none: not cached.
+    #[serde(default)]
+    pub cache_ttl_ms: Option<u64>,
 }
 
 /// Job kinds a collection enqueues on create, update and delete.
@@ -615,6 +618,7 @@ pub fn activity_collection(roles: &[String]) -> Collection {
         timeseries: None,
         system: true,
         triggers: Triggers::default(),
+        cache_ttl_ms: None,
     }
 }
 

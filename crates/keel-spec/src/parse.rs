@@ -465,6 +465,7 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
     let mut field_entries = vec![];
     let mut timeseries_entry = None;
     let mut triggers = Triggers::default();
+    let mut cache_ttl_ms = None;
     for item in table_entries(reader, entry, &base) {
         let path = format!("{base}.{}", item.key);
         match item.key {
@@ -501,11 +502,25 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
             }
             "timeseries" => timeseries_entry = Some((table_entries(reader, &item, &path), path, item.span())),
             "jobs" => triggers = jobs::triggers(reader, &item, &path),
+            "cache" => match jobs::duration_ms(reader, &item, &path) {
+                Some(ms) if (1_000..=86_400_000).contains(&ms) => cache_ttl_ms = Some(ms),
+                Some(_) => reader.problem(item.span(), &path, "a cache lifetime is between 1s and 1d"),
+                None => {}
+            },
             _ => unknown_key(
                 reader,
                 &item,
                 &path,
-                &["global", "fields", "indexes", "rules", "demo", "timeseries", "jobs"],
+                &[
+                    "global",
+                    "fields",
+                    "indexes",
+                    "rules",
+                    "demo",
+                    "timeseries",
+                    "jobs",
+                    "cache",
+                ],
             ),
         }
     }
@@ -533,6 +548,7 @@ fn collection(reader: &mut Reader, entry: &Entry, all_names: &[&str]) -> Option<
         timeseries: None,
         system: false,
         triggers,
+        cache_ttl_ms,
     };
     if let Some((items, path, span)) = timeseries_entry {
         collection.timeseries = timeseries(reader, items, &path, span, &collection);

@@ -319,3 +319,20 @@ fn rate_limits_have_defaults_and_overrides() {
     );
     assert!(problems.iter().all(|p| p.line > 0), "{problems:?}");
 }
+
+#[test]
+fn collections_may_declare_a_cache_lifetime() {
+    let source = PMS.replace("[collections.tasks]\n", "[collections.tasks]\ncache = \"5m\"\n");
+    let app = parse_app(&source).expect("valid");
+    assert_eq!(app.collection("tasks").unwrap().cache_ttl_ms, Some(300_000));
+    assert_eq!(app.collection("projects").unwrap().cache_ttl_ms, None);
+    for bad in ["\"500ms\"", "\"2d\"", "\"soon\"", "5"] {
+        let source = PMS.replace(
+            "[collections.tasks]\n",
+            &format!("[collections.tasks]\ncache = {bad}\n"),
+        );
+        let problems = parse_app(&source).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert_eq!(problems[0].path, "collections.tasks.cache");
+    }
+}

@@ -1,11 +1,12 @@
-//! `keel bench limits`: what rate limiting costs (S4).
+//! `keel bench limits`: what rate limiting costs (S4), and what the response cache gives (C1).
 //!
 //! First the limiter itself: decisions per second of the in-process table and, with
 //! `--redis-url`, of the shared Redis script, each decision counting one request against three
 //! limits (IP, user, org) as an API request does; Redis's against a bare `PING` round trip in
 //! the same run. Then list throughput over HTTP through one `keel serve` of the pms example:
 //! limits off, on in-process, and on through Redis, with limits high enough never to refuse,
-//! so every request pays for the check and none is turned away.
+//! so every request pays for the check and none is turned away; then with the tasks in the
+//! response cache (`cache = "1m"`), in-process and with its stamps in Redis.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ fn keys(n: u64) -> Vec<RateKey> {
         key("org", format!("org-{}", client % 100)),
     ]
 }
+
+/// An HTTP mode: its name, its spec, and its environment.
+type Mode<'a> = (&'a str, &'a std::path::Path, Vec<(&'a str, String)>);
 
 struct Phase {
     decisions: u64,
@@ -163,8 +167,19 @@ pub async fn run(args: LimitsArgs) -> Result<()> {
     }
     spec.insert("rate_limits".into(), limits.into());
     let spec_text = toml::to_string(&spec)?;
+    // The same app with its tasks in the response cache (C1).
+    if let Some(tasks) = spec
+        .get_mut("collections")
+        .and_then(|c| c.get_mut("tasks"))
+        .and_then(|t| t.as_table_mut())
+    {
+        tasks.insert("cache".into(), "1m".into());
+    }
+    let cached_text = toml::to_string(&spec)?;
     let spec_path = dir.join("keel.toml");
+    let cached_path = dir.join("keel-cached.toml");
     std::fs::write(&spec_path, &spec_text)?;
+    std::fs::write(&cached_path, &cached_text)?;
     let schema = keel_server::load_schema(&spec_text).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     let mut config = keel_server::Config::default();
     config.app.spec = spec_path.clone();
@@ -176,19 +191,26 @@ pub async fn run(args: LimitsArgs) -> Result<()> {
     db.close().await;
     drop(db);
 
-    let mut modes: Vec<(&str, Vec<(&str, String)>)> = vec![
-        ("limits off", vec![("KEEL_SERVER__RATE_LIMITS", "false".into())]),
-        ("limits on, in-process", vec![]),
+    let off = ("KEEL_SERVER__RATE_LIMITS", "false".to_string());
+    let mut modes: Vec<Mode> = vec![
+        ("limits off", &spec_path, vec![off.clone()]),
+        ("limits on, in-process", &spec_path, vec![]),
+        ("cached (limits off), in-process", &cached_path, vec![off.clone()]),
     ];
     if let Some(url) = &args.redis_url {
-        modes.push(("limits on, Redis", vec![("KEEL_REDIS__URL", url.clone())]));
+        modes.push(("limits on, Redis", &spec_path, vec![("KEEL_REDIS__URL", url.clone())]));
+        modes.push((
+            "cached (limits off), Redis",
+            &cached_path,
+            vec![off.clone(), ("KEEL_REDIS__URL", url.clone())],
+        ));
     }
     let duration = Duration::from_secs(args.duration);
     // Modes take turns, so drift on a shared machine touches each alike.
     let mut runs: Vec<Vec<Summary>> = modes.iter().map(|_| vec![]).collect();
     for _ in 0..args.rounds.max(1) {
-        for (i, (_, env)) in modes.iter().enumerate() {
-            let (mut server, address) = serve(&spec_path, &dir, None, env).await?;
+        for (i, (_, spec, env)) in modes.iter().enumerate() {
+            let (mut server, address) = serve(spec, &dir, None, env).await?;
             let token = demo_login(address).await?;
             let path = "/api/v1/orgs/org-001/tasks?filter=status%20%3D%20%22todo%22&limit=50".to_string();
             let warm = path.clone();
@@ -206,7 +228,7 @@ pub async fn run(args: LimitsArgs) -> Result<()> {
     }
     let rate = |s: &Summary| s.requests as f64 / s.seconds;
     let mut http: Vec<(String, Summary)> = vec![];
-    for ((name, _), mut summaries) in modes.iter().zip(runs) {
+    for ((name, _, _), mut summaries) in modes.iter().zip(runs) {
         summaries.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
         let median = summaries.swap_remove(summaries.len() / 2);
         http.push((format!("list, {name}"), median));

@@ -3,6 +3,7 @@
 mod accounts;
 mod auth;
 mod browser;
+mod cache;
 mod docs;
 mod errors;
 mod explain;

@@ -191,7 +191,57 @@ async fn http_limits_hold_across_instances_and_fall_back_when_redis_stops(backen
     assert!(metrics.contains("keel_rate_limit_shared 0"), "{metrics}");
 }
 
+async fn cached_reads_are_never_stale_across_instances(backend: Backend) {
+    use crate::cache::{SPEC, cache_header};
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let first = TestApp::spawn_with(backend, SPEC, |c| c.redis.url = Some(keel_server::config::Secret(url))).await;
+    let second = first.sibling().await;
+    let (_, owner) = first.signup("owner@example.com").await;
+    first.org(&owner, "acme").await;
+    first
+        .create("/api/v1/orgs/acme/projects", &owner, json!({"name": "Apollo"}))
+        .await;
+    let list = "/api/v1/orgs/acme/projects";
+    assert_eq!(cache_header(&second.get(list, &owner).await), "miss");
+    assert_eq!(cache_header(&second.get(list, &owner).await), "hit");
+    // A write on the first instance: once it has answered, the second serves it.
+    for n in 0..5 {
+        first.create(list, &owner, json!({"name": format!("Gemini {n}")})).await;
+        let read = second.get(list, &owner).await;
+        assert_eq!(cache_header(&read), "miss", "write {n}");
+        assert_eq!(read.body["items"].as_array().unwrap().len(), 2 + n);
+        assert_eq!(cache_header(&second.get(list, &owner).await), "hit");
+    }
+
+    // Redis stops: reads bypass the cache (served fresh), writes remember their bumps.
+    redis.stop();
+    let read = second.get(list, &owner).await;
+    assert_eq!((read.status.as_u16(), cache_header(&read)), (200, "none"));
+    first.create(list, &owner, json!({"name": "Mercury"})).await;
+    let read = second.get(list, &owner).await;
+    assert_eq!(
+        read.body["items"].as_array().unwrap().len(),
+        7,
+        "fresh from the database"
+    );
+    // Redis comes back empty: its stamps start again, under a new generation, so no old
+    // entry can match.
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = second.get(list, &owner).await;
+        assert_eq!(read.body["items"].as_array().unwrap().len(), 7, "never stale");
+        if cache_header(&read) == "hit" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cache never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 both!(
+    cached_reads_are_never_stale_across_instances,
     http_limits_hold_across_instances_and_fall_back_when_redis_stops,
     keeps_serving_while_redis_is_down_and_reconnects,
     a_logout_on_one_instance_reaches_the_others_at_once,
