@@ -122,7 +122,7 @@ impl Protection {
     /// `X-Forwarded-For` that is not a trusted proxy (the one the nearest proxy saw).
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
-        if !self.trusted.iter().any(|net| net.contains(&peer)) {
+        if !self.is_trusted(Some(peer)) {
             return Some(peer);
         }
         let mut client = peer;
@@ -138,7 +138,7 @@ impl Protection {
                 break;
             };
             client = address;
-            if !self.trusted.iter().any(|net| net.contains(&address)) {
+            if !self.is_trusted(Some(address)) {
                 break;
             }
         }

@@ -834,14 +834,11 @@ impl SmtpSink {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{python} cannot start aiosmtpd ({e}); run scripts/test-tools.sh"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "aiosmtpd did not start on {port} (is it installed for {python}? run scripts/test-tools.sh)"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_port(
+            port,
+            15,
+            &format!("aiosmtpd (is it installed for {python}? run scripts/test-tools.sh)"),
+        );
         SmtpSink { child, port, dir }
     }
 
@@ -896,14 +893,7 @@ impl S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program} ({e}); run scripts/test-tools.sh"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s3rver did not start on {port} (run scripts/test-tools.sh)"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_port(port, 30, "s3rver (run scripts/test-tools.sh)");
         S3Server { child, port, dir }
     }
 
@@ -920,29 +910,45 @@ impl S3Server {
     /// The objects the server holds, by key.
     pub fn objects(&self) -> Vec<String> {
         let root = self.dir.path().join(Self::BUCKET);
-        let mut out = vec![];
-        let mut stack = vec![root.clone()];
-        while let Some(next) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&next) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if let Some(key) = path
-                    .strip_prefix(&root)
-                    .ok()
-                    .and_then(|p| p.to_str())
-                    .and_then(|p| p.strip_suffix("._S3rver_object"))
-                {
-                    out.push(key.to_string());
-                }
-            }
-        }
+        let mut out: Vec<String> = files_under(&root)
+            .iter()
+            .filter_map(|path| {
+                let key = path.strip_prefix(&root).ok()?.to_str()?;
+                key.strip_suffix("._S3rver_object").map(str::to_string)
+            })
+            .collect();
         out.sort();
         out
     }
+}
+
+/// Waits up to `seconds` for a local server to accept connections on `port`.
+fn wait_for_port(port: u16, seconds: u64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Every file under a directory, at any depth.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for S3Server {

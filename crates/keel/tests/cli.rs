@@ -61,6 +61,19 @@ fn http_raw(port: u16, method: &str, path: &str, headers: &str, body: &str) -> S
     response
 }
 
+/// `keel <before> --spec SPEC --data-dir DATA <after>`, run to completion.
+fn on_app(before: &[&str], spec: &Path, data: &Path, after: &[&str]) -> std::process::Output {
+    keel()
+        .args(before)
+        .arg("--spec")
+        .arg(spec)
+        .arg("--data-dir")
+        .arg(data)
+        .args(after)
+        .output()
+        .unwrap()
+}
+
 fn wait_for(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -128,30 +141,12 @@ fn migrate_plan_apply_then_serve_with_json_logs_and_graceful_shutdown() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let plan = keel()
-        .args(["migrate", "plan", "--spec"])
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let plan = on_app(&["migrate", "plan"], &spec, &data, &[]);
     let plan_text = String::from_utf8_lossy(&plan.stdout);
     assert!(plan_text.contains("CREATE TABLE \"notes\""), "{plan_text}");
-    let apply = keel()
-        .args(["migrate", "apply", "--spec"])
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
     assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
-    let again = keel()
-        .args(["migrate", "plan", "--spec"])
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let again = on_app(&["migrate", "plan"], &spec, &data, &[]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
 
     let mut child = keel()
@@ -359,23 +354,8 @@ fn keys_rotate_list_and_retire() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), SPEC);
     let data = dir.path().join("data");
-    let keys = |args: &[&str]| {
-        keel()
-            .args(["keys", "--spec"])
-            .arg(&spec)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let apply = keel()
-        .args(["migrate", "apply", "--spec"])
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let keys = |args: &[&str]| on_app(&["keys"], &spec, &data, args);
+    let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
     assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
     let text = |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).to_string();
     let first = keys(&["rotate"]);

@@ -34,25 +34,6 @@ async fn upload(app: &TestApp, path: &str, token: &str, content_type: &str, body
     app.request_bytes("POST", path, headers, Some(body.to_vec())).await
 }
 
-fn stored_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 async fn files_upload_download_replace_and_delete(backend: Backend) {
     let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
     let files_dir = app.state.config.app.data_dir.join("files");
@@ -205,7 +186,11 @@ async fn files_upload_download_replace_and_delete(backend: Backend) {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(left, [ids[0].as_str(), ids[2].as_str()]);
-    assert_eq!(stored_files(&files_dir).len(), 3, "licence + two documents");
+    assert_eq!(
+        keel_testkit::files_under(&files_dir).len(),
+        3,
+        "licence + two documents"
+    );
 
     // Each change is in the activity log.
     let activity = app
@@ -219,7 +204,11 @@ async fn files_upload_download_replace_and_delete(backend: Backend) {
     // Deleting the record deletes its files.
     let deleted = app.delete(&format!("/api/v1/orgs/acme/drivers/{driver}"), &owner).await;
     assert_eq!(deleted.status, 204);
-    assert!(stored_files(&files_dir).is_empty(), "{:?}", stored_files(&files_dir));
+    assert!(
+        keel_testkit::files_under(&files_dir).is_empty(),
+        "{:?}",
+        keel_testkit::files_under(&files_dir)
+    );
     let rows = app
         .db()
         .query(&app.db().portable("SELECT count(*) FROM keel_files", vec![]))
@@ -330,10 +319,10 @@ async fn file_access_follows_the_record_rules(backend: Backend) {
     assert_eq!(by_key.status, 201, "{}", by_key.text);
     // Bulk deletes take the files too.
     let files_dir = app.state.config.app.data_dir.join("files");
-    assert_eq!(stored_files(&files_dir).len(), 2);
+    assert_eq!(keel_testkit::files_under(&files_dir).len(), 2);
     let bulk = app.delete("/api/v1/orgs/acme/drivers?filter=true", &owner).await;
     assert_eq!(bulk.body["deleted"], 1, "{}", bulk.text);
-    assert!(stored_files(&files_dir).is_empty());
+    assert!(keel_testkit::files_under(&files_dir).is_empty());
 }
 
 async fn signed_links_survive_key_rotation_until_the_key_retires(backend: Backend) {
@@ -552,7 +541,7 @@ async fn retention_and_orphans_are_cleaned_up(backend: Backend) {
             .status,
         204
     );
-    assert_eq!(stored_files(&files_dir).len(), 3);
+    assert_eq!(keel_testkit::files_under(&files_dir).len(), 3);
     std::thread::sleep(std::time::Duration::from_millis(1_100));
 
     let cleanup = app
@@ -574,7 +563,7 @@ async fn retention_and_orphans_are_cleaned_up(backend: Backend) {
         record.body["keep"].is_object(),
         "a field without retention keeps its file"
     );
-    assert_eq!(stored_files(&files_dir).len(), 1);
+    assert_eq!(keel_testkit::files_under(&files_dir).len(), 1);
     let usage = app.get("/api/v1/orgs/acme/usage", &owner).await;
     assert_eq!(usage.body["org"]["files"], 1);
     let activity = app
