@@ -31,6 +31,9 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
             Handler::Import => Err(JobFailure::permanent(
                 "the import handler is registered by the server; this instance has none",
             )),
+            Handler::Backup => Err(JobFailure::permanent(
+                "the backup handler is registered by the server; this instance has none",
+            )),
             Handler::Http {
                 url,
                 method,

@@ -31,6 +31,42 @@ pub struct Config {
     pub jobs: JobsSection,
     pub smtp: SmtpSection,
     pub files: FilesSection,
+    pub backup: BackupSection,
+}
+
+/// Where backups go and the key that encrypts them (O5, S13).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// `local` (a directory) or `s3` (a bucket on the store `[files]` describes).
+    pub backend: String,
+    /// Where backups are kept with `local` (a relative path is under `app.data_dir`).
+    pub dir: PathBuf,
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: String,
+    /// An age X25519 identity (`AGE-SECRET-KEY-1…`): backups are encrypted to it.
+    pub key: Option<Secret>,
+    /// A file holding the identity instead (as `age-keygen` writes it).
+    pub key_file: Option<PathBuf>,
+    /// Where `pg_dump` and `pg_restore` are; unset searches `PATH`.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// zstd level, 1 (fastest) to 19.
+    pub zstd_level: i32,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            backend: "local".into(),
+            dir: "backups".into(),
+            s3_bucket: None,
+            s3_prefix: "keel-backups".into(),
+            key: None,
+            key_file: None,
+            pg_bin_dir: None,
+            zstd_level: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -482,6 +518,23 @@ impl Config {
             "s3" => return fail("files.s3_bucket", "is required with files.backend = \"s3\""),
             _ => return fail("files.backend", "must be local or s3"),
         }
+        match self.backup.backend.as_str() {
+            "local" => {}
+            "s3" if self.backup.s3_bucket.as_deref().is_some_and(|b| !b.is_empty()) => {}
+            "s3" => return fail("backup.s3_bucket", "is required with backup.backend = \"s3\""),
+            _ => return fail("backup.backend", "must be local or s3"),
+        }
+        if self.backup.key.is_some() && self.backup.key_file.is_some() {
+            return fail("backup.key", "give backup.key or backup.key_file, not both");
+        }
+        if let Some(key) = &self.backup.key
+            && let Err(error) = crate::backup::parse_identity(&key.0)
+        {
+            return fail("backup.key", &error);
+        }
+        if !(1..=19).contains(&self.backup.zstd_level) {
+            return fail("backup.zstd_level", "must be between 1 and 19");
+        }
         if !["none", "starttls", "tls"].contains(&self.smtp.tls.as_str()) {
             return fail("smtp.tls", "must be one of: none, starttls, tls");
         }
@@ -890,6 +943,29 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         "Where uploaded files are kept, laid out as `org-<org>/<collection>/<record>/<field>/<file>`; a relative path is under `app.data_dir`.",
     ),
     (
+        "backup.backend",
+        "`local` (backups under `backup.dir`) or `s3` (a bucket on the S3-compatible store of `[files]`: its endpoint, region and credentials).",
+    ),
+    (
+        "backup.dir",
+        "Where backups are kept with `local`; a relative path is under `app.data_dir`.",
+    ),
+    ("backup.s3_bucket", "The bucket, with `backup.backend = \"s3\"`."),
+    ("backup.s3_prefix", "Prepended to every backup's name in the bucket."),
+    (
+        "backup.key",
+        "The age identity (`AGE-SECRET-KEY-1…`, from `keel backup keygen` or `age-keygen`) that backups are encrypted to and restored with; without it (or `backup.key_file`) no backup is taken.",
+    ),
+    (
+        "backup.key_file",
+        "A file holding the identity instead of `backup.key` (lines starting with `#` are ignored).",
+    ),
+    (
+        "backup.pg_bin_dir",
+        "The directory of `pg_dump` and `pg_restore` (PostgreSQL); unset searches `PATH`. They must be at least the server's version.",
+    ),
+    ("backup.zstd_level", "The zstd compression level, 1 (fastest) to 19."),
+    (
         "log.format",
         "`json` (one object per line, with the request id) or `pretty`.",
     ),
@@ -940,6 +1016,9 @@ mod tests {
         keys.push("smtp.password".into());
         for key in ["s3_bucket", "s3_endpoint", "s3_access_key_id", "s3_secret_access_key"] {
             keys.push(format!("files.{key}"));
+        }
+        for key in ["s3_bucket", "key", "key_file", "pg_bin_dir"] {
+            keys.push(format!("backup.{key}"));
         }
         for key in keys {
             assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");

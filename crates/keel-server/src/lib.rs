@@ -1,6 +1,7 @@
 //! The Keel server: configuration, the axum router and middleware, auth and tenancy, the
 //! records API, health and metrics, and the OpenAPI document.
 
+pub mod backup;
 pub mod browser;
 pub mod cache;
 pub mod config;
@@ -308,16 +309,9 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let db = Arc::new(db);
     let schema = Arc::new(schema);
     let patterns = Arc::new(Patterns::new(&schema.app.collections));
-    let files_dir = if config.files.dir.is_absolute() {
-        config.files.dir.clone()
-    } else {
-        config.app.data_dir.join(&config.files.dir)
-    };
-    let storage = Arc::new(match config.files.backend.as_str() {
-        // `Config::validate` builds the same store, so a config that reached here builds.
-        "s3" => storage::Storage::s3(&config.files).expect("files.s3_* settings are checked by Config::validate"),
-        _ => storage::Storage::local(&files_dir),
-    });
+    // `Config::validate` builds the same store, so a config that reached here builds.
+    let storage =
+        Arc::new(storage::Storage::from_config(&config).expect("files.s3_* settings are checked by Config::validate"));
     let cache = Arc::new(cache::ResponseCache::new(&schema.app, &config));
     let observer = Arc::new(state::ServerObserver {
         metrics: metrics.clone(),
@@ -327,6 +321,12 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     });
     let jobs = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), patterns.clone(), config.jobs(), observer);
     jobs.register(keel_spec::CLEANUP_KIND, routes::files::cleanup_handler(storage.clone()));
+    if schema.app.jobs.kind(keel_spec::BACKUP_KIND).is_some() {
+        jobs.register(
+            keel_spec::BACKUP_KIND,
+            backup::job_handler(config.clone(), schema.app.clone(), storage.clone(), metrics.clone()),
+        );
+    }
     jobs.register(
         keel_spec::IMPORT_KIND,
         import::job_handler(import::Limits::of(&config.limits)),

@@ -33,29 +33,25 @@ impl Storage {
         }
     }
 
+    /// The store `[files]` configures.
+    pub fn from_config(config: &crate::config::Config) -> Result<Storage, StorageError> {
+        match config.files.backend.as_str() {
+            "s3" => Storage::s3(&config.files),
+            _ => {
+                let dir = if config.files.dir.is_absolute() {
+                    config.files.dir.clone()
+                } else {
+                    config.app.data_dir.join(&config.files.dir)
+                };
+                Ok(Storage::local(&dir))
+            }
+        }
+    }
+
     /// Files in an S3-compatible bucket.
     pub fn s3(files: &crate::config::FilesSection) -> Result<Storage, StorageError> {
-        let mut builder = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(files.s3_bucket.clone().unwrap_or_default())
-            .with_region(files.s3_region.clone())
-            .with_allow_http(files.s3_allow_http)
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_allow_http(files.s3_allow_http)
-                    .with_connect_timeout(std::time::Duration::from_secs(5))
-                    .with_timeout(std::time::Duration::from_secs(300)),
-            );
-        if let Some(endpoint) = &files.s3_endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(key) = &files.s3_access_key_id {
-            builder = builder.with_access_key_id(key.clone());
-        }
-        if let Some(secret) = &files.s3_secret_access_key {
-            builder = builder.with_secret_access_key(secret.0.clone());
-        }
         Ok(Storage {
-            store: Arc::new(builder.build()?),
+            store: s3_store(files, files.s3_bucket.as_deref().unwrap_or_default())?,
             prefix: files.s3_prefix.trim_matches('/').to_string(),
         })
     }
@@ -90,8 +86,30 @@ impl Storage {
         }
     }
 
-    /// Deletes objects after the transaction that dropped them committed; failures are
-    /// logged (the object is then an orphan on disk, not a dangling reference).
+    /// Deletes objects after the transaction that dropped them committed. While a backup
+    /// runs, they are deferred instead (the backup may still copy them; see
+    /// `keel_store::backups`), and the cleanup job deletes them later.
+    pub async fn delete_after_commit(&self, db: &keel_store::Db, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let now = chrono::Utc::now();
+        match keel_store::backups::backup_running(db, now).await {
+            Ok(false) => self.delete_all(keys).await,
+            // Running, or unknown: deferring is always safe.
+            outcome => {
+                if let Err(error) = &outcome {
+                    tracing::warn!(%error, "could not tell whether a backup runs; deferring file deletes");
+                }
+                if let Err(error) = keel_store::backups::defer_deletes(db, keys, now).await {
+                    tracing::warn!(%error, files = keys.len(), "could not defer file deletes; the files stay as orphans");
+                }
+            }
+        }
+    }
+
+    /// Deletes objects; failures are logged (the object is then an orphan on disk, not a
+    /// dangling reference).
     pub async fn delete_all(&self, keys: &[String]) {
         for key in keys {
             if let Err(error) = self.delete(key).await {
@@ -99,4 +117,29 @@ impl Storage {
             }
         }
     }
+}
+
+/// A client for an S3-compatible bucket with the endpoint, region and credentials of
+/// `[files]` (backups use it with their own bucket).
+pub fn s3_store(files: &crate::config::FilesSection, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let mut builder = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(files.s3_region.clone())
+        .with_allow_http(files.s3_allow_http)
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_allow_http(files.s3_allow_http)
+                .with_connect_timeout(std::time::Duration::from_secs(5))
+                .with_timeout(std::time::Duration::from_secs(300)),
+        );
+    if let Some(endpoint) = &files.s3_endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if let Some(key) = &files.s3_access_key_id {
+        builder = builder.with_access_key_id(key.clone());
+    }
+    if let Some(secret) = &files.s3_secret_access_key {
+        builder = builder.with_secret_access_key(secret.0.clone());
+    }
+    Ok(Arc::new(builder.build()?))
 }

@@ -20,6 +20,35 @@ pub struct App {
     /// Request rate limits by route class (S4).
     #[serde(default)]
     pub rate_limits: RateLimitsSpec,
+    /// Scheduled backups and their retention (O5).
+    #[serde(default)]
+    pub backup: BackupSpec,
+}
+
+/// `[backup]`: when backups run (a cron job of the built-in `keel_backup` kind) and which
+/// ones are kept: the newest of each of the last `keep_daily` days, `keep_weekly` ISO weeks
+/// and `keep_monthly` months (grandfather-father-son; a backup may count for several).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    /// A cron expression (UTC); `None` (no `[backup]` section) schedules nothing.
+    pub schedule: Option<String>,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    /// A backup older than this is late (the backup alert fires).
+    pub alert_after_ms: u64,
+}
+
+impl Default for BackupSpec {
+    fn default() -> Self {
+        BackupSpec {
+            schedule: None,
+            keep_daily: 30,
+            keep_weekly: 12,
+            keep_monthly: 12,
+            alert_after_ms: 26 * 3_600_000,
+        }
+    }
 }
 
 /// `[rate_limits]`: how many requests a client may make, by route class and by key (the
@@ -261,6 +290,9 @@ pub enum Handler {
     Cleanup,
     /// Runs a background import (the built-in `keel_import` kind; the server provides it).
     Import,
+    /// Takes a backup and applies retention (the built-in `keel_backup` kind; the server
+    /// provides it).
+    Backup,
 }
 
 impl Handler {
@@ -273,6 +305,7 @@ impl Handler {
             Handler::Command { .. } => "command",
             Handler::Cleanup => "cleanup",
             Handler::Import => "import",
+            Handler::Backup => "backup",
         }
     }
 }
@@ -629,6 +662,9 @@ pub const CLEANUP_KIND: &str = "keel_cleanup";
 pub const IMPORT_KIND: &str = "keel_import";
 pub const BULK_QUEUE: &str = "keel_bulk";
 
+/// The built-in job that takes a scheduled backup (with `[backup]`), on the bulk queue.
+pub const BACKUP_KIND: &str = "keel_backup";
+
 impl App {
     /// Adds the built-in collections (the activity log) after validation.
     pub fn with_builtins(mut self) -> App {
@@ -659,6 +695,27 @@ impl App {
                 concurrency_key: None,
                 enqueue_role: None,
                 cron: None,
+            });
+        }
+        if let Some(schedule) = &self.backup.schedule
+            && self.jobs.kind(BACKUP_KIND).is_none()
+        {
+            self.jobs.kinds.push(JobKind {
+                name: BACKUP_KIND.to_string(),
+                queue: BULK_QUEUE.to_string(),
+                handler: Handler::Backup,
+                attempts: 3,
+                backoff_ms: 60_000,
+                max_backoff_ms: 600_000,
+                timeout_ms: 4 * 3_600_000,
+                priority: 0,
+                concurrency_key: None,
+                enqueue_role: None,
+                cron: Some(CronSpec {
+                    schedule: schedule.clone(),
+                    catch_up: false,
+                    payload: serde_json::Value::Object(Default::default()),
+                }),
             });
         }
         if self.jobs.kind(CLEANUP_KIND).is_none() {

@@ -200,6 +200,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut saw_roles = false;
     let mut storage = StorageSpec::default();
     let mut rate_limits = RateLimitsSpec::default();
+    let mut backup = BackupSpec::default();
     for entry in entries(root).unwrap_or_default() {
         match entry.key {
             "app" => {
@@ -291,6 +292,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                 }
             }
             "rate_limits" => rate_limits = rates::rate_limits(&mut reader, &entry),
+            "backup" => backup = jobs::backup(&mut reader, &entry),
             "queues" => queue_entries = table_entries(&mut reader, &entry, "queues"),
             "jobs" => job_entries = table_entries(&mut reader, &entry, "jobs"),
             _ => unknown_key(
@@ -306,6 +308,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                     "jobs",
                     "storage",
                     "rate_limits",
+                    "backup",
                 ],
             ),
         }
@@ -346,6 +349,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             jobs,
             storage,
             rate_limits,
+            backup,
         }
         .with_builtins())
     } else {

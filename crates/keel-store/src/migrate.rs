@@ -90,7 +90,7 @@ fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'stati
 }
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 4;
+pub const SYSTEM_VERSION: i64 = 5;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -130,6 +130,15 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         statements.extend(crate::security::tables(dialect));
         steps.push(Step {
             description: "create the login-failure table and the key ring (system version 4)".into(),
+            statements,
+            destructive: false,
+        });
+    }
+    if from < 5 {
+        let mut statements = vec!["UPDATE keel_system SET version = 5 WHERE id = 1".to_string()];
+        statements.extend(crate::backups::tables(dialect));
+        steps.push(Step {
+            description: "create the backup runs and the deferred deletes (system version 5)".into(),
             statements,
             destructive: false,
         });

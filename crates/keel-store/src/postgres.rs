@@ -118,6 +118,10 @@ impl PgDb {
     }
 
     /// Connects now (the primary: Keel does not start without it).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn connect(url: &str, schema: Option<&str>, pool: &PoolConfig) -> Result<PgDb, StoreError> {
         let (options, pool_options) = PgDb::options(url, schema, pool)?;
         Ok(PgDb::new(pool_options.connect_with(options).await?, pool))

@@ -1,6 +1,7 @@
 //! The `keel` binary: serve an app, run the demo, check specs, plan and apply migrations,
 //! manage users, and benchmark.
 
+mod backup_cli;
 mod bench;
 mod bench_import;
 mod bench_jobs;
@@ -41,13 +42,13 @@ struct Cli {
 #[derive(clap::Args, Clone, Default)]
 struct Common {
     /// The app spec (default: keel.toml).
-    #[arg(long)]
+    #[arg(long, global = true)]
     spec: Option<PathBuf>,
     /// The data directory (the SQLite file lives here).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// A PostgreSQL URL (postgres://…); without it Keel uses the embedded SQLite file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 
@@ -158,6 +159,27 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Backups of the database and the files: take one (the default), list, verify, show,
+    /// prune, keygen, history.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: Option<backup_cli::BackupAction>,
+    },
+    /// Restore a backup (`latest` for the newest) into the configured database and file
+    /// storage, which must be empty unless --force.
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// Replace a database that holds tables.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -259,6 +281,15 @@ async fn open_state(file: Option<&PathBuf>, common: &Common) -> Result<keel_serv
     let schema = read_schema(&config)?;
     let db = keel_server::open_database(&config, &schema).await?;
     Ok(keel_server::state(config, schema, db))
+}
+
+fn backup_context(file: Option<&PathBuf>, common: &Common) -> Result<backup_cli::BackupContext> {
+    let config = load_config(file, overrides(common))?;
+    let schema = read_schema(&config)?;
+    Ok(backup_cli::BackupContext {
+        config,
+        app: schema.app,
+    })
 }
 
 fn read_schema(config: &Config) -> Result<keel_query::Schema> {
@@ -490,6 +521,21 @@ async fn main() -> Result<()> {
             let db = keel_server::open_database(&config, &schema).await?;
             keys_command(&db, action).await
         }
+        Command::Backup {
+            action: Some(backup_cli::BackupAction::Keygen),
+            ..
+        } => backup_cli::keygen(),
+        Command::Backup { common, action } => {
+            let context = backup_context(cli.config.as_ref(), &common)?;
+            let action = action.unwrap_or(backup_cli::BackupAction::Run { no_prune: false });
+            backup_cli::backup(context, action).await
+        }
+        Command::Restore {
+            common,
+            name,
+            force,
+            quiet,
+        } => backup_cli::restore(backup_context(cli.config.as_ref(), &common)?, name, force, quiet).await,
         Command::Config {
             action: ConfigAction::PrintDefault,
         } => {

@@ -359,7 +359,7 @@ pub async fn delete_many(
         records::delete_many(&state.db, &scope, &selection, state.config.limits.bulk_delete_chunk)
             .await
             .map_err(|e| crate::routes::records::record_error(target.collection, e))?;
-    state.storage.delete_all(&object_keys).await;
+    state.storage.delete_after_commit(&state.db, &object_keys).await;
     triggered(state, &target.collection.triggers.on_delete, deleted);
     Ok((StatusCode::OK, axum::Json(json!({ "deleted": deleted }))).into_response())
 }

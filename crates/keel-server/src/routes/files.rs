@@ -448,7 +448,7 @@ pub async fn upload(
             return Err(error);
         }
     };
-    state.storage.delete_all(&dropped_keys).await;
+    state.storage.delete_after_commit(&state.db, &dropped_keys).await;
     triggered(state, &target.collection.triggers.on_update, 1);
     let record: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
     Ok((
@@ -642,7 +642,7 @@ pub async fn remove(
         .map(|removed| removed.object_key)
         .collect();
     tx.commit().await?;
-    state.storage.delete_all(&keys).await;
+    state.storage.delete_after_commit(&state.db, &keys).await;
     triggered(state, &target.collection.triggers.on_update, 1);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -845,8 +845,16 @@ pub fn cleanup_handler(storage: std::sync::Arc<crate::storage::Storage>) -> keel
             let logins = keel_store::security::login_prune(&context.db, day_ago)
                 .await
                 .map_err(|e| keel_jobs::JobFailure::retry(format!("login-failure pruning failed: {e}")))?;
+            let deferred = deferred_deletes(&context.db, &storage)
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("deferred file deletes failed: {e}")))?;
+            let backups = keel_store::backups::backup_history_prune(&context.db, 1_000)
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("backup history pruning failed: {e}")))?;
             let mut result = base.unwrap_or_else(|| json!({}));
             result["files"] = files;
+            result["deferred_deletes"] = json!(deferred);
+            result["backup_runs_pruned"] = json!(backups);
             result["login_failures_pruned"] = json!(logins);
             Ok(Some(result))
         })
@@ -884,7 +892,7 @@ async fn expire_files(
             tx.commit().await?;
             orphans += removed.len() as u64;
             let keys: Vec<String> = removed.into_iter().map(|r| r.object_key).collect();
-            storage.delete_all(&keys).await;
+            storage.delete_after_commit(db, &keys).await;
         }
         // Files past their field's retention.
         for field in &collection.fields {
@@ -976,6 +984,28 @@ async fn expire_file(
     let removed = files::file_delete(&mut tx, &[file.id]).await?;
     tx.commit().await?;
     let keys: Vec<String> = removed.into_iter().map(|r| r.object_key).collect();
-    storage.delete_all(&keys).await;
+    storage.delete_after_commit(&context.db, &keys).await;
     Ok(())
+}
+
+/// Deletes the objects whose deletion waited for a backup, once none runs.
+async fn deferred_deletes(
+    db: &keel_store::Db,
+    storage: &crate::storage::Storage,
+) -> Result<u64, keel_store::StoreError> {
+    use keel_store::backups;
+    let mut deleted = 0;
+    loop {
+        if backups::backup_running(db, Utc::now()).await? {
+            return Ok(deleted);
+        }
+        let keys = backups::deferred_deletes(db, FILES_PER_RUN).await?;
+        if keys.is_empty() {
+            return Ok(deleted);
+        }
+        // Checked again per batch: a backup that started meanwhile stops the deleting.
+        storage.delete_all(&keys).await;
+        backups::deferred_forget(db, &keys).await?;
+        deleted += keys.len() as u64;
+    }
 }

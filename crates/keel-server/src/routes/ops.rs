@@ -119,6 +119,38 @@ async fn queue_gauges(state: &AppState) {
         .gauge("keel_jobs_leader", &[], if state.jobs.is_leader() { 1.0 } else { 0.0 });
 }
 
+/// The latest backups, from the table every instance shares (the run itself happens on one
+/// instance): when the last one succeeded, its size and duration, and whether the latest
+/// finished run failed.
+async fn backup_gauges(state: &AppState) {
+    let status = tokio::time::timeout(Duration::from_secs(2), keel_store::backups::backup_status(&state.db)).await;
+    let Ok(Ok((success, last))) = status else {
+        return;
+    };
+    let metrics = &state.metrics;
+    if let Some(run) = success {
+        let finished = run.finished_at.unwrap_or(run.started_at);
+        metrics.gauge(
+            "keel_backup_last_success_timestamp_seconds",
+            &[],
+            finished.timestamp_micros() as f64 / 1e6,
+        );
+        metrics.gauge("keel_backup_last_size_bytes", &[], run.size_bytes.unwrap_or(0) as f64);
+        metrics.gauge(
+            "keel_backup_last_duration_seconds",
+            &[],
+            (finished - run.started_at).num_milliseconds() as f64 / 1000.0,
+        );
+    }
+    if let Some(run) = last {
+        metrics.gauge(
+            "keel_backup_last_failed",
+            &[],
+            if run.state == "failed" { 1.0 } else { 0.0 },
+        );
+    }
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let pool = state.db.pool_state();
     for (name, value) in [("in_use", pool.in_use), ("idle", pool.idle), ("waiting", pool.waiting)] {
@@ -147,6 +179,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .gauge("keel_redis_up", &[], if state.shared.healthy() { 1.0 } else { 0.0 });
     }
     queue_gauges(&state).await;
+    backup_gauges(&state).await;
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -501,7 +501,7 @@ pub async fn delete(
     let object_keys = records::delete(&state.db, &target.scope(&builder), id, expected)
         .await
         .map_err(|e| record_error(target.collection, e))?;
-    state.storage.delete_all(&object_keys).await;
+    state.storage.delete_after_commit(&state.db, &object_keys).await;
     triggered(state, &target.collection.triggers.on_delete, 1);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod backup;
 mod browser;
 mod cache;
 mod docs;

@@ -19,6 +19,53 @@ pub(super) fn duration_ms(reader: &mut Reader, entry: &Entry, path: &str) -> Opt
     }
 }
 
+/// `[backup]`: the schedule (daily at 03:00 UTC unless given) and the retention.
+pub(super) fn backup(reader: &mut Reader, entry: &Entry) -> BackupSpec {
+    let mut spec = BackupSpec {
+        schedule: Some("0 3 * * *".to_string()),
+        ..BackupSpec::default()
+    };
+    for item in table_entries(reader, entry, "backup") {
+        let path = format!("backup.{}", item.key);
+        match item.key {
+            "schedule" => match string(reader, &item, &path) {
+                Some("off") => spec.schedule = None,
+                Some(expression) => match parse_cron(expression) {
+                    Ok(_) => spec.schedule = Some(expression.to_string()),
+                    Err(error) => reader.problem(
+                        item.span(),
+                        &path,
+                        format!("not a cron expression (or \"off\"): {error}"),
+                    ),
+                },
+                None => {}
+            },
+            "keep_daily" => spec.keep_daily = int_in(reader, &item, &path, 0, 10_000).unwrap_or(30) as u32,
+            "keep_weekly" => spec.keep_weekly = int_in(reader, &item, &path, 0, 10_000).unwrap_or(12) as u32,
+            "keep_monthly" => spec.keep_monthly = int_in(reader, &item, &path, 0, 10_000).unwrap_or(12) as u32,
+            "alert_after" => match duration_ms(reader, &item, &path) {
+                Some(ms) if ms >= 60_000 => spec.alert_after_ms = ms,
+                Some(_) => reader.problem(item.span(), &path, "at least 1m"),
+                None => {}
+            },
+            _ => unknown_key(
+                reader,
+                &item,
+                &path,
+                &["schedule", "keep_daily", "keep_weekly", "keep_monthly", "alert_after"],
+            ),
+        }
+    }
+    if spec.keep_daily + spec.keep_weekly + spec.keep_monthly == 0 {
+        reader.problem(
+            entry.span(),
+            "backup",
+            "keep at least one backup (keep_daily, keep_weekly or keep_monthly)",
+        );
+    }
+    spec
+}
+
 /// A cron expression: 5 fields (minute granularity) or 6 (with seconds first), in UTC.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, croner::errors::CronError> {
     croner::parser::CronParser::builder()
