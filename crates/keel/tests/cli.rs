@@ -385,3 +385,87 @@ fn keys_rotate_list_and_retire() {
     assert!(retired.status.success(), "{}", String::from_utf8_lossy(&retired.stderr));
     assert!(text(&keys(&["list"])).contains("retired"));
 }
+
+#[test]
+fn backup_keygen_run_list_verify_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), SPEC);
+    let data = dir.path().join("data");
+    let restored = dir.path().join("restored");
+    let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
+    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    let user = keel()
+        .args(["users", "create", "--email", "ann@example.com", "--password", "a long passphrase"])
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(user.status.success(), "{}", String::from_utf8_lossy(&user.stderr));
+
+    let keygen = keel().args(["backup", "keygen"]).output().unwrap();
+    assert!(keygen.status.success());
+    let key = String::from_utf8(keygen.stdout).unwrap();
+    assert!(key.starts_with("AGE-SECRET-KEY-1"), "{key}");
+    assert!(String::from_utf8_lossy(&keygen.stderr).contains("public key: age1"));
+    let key_file = dir.path().join("backup.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let backups = data.join("backups");
+    // Both data dirs share the backup folder and the key.
+    let run = |data: &Path, args: &[&str]| {
+        keel()
+            .args(args)
+            .arg("--spec")
+            .arg(&spec)
+            .arg("--data-dir")
+            .arg(data)
+            .env("KEEL_BACKUP__KEY_FILE", &key_file)
+            .env("KEEL_BACKUP__DIR", &backups)
+            .output()
+            .unwrap()
+    };
+    let taken = run(&data, &["backup"]);
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&taken.stdout).unwrap();
+    let name = report["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("cli-") && name.ends_with(".tar.zst.age"), "{name}");
+
+    let list = run(&data, &["backup", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).starts_with(&name));
+    let verify = run(&data, &["backup", "verify", "--quiet"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stderr).contains("verified"));
+    let show = run(&data, &["backup", "show", &name]);
+    let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(manifest["contents"]["tables"]["keel_users"], 1);
+    assert_eq!(manifest["backend"], "sqlite");
+
+    let restore = run(&restored, &["restore", "latest", "--quiet"]);
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    // The restored copy holds the user: creating her again is refused.
+    let again = keel()
+        .args(["users", "create", "--email", "ann@example.com", "--password", "a long passphrase"])
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let refused = run(&restored, &["restore", &name, "--quiet"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    let forced = run(&restored, &["restore", &name, "--quiet", "--force"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+
+    // Another key reads nothing.
+    std::fs::write(&key_file, keel_server_key()).unwrap();
+    let wrong = run(&restored, &["backup", "verify", "--quiet"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("another key"));
+}
+
+fn keel_server_key() -> String {
+    String::from_utf8(keel().args(["backup", "keygen"]).output().unwrap().stdout).unwrap()
+}

@@ -480,7 +480,44 @@ async fn the_scheduled_job_backs_up_prunes_and_reports(backend: Backend) {
     app.state.jobs.shutdown().await;
 }
 
+/// Files in an S3-compatible bucket and backups in the same store (under their prefix): the
+/// backup holds the bucket's files, and they restore anywhere, here onto the local disk.
+async fn backups_of_files_on_s3_go_to_s3(backend: Backend) {
+    let s3 = keel_testkit::S3Server::start();
+    let secret = key();
+    let app = TestApp::spawn_with(backend, SPEC, |config| {
+        s3.configure(config);
+        config.backup.backend = "s3".into();
+        config.backup.s3_bucket = Some(keel_testkit::S3Server::BUCKET.into());
+        config.backup.key = Some(keel_server::config::Secret(secret));
+    })
+    .await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    for name in ["a", "b", "c"] {
+        let id = app
+            .create("/api/v1/orgs/acme/drivers", &owner, json!({"name": name}))
+            .await;
+        assert_eq!(upload(&app, &owner, &id).await.status, 201);
+    }
+    let backups = backups(&app);
+    let report = backups.run(app.db(), app.state.storage.clone(), "manual").await.unwrap();
+    assert_eq!(report.files, 3);
+    let objects = s3.objects();
+    assert!(objects.contains(&format!("keel-backups/{}", report.name)), "{objects:?}");
+    assert_eq!(backups.list().await.unwrap()[0].name, report.name);
+    let scratch = Scratch::new(&app).await;
+    let restored = backups
+        .restore(&report.name, &scratch.target, scratch.storage(), false, quiet())
+        .await
+        .unwrap();
+    assert_eq!(restored.files, 3);
+    assert_eq!(files_under(&scratch.dir.path().join("files")).len(), 3);
+    scratch.drop_database().await;
+}
+
 both!(
+    backups_of_files_on_s3_go_to_s3,
     a_backup_under_write_load_restores_consistently,
     a_wrong_key_or_a_damaged_archive_cannot_restore,
     file_deletes_wait_for_a_running_backup,
