@@ -52,6 +52,9 @@ pub enum Scenario {
     /// The cost of rate limiting: limiter decisions per second (in-process and Redis), and
     /// list throughput with limits off and on.
     Limits(crate::bench_limits::LimitsArgs),
+    /// Backup and restore of seed 000's year-2 data and files (O5), against pg_dump/pg_restore
+    /// or a file copy.
+    Backup(crate::bench_backup::BackupArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -216,6 +219,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Scenario::Import(args) => crate::bench_import::run(args).await,
         Scenario::Upload(args) => crate::bench_upload::run(args).await,
         Scenario::Limits(args) => crate::bench_limits::run(args).await,
+        Scenario::Backup(args) => crate::bench_backup::run(args).await,
         Scenario::Records {
             rows,
             database_url,

@@ -251,7 +251,7 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
 }
 
 /// The process's peak resident set (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

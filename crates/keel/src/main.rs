@@ -3,6 +3,7 @@
 
 mod backup_cli;
 mod bench;
+mod bench_backup;
 mod bench_import;
 mod bench_jobs;
 mod bench_limits;

@@ -395,7 +395,14 @@ fn backup_keygen_run_list_verify_and_restore() {
     let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
     assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
     let user = keel()
-        .args(["users", "create", "--email", "ann@example.com", "--password", "a long passphrase"])
+        .args([
+            "users",
+            "create",
+            "--email",
+            "ann@example.com",
+            "--password",
+            "a long passphrase",
+        ])
         .arg("--spec")
         .arg(&spec)
         .arg("--data-dir")
@@ -445,7 +452,14 @@ fn backup_keygen_run_list_verify_and_restore() {
     assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
     // The restored copy holds the user: creating her again is refused.
     let again = keel()
-        .args(["users", "create", "--email", "ann@example.com", "--password", "a long passphrase"])
+        .args([
+            "users",
+            "create",
+            "--email",
+            "ann@example.com",
+            "--password",
+            "a long passphrase",
+        ])
         .arg("--spec")
         .arg(&spec)
         .arg("--data-dir")

@@ -501,10 +501,16 @@ async fn backups_of_files_on_s3_go_to_s3(backend: Backend) {
         assert_eq!(upload(&app, &owner, &id).await.status, 201);
     }
     let backups = backups(&app);
-    let report = backups.run(app.db(), app.state.storage.clone(), "manual").await.unwrap();
+    let report = backups
+        .run(app.db(), app.state.storage.clone(), "manual")
+        .await
+        .unwrap();
     assert_eq!(report.files, 3);
     let objects = s3.objects();
-    assert!(objects.contains(&format!("keel-backups/{}", report.name)), "{objects:?}");
+    assert!(
+        objects.contains(&format!("keel-backups/{}", report.name)),
+        "{objects:?}"
+    );
     assert_eq!(backups.list().await.unwrap()[0].name, report.name);
     let scratch = Scratch::new(&app).await;
     let restored = backups
