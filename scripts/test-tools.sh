@@ -2,8 +2,9 @@
 # scripts/test-tools.sh — the real peers some tests talk to, installed once under target/:
 # - a Python venv with aiosmtpd (an SMTP sink for the email handler's tests);
 # - s3rver (npm), an S3-compatible server that keeps objects on disk (the file tests on S3).
-# Prints two lines: the venv's python (tests read KEEL_TEST_PYTHON) and the s3rver
-# program (KEEL_TEST_S3RVER).
+# - promtool (Debian's prometheus package), which checks /metrics and the exported alert rules.
+# Prints three lines: the venv's python (tests read KEEL_TEST_PYTHON), the s3rver
+# program (KEEL_TEST_S3RVER) and promtool (KEEL_TEST_PROMTOOL).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/target/venv-test"
@@ -25,5 +26,11 @@ if [ ! -x "$S3RVER" ]; then
     mkdir -p "$S3RVER_DIR"
     npm install --prefix "$S3RVER_DIR" --no-audit --no-fund --loglevel=error s3rver@3.7.1 >&2
 fi
+if ! command -v promtool >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+    # The package's service is not wanted: only its promtool.
+    (command -v systemctl >/dev/null 2>&1 && systemctl disable --now prometheus >/dev/null 2>&1) || true
+fi
 echo "$VENV/bin/python"
 echo "$S3RVER"
+command -v promtool

@@ -13,7 +13,9 @@
 #      `scripts/services.sh down` runs on exit: success, failure or Ctrl-C.
 #      scripts/test-tools.sh installs aiosmtpd (the SMTP sink of the email tests)
 #      into target/venv-test and s3rver (an S3-compatible server on disk, for the
-#      file tests) into target/s3rver; we export KEEL_TEST_PYTHON and KEEL_TEST_S3RVER.
+#      file tests) into target/s3rver, and promtool (Debian's prometheus package: the
+#      metrics and alert-rule checks); we export KEEL_TEST_PYTHON, KEEL_TEST_S3RVER and
+#      KEEL_TEST_PROMTOOL.
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. cargo nextest run --workspace --no-fail-fast [ARGS...]
@@ -91,13 +93,15 @@ echo "KEEL_TEST_PG_URL=$KEEL_TEST_PG_URL"
 echo "KEEL_TEST_REDIS_URL=$KEEL_TEST_REDIS_URL"
 
 # --- tools some tests talk to (an SMTP sink) -------------------------------------
-stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver (scripts/test-tools.sh)"
+stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver, promtool (scripts/test-tools.sh)"
 TOOLS="$(scripts/test-tools.sh)"
 KEEL_TEST_PYTHON="$(echo "$TOOLS" | sed -n 1p)"
 KEEL_TEST_S3RVER="$(echo "$TOOLS" | sed -n 2p)"
-export KEEL_TEST_PYTHON KEEL_TEST_S3RVER
+KEEL_TEST_PROMTOOL="$(echo "$TOOLS" | sed -n 3p)"
+export KEEL_TEST_PYTHON KEEL_TEST_S3RVER KEEL_TEST_PROMTOOL
 echo "KEEL_TEST_PYTHON=$KEEL_TEST_PYTHON"
 echo "KEEL_TEST_S3RVER=$KEEL_TEST_S3RVER"
+echo "KEEL_TEST_PROMTOOL=$KEEL_TEST_PROMTOOL"
 
 # --- override (testing this script without cargo) -----------------------------
 if [[ -n "${KEEL_TEST_CMD_OVERRIDE:-}" ]]; then

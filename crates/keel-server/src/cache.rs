@@ -363,10 +363,10 @@ pub async fn cache(State(state): State<AppState>, request: Request, next: Next) 
     state
         .metrics
         .gauge("keel_cache_entries", &[], cache.entries.len() as f64);
-    state.metrics.gauge(
-        "keel_cache_evictions",
+    state.metrics.counter_total(
+        "keel_cache_evictions_total",
         &[],
-        cache.evictions.0.load(Ordering::Relaxed) as f64,
+        cache.evictions.0.load(Ordering::Relaxed),
     );
     parts.headers.insert("keel-cache", HeaderValue::from_static("miss"));
     Response::from_parts(parts, Body::from(bytes))

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod browser;
 pub mod cache;
+pub mod catalogue;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod routes;
 pub mod shared;
 pub mod state;
 pub mod storage;
+pub mod system;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -170,6 +170,19 @@ impl Metrics {
             .expect("buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
+        // Every metric's `# HELP` line, from the catalogue (O2).
+        for metric in crate::catalogue::METRICS
+            .iter()
+            .filter(|m| !m.name.starts_with("process_"))
+        {
+            let name = metrics::KeyName::from_const_str(metric.name);
+            let help = metrics::SharedString::const_str(metric.help);
+            match metric.kind {
+                "counter" => recorder.describe_counter(name, None, help),
+                "gauge" => recorder.describe_gauge(name, None, help),
+                _ => recorder.describe_histogram(name, None, help),
+            }
+        }
         Metrics { recorder, handle }
     }
 
@@ -227,6 +240,14 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
             .increment(increment);
+    }
+
+    /// Sets a counter to a total kept elsewhere (it only ever grows).
+    pub fn counter_total(&self, name: &'static str, labels: &[(&'static str, String)], total: u64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+            .absolute(total);
     }
 
     /// The Prometheus text exposition.

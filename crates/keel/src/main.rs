@@ -188,7 +188,7 @@ enum Command {
     },
     /// Benchmarks (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
-    /// Regenerate docs/ERRORS.md and docs/CONFIG.md from the code.
+    /// Regenerate docs/ERRORS.md, docs/CONFIG.md and docs/METRICS.md from the code.
     Docs {
         #[arg(long, default_value = "docs")]
         dir: PathBuf,
@@ -547,7 +547,8 @@ async fn main() -> Result<()> {
         Command::Docs { dir } => {
             std::fs::write(dir.join("ERRORS.md"), keel_server::error::errors_markdown())?;
             std::fs::write(dir.join("CONFIG.md"), keel_server::config::config_markdown())?;
-            println!("wrote {0}/ERRORS.md and {0}/CONFIG.md", dir.display());
+            std::fs::write(dir.join("METRICS.md"), keel_server::catalogue::metrics_markdown())?;
+            println!("wrote {0}/ERRORS.md, {0}/CONFIG.md and {0}/METRICS.md", dir.display());
             Ok(())
         }
     }

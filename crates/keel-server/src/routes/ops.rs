@@ -151,6 +151,22 @@ async fn backup_gauges(state: &AppState) {
     }
 }
 
+/// Disk, memory limit and database size (O2): the inputs of the disk and memory alerts.
+async fn system_gauges(state: &AppState) {
+    let metrics = &state.metrics;
+    if let Some(disk) = crate::system::disk(&state.config.app.data_dir) {
+        metrics.gauge("keel_disk_total_bytes", &[], disk.total as f64);
+        metrics.gauge("keel_disk_available_bytes", &[], disk.available as f64);
+    }
+    if let Some(limit) = crate::system::memory_limit() {
+        metrics.gauge("keel_memory_limit_bytes", &[], limit as f64);
+    }
+    let size = tokio::time::timeout(Duration::from_secs(2), crate::system::database_size(&state.db)).await;
+    if let Ok(Ok(bytes)) = size {
+        metrics.gauge("keel_db_size_bytes", &[], bytes as f64);
+    }
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let pool = state.db.pool_state();
     for (name, value) in [("in_use", pool.in_use), ("idle", pool.idle), ("waiting", pool.waiting)] {
@@ -180,7 +196,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     queue_gauges(&state).await;
     backup_gauges(&state).await;
-    let mut response = state.metrics.render().into_response();
+    system_gauges(&state).await;
+    let mut text = state.metrics.render();
+    crate::system::process_metrics(&mut text);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -172,7 +172,7 @@ async fn entries_expire_and_the_cache_stays_within_its_bound(backend: Backend) {
             .unwrap_or_else(|| panic!("no {name}: {metrics}"))
     };
     assert!(gauge("keel_cache_bytes") <= 16.0 * 1024.0, "{metrics}");
-    assert!(gauge("keel_cache_evictions") > 0.0, "{metrics}");
+    assert!(gauge("keel_cache_evictions_total") > 0.0, "{metrics}");
 }
 
 async fn a_job_that_writes_invalidates_when_it_ends(backend: Backend) {

@@ -15,6 +15,14 @@ fn errors_md_is_generated_from_the_code_table() {
 }
 
 #[test]
+fn metrics_md_lists_every_metric() {
+    assert!(
+        repo_file("docs/METRICS.md") == keel_server::catalogue::metrics_markdown(),
+        "docs/METRICS.md is stale: run `cargo run -p keel -- docs`"
+    );
+}
+
+#[test]
 fn config_md_lists_every_default() {
     let expected = keel_server::config::config_markdown();
     assert!(

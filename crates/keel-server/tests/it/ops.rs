@@ -69,3 +69,59 @@ async fn openapi_describes_every_collection(backend: Backend) {
 }
 
 both!(health_and_metrics, openapi_describes_every_collection);
+
+/// Every metric `/metrics` shows is in the catalogue (docs/METRICS.md) with its type, and the
+/// exposition passes `promtool check metrics` (O2).
+async fn metrics_are_catalogued_and_pass_promtool(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, token) = app.signup("a@example.com").await;
+    app.org(&token, "acme").await;
+    app.get("/api/v1/orgs/acme/tasks", &token).await;
+    app.get("/api/v1/orgs/acme/nothing", &token).await;
+    app.state.jobs.start();
+    let kind = app.state.schema.app.jobs.kind(keel_spec::CLEANUP_KIND).unwrap();
+    let job = keel_store::jobs::NewJob::of_kind(kind, json!({}), None, None);
+    let id = keel_store::jobs::job_enqueue(app.db(), &job).await.unwrap().id;
+    app.wait_job(id, keel_store::jobs::JobState::Completed, 30).await;
+    let text = app.request("GET", "/metrics", None, None).await.text;
+    app.state.jobs.shutdown().await;
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        let documented = keel_server::catalogue::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+        assert_eq!(documented.kind, kind, "{name}");
+        seen += 1;
+    }
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "keel_disk_available_bytes",
+        "keel_memory_limit_bytes",
+        "keel_db_size_bytes",
+        "keel_http_errors_total",
+        "keel_jobs_finished_total",
+    ] {
+        assert!(text.contains(&format!("\n{name}")), "{name} missing:\n{text}");
+    }
+    assert!(seen >= 20, "{text}");
+    let promtool = std::env::var("KEEL_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {promtool} ({e}); scripts/test-tools.sh installs it"));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+both!(metrics_are_catalogued_and_pass_promtool);
