@@ -205,6 +205,10 @@ pub struct ServerSection {
     /// `Strict-Transport-Security` max-age, sent on requests that came over HTTPS through a
     /// trusted proxy (0: never).
     pub hsts_max_age_seconds: u64,
+    /// `/health/ready` says `degraded` when a queue's oldest runnable job has waited longer.
+    pub ready_queue_lag_seconds: u64,
+    /// `/health/ready` says `degraded` above this share of the data directory's disk in use.
+    pub ready_disk_used_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,6 +344,8 @@ impl Default for ServerSection {
             upload_timeout_ms: 600_000,
             cors_origins: vec![],
             hsts_max_age_seconds: 31_536_000,
+            ready_queue_lag_seconds: 600,
+            ready_disk_used_ratio: 0.9,
         }
     }
 }
@@ -531,6 +537,9 @@ impl Config {
             && let Err(error) = crate::backup::parse_identity(&key.0)
         {
             return fail("backup.key", &error);
+        }
+        if !(0.0..=1.0).contains(&self.server.ready_disk_used_ratio) {
+            return fail("server.ready_disk_used_ratio", "must be between 0 and 1");
         }
         if !(1..=19).contains(&self.backup.zstd_level) {
             return fail("backup.zstd_level", "must be between 1 and 19");
@@ -739,6 +748,14 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "server.cors_origins",
         "Origins (`scheme://host[:port]`) whose pages may call the API from a browser, with credentials; empty allows none. `*` allows any origin without credentials, and only with `app.environment = \"development\"`.",
+    ),
+    (
+        "server.ready_queue_lag_seconds",
+        "`/health/ready` reports `degraded` (still 200) while a queue's oldest runnable job has waited longer than this.",
+    ),
+    (
+        "server.ready_disk_used_ratio",
+        "`/health/ready` reports `degraded` above this share of the data directory's disk in use; below 1% or 64 MiB free it fails (503).",
     ),
     (
         "server.hsts_max_age_seconds",

@@ -78,6 +78,15 @@ impl Storage {
         Ok((size, result.into_stream()))
     }
 
+    /// Asks the store about an object that does not exist: an answer (found or not) means
+    /// the store is reachable; readiness uses it.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        match self.store.head(&self.path(".keel-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Deletes an object; one that is already gone is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.store.delete(&self.path(key)).await {

@@ -1,5 +1,6 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -15,7 +16,81 @@ pub async fn live() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Checks the database within a bound; 503 when it fails or the instance is draining.
+/// How long one check may take, and the whole answer.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One dependency's state: `ok`, `degraded` or `failing`, with its latency and details.
+struct Check {
+    name: &'static str,
+    status: &'static str,
+    required: bool,
+    latency_ms: f64,
+    details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Check {
+    fn json(&self) -> serde_json::Value {
+        let mut object = self.details.clone();
+        object.insert("status".into(), json!(self.status));
+        object.insert("required".into(), json!(self.required));
+        object.insert("latency_ms".into(), json!((self.latency_ms * 1000.0).round() / 1000.0));
+        serde_json::Value::Object(object)
+    }
+}
+
+/// Runs a check under `CHECK_TIMEOUT`; an error or a timeout is `failing`.
+async fn timed<F>(name: &'static str, required: bool, check: F) -> Check
+where
+    F: Future<Output = Result<(&'static str, serde_json::Map<String, serde_json::Value>), String>>,
+{
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, check).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, details) = match outcome {
+        Ok(Ok((status, details))) => (status, details),
+        Ok(Err(error)) => ("failing", details_of(json!({ "error": error }))),
+        Err(_) => (
+            "failing",
+            details_of(json!({ "error": format!("no answer within {} ms", CHECK_TIMEOUT.as_millis()) })),
+        ),
+    };
+    if status == "failing" {
+        tracing::warn!(check = name, details = %serde_json::Value::Object(details.clone()), "readiness check failing");
+    }
+    Check {
+        name,
+        status,
+        required,
+        latency_ms,
+        details,
+    }
+}
+
+fn details_of(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The data directory's disk: failing with less than 1% or 64 MiB free (SQLite and local
+/// files cannot write), degraded above `server.ready_disk_used_ratio`.
+pub fn disk_status(disk: &crate::system::Disk, degraded_above: f64) -> &'static str {
+    let floor = (disk.total / 100).min(64 << 20);
+    if disk.available < floor {
+        "failing"
+    } else if disk.used_ratio() > degraded_above {
+        "degraded"
+    } else {
+        "ok"
+    }
+}
+
+/// Checks every dependency in use at once, each within a bound and the whole within 2 s:
+/// the database (required), the disk of the data directory (required when nearly full),
+/// file storage, Redis, replicas and queue lag (optional). 503 when a required check fails
+/// or the instance is draining; 200 with `degraded` when an optional one does.
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return (
@@ -24,63 +99,110 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (ok, error) = match outcome {
-        Ok(Ok(())) => (true, None),
-        Ok(Err(e)) => (false, Some(e.to_string())),
-        Err(_) => (false, Some("timed out after 2 s".to_string())),
-    };
-    if let Some(error) = &error {
-        tracing::warn!(error = %error, "readiness: database check failed");
-    }
-    let mut checks = json!({
-        "database": {
-            "status": if ok { "ok" } else { "failing" },
-            "required": true,
-            "latency_ms": latency_ms,
-            "backend": format!("{:?}", state.db.dialect()).to_lowercase(),
+    let checks = tokio::time::timeout(READY_TIMEOUT, run_checks(&state)).await;
+    let checks = match checks {
+        Ok(checks) => checks,
+        Err(_) => {
+            let body = json!({ "status": "failing", "checks": {}, "error": "the checks did not finish within 2 s" });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         }
+    };
+    let required_failing = checks.iter().any(|c| c.required && c.status == "failing");
+    let degraded = checks.iter().any(|c| c.status != "ok");
+    let overall = if required_failing {
+        "failing"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut body_checks = serde_json::Map::new();
+    for check in &checks {
+        body_checks.insert(check.name.to_string(), check.json());
+    }
+    let status = if required_failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(json!({ "status": overall, "checks": body_checks }))).into_response()
+}
+
+async fn run_checks(state: &AppState) -> Vec<Check> {
+    let database = timed("database", true, async {
+        state.db.ping().await.map_err(|e| e.to_string())?;
+        let backend = format!("{:?}", state.db.dialect()).to_lowercase();
+        Ok(("ok", details_of(json!({ "backend": backend }))))
     });
-    // Redis is optional: when it fails Keel serves from the database and says "degraded".
-    let mut degraded = false;
-    if let Some(outcome) = state.shared.ping().await {
-        degraded = outcome.is_err();
-        // While Redis fails, each instance rate-limits on its own: limits hold per instance.
-        checks["redis"] = match outcome {
-            Ok(latency) => json!({
-                "status": "ok",
-                "required": false,
-                "latency_ms": latency.as_secs_f64() * 1000.0,
-                "rate_limits": "shared",
-            }),
-            Err(error) => {
-                json!({ "status": "failing", "required": false, "error": error, "rate_limits": "per instance" })
-            }
+    let disk = timed("disk", true, async {
+        let data_dir = &state.config.app.data_dir;
+        let Some(disk) = crate::system::disk(data_dir) else {
+            return Ok(("ok", details_of(json!({ "note": "not measurable on this platform" }))));
         };
+        let status = disk_status(&disk, state.config.server.ready_disk_used_ratio);
+        Ok((
+            status,
+            details_of(json!({
+                "used_ratio": (disk.used_ratio() * 1000.0).round() / 1000.0,
+                "available_bytes": disk.available,
+            })),
+        ))
+    });
+    let storage = timed("storage", false, async {
+        state.storage.probe().await.map_err(|e| e.to_string())?;
+        Ok(("ok", details_of(json!({ "backend": state.config.files.backend }))))
+    });
+    let queues = timed("queues", false, async {
+        let stats = crate::routes::jobs::queue_stats(state)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (queue, lag) = stats
+            .iter()
+            .map(|q| (q.name.as_str(), q.oldest_available_seconds))
+            .fold(("", 0.0f64), |best, q| if q.1 > best.1 { q } else { best });
+        let bound = state.config.server.ready_queue_lag_seconds as f64;
+        let status = if lag > bound { "degraded" } else { "ok" };
+        Ok((
+            status,
+            details_of(json!({ "oldest_available_seconds": lag, "queue": queue, "bound_seconds": bound })),
+        ))
+    });
+    let (database, disk, storage, queues) = tokio::join!(database, disk, storage, queues);
+    let mut checks = vec![database, disk, storage, queues];
+    // Redis is optional: when it fails Keel serves from the database and says "degraded".
+    if state.shared.enabled() {
+        checks.push(
+            timed("redis", false, async {
+                match state.shared.ping().await {
+                    Some(Ok(_)) => Ok(("ok", details_of(json!({ "rate_limits": "shared" })))),
+                    // While Redis fails, each instance rate-limits on its own.
+                    Some(Err(error)) => Ok((
+                        "failing",
+                        details_of(json!({ "error": error, "rate_limits": "per instance" })),
+                    )),
+                    None => Ok(("ok", serde_json::Map::new())),
+                }
+            })
+            .await,
+        );
     }
     // Replicas are optional too: reads fall back to the primary.
     let replicas = state.db.replica_states();
     if !replicas.is_empty() {
-        degraded |= replicas.iter().any(|r| !r.healthy);
-        checks["replicas"] = json!(replicas
+        let healthy = replicas.iter().all(|r| r.healthy);
+        let list: Vec<serde_json::Value> = replicas
             .iter()
-            .map(|r| json!({ "name": r.name, "status": if r.healthy { "ok" } else { "failing" }, "required": false, "lag_ms": r.lag_ms }))
-            .collect::<Vec<_>>());
+            .map(|r| json!({ "name": r.name, "status": if r.healthy { "ok" } else { "failing" }, "lag_ms": r.lag_ms }))
+            .collect();
+        checks.push(Check {
+            name: "replicas",
+            status: if healthy { "ok" } else { "failing" },
+            required: false,
+            latency_ms: 0.0,
+            details: details_of(json!({ "replicas": list })),
+        });
     }
-    let overall = match (ok, degraded) {
-        (false, _) => "failing",
-        (true, true) => "degraded",
-        (true, false) => "ok",
-    };
-    let body = json!({ "status": overall, "checks": checks });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    checks
 }
 
 /// Queue depth by state, the oldest runnable job's wait, and jobs running here (J11). The

@@ -125,3 +125,120 @@ async fn metrics_are_catalogued_and_pass_promtool(backend: Backend) {
 }
 
 both!(metrics_are_catalogued_and_pass_promtool);
+
+/// `/health/ready` checks each dependency with its latency (O3): a slow queue or an
+/// unreachable file store is `degraded` (200), a failed database is `failing` (503).
+async fn readiness_checks_each_dependency_and_fails_only_for_required_ones(backend: Backend) {
+    let s3 = keel_testkit::S3Server::start();
+    let app = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |config| {
+        s3.configure(config);
+        config.server.ready_queue_lag_seconds = 3600;
+    })
+    .await;
+    let ready = app.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["status"], "ok", "{}", ready.text);
+    for check in ["database", "disk", "storage", "queues"] {
+        assert_eq!(ready.body["checks"][check]["status"], "ok", "{check}: {}", ready.text);
+        assert!(ready.body["checks"][check]["latency_ms"].is_number());
+    }
+    assert_eq!(ready.body["checks"]["database"]["required"], true);
+    assert_eq!(ready.body["checks"]["storage"]["required"], false);
+    assert!(ready.body["checks"]["disk"]["used_ratio"].is_number());
+
+    // The file store stops: uploads would fail, reads go on.
+    drop(s3);
+    let ready = app.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["status"], "degraded");
+    assert_eq!(ready.body["checks"]["storage"]["status"], "failing");
+    assert!(ready.body["checks"]["storage"]["error"].is_string());
+
+    // The database goes away: not ready. (An embedded SQLite file cannot go away on its own:
+    // PostgreSQL only.)
+    if backend == Backend::Sqlite {
+        return;
+    }
+    app.state.db.close().await;
+    let started = std::time::Instant::now();
+    let ready = app.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.body["status"], "failing");
+    assert_eq!(ready.body["checks"]["database"]["status"], "failing");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "bounded");
+}
+
+async fn readiness_reports_queue_lag(backend: Backend) {
+    let app = TestApp::spawn_with(backend, keel_testkit::TEST_SPEC, |config| {
+        config.server.ready_queue_lag_seconds = 0;
+    })
+    .await;
+    let kind = app.state.schema.app.jobs.kind(keel_spec::CLEANUP_KIND).unwrap();
+    let job = keel_store::jobs::NewJob::of_kind(kind, json!({}), None, None);
+    keel_store::jobs::job_enqueue(app.db(), &job).await.unwrap();
+    // No workers run here: the job waits.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ready = app.request("GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["status"], "degraded", "{}", ready.text);
+    assert_eq!(ready.body["checks"]["queues"]["status"], "degraded");
+    assert_eq!(ready.body["checks"]["queues"]["queue"], "default");
+    assert!(
+        ready.body["checks"]["queues"]["oldest_available_seconds"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn a_nearly_full_disk_fails_readiness() {
+    use keel_server::routes::ops::disk_status;
+    use keel_server::system::Disk;
+    let gib = 1u64 << 30;
+    assert_eq!(
+        disk_status(
+            &Disk {
+                total: 100 * gib,
+                available: 50 * gib
+            },
+            0.9
+        ),
+        "ok"
+    );
+    assert_eq!(
+        disk_status(
+            &Disk {
+                total: 100 * gib,
+                available: 5 * gib
+            },
+            0.9
+        ),
+        "degraded"
+    );
+    assert_eq!(
+        disk_status(
+            &Disk {
+                total: 100 * gib,
+                available: 32 << 20
+            },
+            0.9
+        ),
+        "failing"
+    );
+    assert_eq!(
+        disk_status(
+            &Disk {
+                total: gib,
+                available: 5 << 20
+            },
+            0.9
+        ),
+        "failing"
+    );
+}
+
+both!(
+    readiness_checks_each_dependency_and_fails_only_for_required_ones,
+    readiness_reports_queue_lag
+);

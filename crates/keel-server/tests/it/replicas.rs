@@ -99,5 +99,6 @@ async fn reads_use_the_replica_unless_writes_or_lag_say_otherwise() {
     let ready = app.request("GET", "/health/ready", None, None).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body["status"], "degraded", "{}", ready.text);
-    assert_eq!(ready.body["checks"]["replicas"][0]["status"], "failing");
+    assert_eq!(ready.body["checks"]["replicas"]["status"], "failing");
+    assert_eq!(ready.body["checks"]["replicas"]["replicas"][0]["status"], "failing");
 }
