@@ -32,6 +32,15 @@ pub struct Config {
     pub smtp: SmtpSection,
     pub files: FilesSection,
     pub backup: BackupSection,
+    pub errors: ErrorsSection,
+}
+
+/// Error tracking (O6).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorsSection {
+    /// A Sentry-compatible DSN (`https://KEY@HOST/PROJECT`): error groups are sent there too.
+    pub sentry_dsn: Option<Secret>,
 }
 
 /// Where backups go and the key that encrypts them (O5, S13).
@@ -538,6 +547,11 @@ impl Config {
         {
             return fail("backup.key", &error);
         }
+        if let Some(dsn) = &self.errors.sentry_dsn
+            && let Err(error) = crate::tracking::parse_dsn(&dsn.0)
+        {
+            return fail("errors.sentry_dsn", &error);
+        }
         if !(0.0..=1.0).contains(&self.server.ready_disk_used_ratio) {
             return fail("server.ready_disk_used_ratio", "must be between 0 and 1");
         }
@@ -983,6 +997,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("backup.zstd_level", "The zstd compression level, 1 (fastest) to 19."),
     (
+        "errors.sentry_dsn",
+        "A Sentry-compatible DSN (`https://KEY@HOST/PROJECT`, Sentry, GlitchTip, Bugsink…): unexpected errors and panics are sent there as well as counted in `keel_errors` (`GET /api/v1/admin/errors`).",
+    ),
+    (
         "log.format",
         "`json` (one object per line, with the request id) or `pretty`.",
     ),
@@ -1037,6 +1055,7 @@ mod tests {
         for key in ["s3_bucket", "key", "key_file", "pg_bin_dir"] {
             keys.push(format!("backup.{key}"));
         }
+        keys.push("errors.sentry_dsn".into());
         for key in keys {
             assert!(DESCRIPTIONS.iter().any(|(k, _)| *k == key), "{key} has no description");
         }

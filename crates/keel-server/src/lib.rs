@@ -18,6 +18,7 @@ pub mod shared;
 pub mod state;
 pub mod storage;
 pub mod system;
+pub mod tracking;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/{org}/jobs", get(jobs::org_list).post(jobs::org_enqueue))
         .route("/jobs/{id}", get(jobs::status))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/admin/errors", get(ops::admin_errors))
         .route("/admin/queues", get(jobs::admin_queues))
         .route("/admin/queues/{queue}/{action}", post(jobs::admin_pause))
         .route("/admin/jobs", get(jobs::admin_list).post(jobs::admin_enqueue))
@@ -260,6 +262,7 @@ impl App {
         });
         let serving = tokio::spawn(async move { server.await });
         let maintenance = spawn_maintenance(self.state.clone());
+        let error_flusher = spawn_error_flusher(self.state.clone());
         self.state.jobs.start();
         let result = tokio::select! {
             result = serving => result.map_err(std::io::Error::other)?,
@@ -272,6 +275,8 @@ impl App {
             }
         };
         maintenance.abort();
+        error_flusher.abort();
+        state.errors.flush(&state.db).await;
         if jobs_done_rx.await.is_err() {
             // The server ended without a shutdown signal: stop the jobs now.
             state.jobs.shutdown().await;
@@ -279,6 +284,16 @@ impl App {
         state.db.close().await;
         result
     }
+}
+
+/// Adds this instance's error counts to the shared table every 5 seconds.
+fn spawn_error_flusher(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            state.errors.flush(&state.db).await;
+        }
+    })
 }
 
 /// Runs time-series maintenance (partitions ahead, retention) at start and every hour. Every
@@ -340,6 +355,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             protection,
             storage,
             keys: keys::KeyRing::default(),
+            errors: Arc::new(tracking::ErrorTracker::new(&config)),
             dummy_password_hash,
             patterns,
             schema,

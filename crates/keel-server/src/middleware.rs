@@ -105,6 +105,16 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
     let _entered = span.enter();
     let db_statements = queries.statements;
     let db_ms = queries.total.as_secs_f64() * 1000.0;
+    let unexpected = response
+        .extensions()
+        .get::<crate::error::ErrorCode>()
+        .is_some_and(|code| code.0 == "internal");
+    if unexpected {
+        state.metrics.counter("keel_unexpected_errors_total", &[], 1);
+        state
+            .errors
+            .record(&route, cause.as_deref().unwrap_or("internal error"), &request_id);
+    }
     if status >= 500 {
         let cause = cause.as_deref().unwrap_or("");
         tracing::error!(status, duration_ms, db_statements, db_ms, cause, "request failed");

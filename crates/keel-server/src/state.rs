@@ -25,6 +25,8 @@ pub struct Inner {
     pub storage: Arc<crate::storage::Storage>,
     /// The keys that sign file links, shared by every instance through the database.
     pub keys: crate::keys::KeyRing,
+    /// Unexpected errors grouped by fingerprint (O6).
+    pub errors: Arc<crate::tracking::ErrorTracker>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<crate::shared::Shared>,

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod cell;
 pub mod db;
 pub mod error;
+pub mod errors;
 pub mod files;
 pub mod jobs;
 pub mod migrate;

@@ -137,8 +137,9 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
     if from < 5 {
         let mut statements = vec!["UPDATE keel_system SET version = 5 WHERE id = 1".to_string()];
         statements.extend(crate::backups::tables(dialect));
+        statements.extend(crate::errors::tables(dialect));
         steps.push(Step {
-            description: "create the backup runs and the deferred deletes (system version 5)".into(),
+            description: "create the backup runs, the deferred deletes and the error groups (system version 5)".into(),
             statements,
             destructive: false,
         });

@@ -851,7 +851,12 @@ pub fn cleanup_handler(storage: std::sync::Arc<crate::storage::Storage>) -> keel
             let backups = keel_store::backups::backup_history_prune(&context.db, 1_000)
                 .await
                 .map_err(|e| keel_jobs::JobFailure::retry(format!("backup history pruning failed: {e}")))?;
+            // Error groups not seen for 30 days.
+            let errors = keel_store::errors::errors_prune(&context.db, chrono::Utc::now() - chrono::Duration::days(30))
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("error-group pruning failed: {e}")))?;
             let mut result = base.unwrap_or_else(|| json!({}));
+            result["error_groups_pruned"] = json!(errors);
             result["files"] = files;
             result["deferred_deletes"] = json!(deferred);
             result["backup_runs_pruned"] = json!(backups);

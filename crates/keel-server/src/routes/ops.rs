@@ -329,6 +329,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+/// `GET /api/v1/admin/errors` (superuser): unexpected errors and panics grouped by
+/// fingerprint, most recently seen first, with counts and a sample request id.
+pub async fn admin_errors(
+    State(state): State<AppState>,
+    crate::extract::Auth(principal): crate::extract::Auth,
+    params: crate::extract::Params,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !crate::routes::orgs::is_superuser(&principal) {
+        return Err(ApiError::forbidden());
+    }
+    params.only(&["limit"])?;
+    let limit = crate::routes::orgs::page_limit(&state, params.get("limit"))?;
+    state.errors.flush(&state.db).await;
+    let groups = keel_store::errors::errors_list(&state.db, limit as i64).await?;
+    Ok(Json(json!({ "items": groups })))
+}
+
 pub async fn openapi(State(state): State<AppState>) -> Response {
     Json(crate::openapi::document(&state.schema.app)).into_response()
 }

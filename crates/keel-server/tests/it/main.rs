@@ -26,3 +26,4 @@ mod rules;
 mod store;
 mod tenancy;
 mod timeseries;
+mod tracking;
