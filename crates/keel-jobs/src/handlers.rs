@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::{HandlerFuture, JobContext, JobFailure};
 
-mod email;
+pub mod email;
 mod http;
 
 /// Runs a job with its kind's built-in handler.

@@ -33,6 +33,28 @@ pub struct Config {
     pub files: FilesSection,
     pub backup: BackupSection,
     pub errors: ErrorsSection,
+    pub alerts: AlertsSection,
+}
+
+/// Where alert notifications go (the rules are in the spec, `[alerts.*]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// Webhooks (Slack-compatible JSON) told when an alert fires or resolves.
+    pub webhook_urls: Vec<Secret>,
+    /// Addresses emailed when an alert fires or resolves (through `[smtp]`).
+    pub email_to: Vec<String>,
+    pub evaluate_seconds: u64,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            webhook_urls: vec![],
+            email_to: vec![],
+            evaluate_seconds: 15,
+        }
+    }
 }
 
 /// Error tracking (O6).
@@ -552,6 +574,14 @@ impl Config {
         {
             return fail("errors.sentry_dsn", &error);
         }
+        if self.alerts.evaluate_seconds == 0 || self.alerts.evaluate_seconds > 3600 {
+            return fail("alerts.evaluate_seconds", "must be between 1 and 3600");
+        }
+        for url in &self.alerts.webhook_urls {
+            if !(url.0.starts_with("http://") || url.0.starts_with("https://")) {
+                return fail("alerts.webhook_urls", "each must be an http:// or https:// URL");
+            }
+        }
         if !(0.0..=1.0).contains(&self.server.ready_disk_used_ratio) {
             return fail("server.ready_disk_used_ratio", "must be between 0 and 1");
         }
@@ -999,6 +1029,18 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "errors.sentry_dsn",
         "A Sentry-compatible DSN (`https://KEY@HOST/PROJECT`, Sentry, GlitchTip, Bugsink…): unexpected errors and panics are sent there as well as counted in `keel_errors` (`GET /api/v1/admin/errors`).",
+    ),
+    (
+        "alerts.webhook_urls",
+        "Webhooks told when an alert fires or resolves: a POST of Slack-compatible JSON (`text`, plus `alert`, `severity`, `state`, `value`, `threshold`, `unit`, `summary`, `at`).",
+    ),
+    (
+        "alerts.email_to",
+        "Addresses emailed when an alert fires or resolves, through the `[smtp]` server.",
+    ),
+    (
+        "alerts.evaluate_seconds",
+        "How often each instance evaluates the alert rules (docs/OPERATIONS.md, Alerts).",
     ),
     (
         "log.format",

@@ -1,6 +1,7 @@
 //! The Keel server: configuration, the axum router and middleware, auth and tenancy, the
 //! records API, health and metrics, and the OpenAPI document.
 
+pub mod alerts;
 pub mod backup;
 pub mod browser;
 pub mod cache;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::status))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/admin/errors", get(ops::admin_errors))
+        .route("/admin/alerts", get(ops::admin_alerts))
         .route("/admin/queues", get(jobs::admin_queues))
         .route("/admin/queues/{queue}/{action}", post(jobs::admin_pause))
         .route("/admin/jobs", get(jobs::admin_list).post(jobs::admin_enqueue))
@@ -263,6 +265,7 @@ impl App {
         let serving = tokio::spawn(async move { server.await });
         let maintenance = spawn_maintenance(self.state.clone());
         let error_flusher = spawn_error_flusher(self.state.clone());
+        let alerting = alerts::spawn(self.state.clone());
         self.state.jobs.start();
         let result = tokio::select! {
             result = serving => result.map_err(std::io::Error::other)?,
@@ -276,6 +279,7 @@ impl App {
         };
         maintenance.abort();
         error_flusher.abort();
+        alerting.abort();
         state.errors.flush(&state.db).await;
         if jobs_done_rx.await.is_err() {
             // The server ended without a shutdown signal: stop the jobs now.
@@ -356,6 +360,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             storage,
             keys: keys::KeyRing::default(),
             errors: Arc::new(tracking::ErrorTracker::new(&config)),
+            alerts: Arc::new(alerts::Alerts::new(&schema.app.alerts)),
             dummy_password_hash,
             patterns,
             schema,

@@ -94,6 +94,12 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .metrics
         .http_request(&method, &route, status, elapsed.as_secs_f64());
     state.metrics.db_queries(&route, queries);
+    if route.starts_with("/api/") {
+        state
+            .alerts
+            .traffic
+            .record(chrono::Utc::now(), status, elapsed.as_secs_f64());
+    }
     if let Some(code) = response.extensions().get::<crate::error::ErrorCode>() {
         // One series per error code (a fixed table): rate limits, blocks, timeouts, limits.
         state

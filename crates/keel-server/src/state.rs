@@ -27,6 +27,8 @@ pub struct Inner {
     pub keys: crate::keys::KeyRing,
     /// Unexpected errors grouped by fingerprint (O6).
     pub errors: Arc<crate::tracking::ErrorTracker>,
+    /// The alert rules and their states (O4).
+    pub alerts: Arc<crate::alerts::Alerts>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shared: Arc<crate::shared::Shared>,
@@ -160,10 +162,8 @@ impl keel_jobs::Observer for ServerObserver {
 
 static METADATA: Metadata<'static> = Metadata::new("keel", metrics::Level::INFO, Some("keel"));
 
-/// Latency buckets in seconds, from 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// Latency buckets in seconds, from 0.5 ms to 10 s (the alerts' windows use the same).
+const LATENCY_BUCKETS: &[f64] = crate::alerts::BUCKETS;
 
 impl Metrics {
     pub fn new() -> Metrics {

@@ -23,6 +23,55 @@ pub struct App {
     /// Scheduled backups and their retention (O5).
     #[serde(default)]
     pub backup: BackupSpec,
+    /// The built-in alert rules and their thresholds (O4).
+    #[serde(default)]
+    pub alerts: Vec<AlertRule>,
+}
+
+/// One of the built-in alert rules (`[alerts.NAME]` changes it). The condition is
+/// `value > threshold`, held for `for_ms`; `window_ms` is the span the value is computed over
+/// (latency and error rate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRule {
+    pub name: String,
+    /// `critical` or `warning`.
+    pub severity: String,
+    /// In the rule's unit: milliseconds (latency), a share from 0 to 1 (error rate, pool,
+    /// disk, memory) or seconds (queue lag, backup age).
+    pub threshold: f64,
+    pub for_ms: u64,
+    pub window_ms: u64,
+    pub enabled: bool,
+}
+
+/// The built-in rules with the seeds' thresholds (000, 002, 004): p95 API latency over 1 s
+/// for 5 minutes (a warning over 500 ms for 10), 5xx over 5 % of requests over 10 minutes,
+/// the database pool over 80 % in use, the disk over 85 %, memory over 75 % for 15 minutes,
+/// a queue's oldest runnable job waiting over 5 minutes, and a backup older than its
+/// `alert_after` or failed.
+pub fn default_alert_rules(backup: &BackupSpec) -> Vec<AlertRule> {
+    let rule = |name: &str, severity: &str, threshold: f64, for_ms: u64, window_ms: u64| AlertRule {
+        name: name.to_string(),
+        severity: severity.to_string(),
+        threshold,
+        for_ms,
+        window_ms,
+        enabled: true,
+    };
+    const MINUTE: u64 = 60_000;
+    vec![
+        rule("api_latency", "critical", 1000.0, 5 * MINUTE, 5 * MINUTE),
+        rule("api_latency_warning", "warning", 500.0, 10 * MINUTE, 5 * MINUTE),
+        rule("error_rate", "critical", 0.05, 0, 10 * MINUTE),
+        rule("db_pool", "warning", 0.8, 5 * MINUTE, 0),
+        rule("disk", "critical", 0.85, 5 * MINUTE, 0),
+        rule("memory", "warning", 0.75, 15 * MINUTE, 0),
+        rule("queue_lag", "warning", 300.0, 5 * MINUTE, 0),
+        AlertRule {
+            enabled: backup.schedule.is_some(),
+            ..rule("backup", "critical", backup.alert_after_ms as f64 / 1000.0, 0, 0)
+        },
+    ]
 }
 
 /// `[backup]`: when backups run (a cron job of the built-in `keel_backup` kind) and which

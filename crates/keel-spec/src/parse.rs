@@ -201,6 +201,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     let mut storage = StorageSpec::default();
     let mut rate_limits = RateLimitsSpec::default();
     let mut backup = BackupSpec::default();
+    let mut alert_entries = vec![];
     for entry in entries(root).unwrap_or_default() {
         match entry.key {
             "app" => {
@@ -293,6 +294,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             }
             "rate_limits" => rate_limits = rates::rate_limits(&mut reader, &entry),
             "backup" => backup = jobs::backup(&mut reader, &entry),
+            "alerts" => alert_entries = table_entries(&mut reader, &entry, "alerts"),
             "queues" => queue_entries = table_entries(&mut reader, &entry, "queues"),
             "jobs" => job_entries = table_entries(&mut reader, &entry, "jobs"),
             _ => unknown_key(
@@ -309,6 +311,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
                     "storage",
                     "rate_limits",
                     "backup",
+                    "alerts",
                 ],
             ),
         }
@@ -339,6 +342,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
     }
     check_relations(&mut reader, &collections, &collection_entries);
     jobs::check_upsert_keys(&mut reader, &collections, &jobs);
+    let alerts = jobs::alerts(&mut reader, &alert_entries, &backup);
     if reader.problems.is_empty() {
         Ok(App {
             name: name.unwrap_or_default(),
@@ -350,6 +354,7 @@ pub fn parse_app(source: &str) -> Result<App, SpecError> {
             storage,
             rate_limits,
             backup,
+            alerts,
         }
         .with_builtins())
     } else {

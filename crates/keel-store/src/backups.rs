@@ -105,7 +105,7 @@ pub async fn backup_finish(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let sql = db.portable(
-        "UPDATE keel_backups SET state = $2, finished_at = $3, size_bytes = $4, files = $5, error = $6 WHERE id = $1",
+        "UPDATE keel_backups SET state = $2, finished_at = $3, size_bytes = CAST($4 AS BIGINT), files = CAST($5 AS BIGINT), error = $6 WHERE id = $1",
         vec![
             SqlValue::Text(id.to_string()),
             SqlValue::Text(if outcome.succeeded { "succeeded" } else { "failed" }.to_string()),
@@ -120,6 +120,9 @@ pub async fn backup_finish(
     );
     db.write(&sql).await.map(drop)
 }
+
+// (A bound NULL is typed text on PostgreSQL: the casts above give the failed run's NULL
+// sizes their column's type.)
 
 /// Whether a backup is running now (its lease not expired), read on the primary.
 pub async fn backup_running(db: &Db, now: DateTime<Utc>) -> Result<bool, StoreError> {

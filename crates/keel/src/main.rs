@@ -181,6 +181,14 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Operations helpers: `prometheus-rules` prints the spec's alert rules as Prometheus
+    /// alerting rules (YAML).
+    Ops {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: OpsAction,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -250,6 +258,12 @@ enum KeysAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum OpsAction {
+    /// The alert rules (built in, with the spec's `[alerts.*]` changes) for Prometheus.
+    PrometheusRules,
 }
 
 #[derive(Subcommand)]
@@ -537,6 +551,15 @@ async fn main() -> Result<()> {
             force,
             quiet,
         } => backup_cli::restore(backup_context(cli.config.as_ref(), &common)?, name, force, quiet).await,
+        Command::Ops {
+            common,
+            action: OpsAction::PrometheusRules,
+        } => {
+            let config = load_config(cli.config.as_ref(), overrides(&common))?;
+            let app = read_schema(&config)?.app;
+            print!("{}", keel_server::alerts::prometheus_rules(&app.alerts, &app.name));
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::PrintDefault,
         } => {

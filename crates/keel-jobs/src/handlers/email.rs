@@ -65,18 +65,8 @@ pub async fn run(
     }
     .map_err(|e| JobFailure::permanent(format!("the email cannot be built: {e}")))?;
 
-    let transport = match smtp.tls {
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-            .map_err(|e| JobFailure::retry(format!("SMTP setup failed: {e}")))?,
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-            .map_err(|e| JobFailure::retry(format!("SMTP setup failed: {e}")))?,
-    };
-    let mut transport = transport.port(smtp.port).timeout(Some(context.config.http_timeout));
-    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
-        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
-    }
-    let response = transport.build().send(message).await.map_err(|error| {
+    let transport = transport(smtp, context.config.http_timeout).map_err(JobFailure::retry)?;
+    let response = transport.send(message).await.map_err(|error| {
         let message = format!("sending to {} failed: {error}", recipients.join(", "));
         if error.is_permanent() {
             JobFailure::permanent(message)
@@ -88,4 +78,51 @@ pub async fn run(
         "to": recipients,
         "smtp": response.code().to_string(),
     })))
+}
+
+fn transport(
+    smtp: &crate::runtime::SmtpConfig,
+    timeout: std::time::Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let transport = match smtp.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .map_err(|e| format!("SMTP setup failed: {e}"))?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).map_err(|e| format!("SMTP setup failed: {e}"))?
+        }
+    };
+    let mut transport = transport.port(smtp.port).timeout(Some(timeout));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(transport.build())
+}
+
+/// A plain-text email outside any job (alert notifications).
+pub async fn send_plain(
+    smtp: &crate::runtime::SmtpConfig,
+    to: &[String],
+    subject: &str,
+    text: &str,
+) -> Result<(), String> {
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| format!("smtp.from '{}' is not an address: {e}", smtp.from))?;
+    let mut builder = Message::builder().from(from).subject(subject);
+    for address in to.iter().take(MAX_RECIPIENTS) {
+        builder = builder.to(address
+            .parse()
+            .map_err(|e| format!("'{address}' is not an address: {e}"))?);
+    }
+    let message = builder
+        .header(ContentType::TEXT_PLAIN)
+        .body(text.to_string())
+        .map_err(|e| format!("the email cannot be built: {e}"))?;
+    transport(smtp, std::time::Duration::from_secs(10))?
+        .send(message)
+        .await
+        .map(drop)
+        .map_err(|e| format!("sending to {} failed: {e}", to.join(", ")))
 }

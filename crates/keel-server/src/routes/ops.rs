@@ -346,6 +346,19 @@ pub async fn admin_errors(
     Ok(Json(json!({ "items": groups })))
 }
 
+/// `GET /api/v1/admin/alerts` (superuser): every rule with its state, value and threshold.
+pub async fn admin_alerts(
+    State(state): State<AppState>,
+    crate::extract::Auth(principal): crate::extract::Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !crate::routes::orgs::is_superuser(&principal) {
+        return Err(ApiError::forbidden());
+    }
+    let items = state.alerts.states();
+    let firing = items.iter().filter(|r| r.state == "firing").count();
+    Ok(Json(json!({ "items": items, "firing": firing })))
+}
+
 pub async fn openapi(State(state): State<AppState>) -> Response {
     Json(crate::openapi::document(&state.schema.app)).into_response()
 }

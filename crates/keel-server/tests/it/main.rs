@@ -1,6 +1,7 @@
 //! HTTP integration tests: every test runs on SQLite and on PostgreSQL (`both!`).
 
 mod accounts;
+mod alerts;
 mod auth;
 mod backup;
 mod browser;

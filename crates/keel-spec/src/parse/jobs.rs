@@ -66,6 +66,58 @@ pub(super) fn backup(reader: &mut Reader, entry: &Entry) -> BackupSpec {
     spec
 }
 
+/// `[alerts.NAME]`: changes to the built-in rules (`threshold`, `for`, `window`, `severity`,
+/// `enabled`). Thresholds of time rules are durations (`"1000ms"`, `"5m"`), of the others a
+/// share from 0 to 1.
+pub(super) fn alerts(reader: &mut Reader, entries: &[Entry], backup: &BackupSpec) -> Vec<AlertRule> {
+    let mut rules = default_alert_rules(backup);
+    let names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
+    for entry in entries {
+        let Some(rule) = rules.iter_mut().find(|r| r.name == entry.key) else {
+            let known: Vec<&str> = names.iter().map(String::as_str).collect();
+            unknown_key(reader, entry, &format!("alerts.{}", entry.key), &known);
+            continue;
+        };
+        let in_ms = matches!(rule.name.as_str(), "api_latency" | "api_latency_warning");
+        let in_seconds = matches!(rule.name.as_str(), "queue_lag" | "backup");
+        for item in table_entries(reader, entry, &format!("alerts.{}", entry.key)) {
+            let path = format!("alerts.{}.{}", entry.key, item.key);
+            match item.key {
+                "threshold" if in_ms || in_seconds => {
+                    if let Some(ms) = duration_ms(reader, &item, &path) {
+                        rule.threshold = if in_ms { ms as f64 } else { ms as f64 / 1000.0 };
+                    }
+                }
+                "threshold" => match number(reader, &item, &path) {
+                    Some(share) if (0.0..=1.0).contains(&share) => rule.threshold = share,
+                    Some(_) => reader.problem(item.span(), &path, "a share from 0 to 1 (0.85 is 85 %)"),
+                    None => {}
+                },
+                "for" => rule.for_ms = duration_ms(reader, &item, &path).unwrap_or(rule.for_ms),
+                "window" if rule.window_ms > 0 => match duration_ms(reader, &item, &path) {
+                    Some(ms) if ms >= 1_000 => rule.window_ms = ms,
+                    Some(_) => reader.problem(item.span(), &path, "at least 1s"),
+                    None => {}
+                },
+                "severity" => match string(reader, &item, &path) {
+                    Some(severity @ ("critical" | "warning")) => rule.severity = severity.to_string(),
+                    Some(_) => reader.problem(item.span(), &path, "one of: critical, warning"),
+                    None => {}
+                },
+                "enabled" => rule.enabled = boolean(reader, &item, &path),
+                _ => {
+                    let mut keys = vec!["threshold", "for", "severity", "enabled"];
+                    if rule.window_ms > 0 {
+                        keys.push("window");
+                    }
+                    unknown_key(reader, &item, &path, &keys)
+                }
+            }
+        }
+    }
+    rules
+}
+
 /// A cron expression: 5 fields (minute granularity) or 6 (with seconds first), in UTC.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, croner::errors::CronError> {
     croner::parser::CronParser::builder()

@@ -1,0 +1,536 @@
+//! Alerts (O4): the spec's built-in rules (`keel_spec::AlertRule`, with the seeds'
+//! thresholds), evaluated in-process every `alerts.evaluate_seconds` on windows of Keel's own
+//! measurements, with pending → firing → resolved states; notifications to webhooks
+//! (Slack-compatible JSON) and email; `GET /api/v1/admin/alerts`; and the same rules as
+//! Prometheus alerting rules (`keel ops prometheus-rules`).
+//!
+//! Request latency and error rate are per instance (each instance sees its own traffic);
+//! queue lag and backup age are shared state, evaluated by the jobs leader only, so one
+//! instance notifies.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keel_spec::AlertRule;
+use serde::Serialize;
+
+/// The latency buckets of the request histogram (seconds), shared with `/metrics` so the
+/// in-process p95 and Prometheus's `histogram_quantile` agree.
+pub const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SLOT_MS: i64 = 1_000;
+/// One hour of 1-second slots: the longest window a rule may use.
+const SLOTS: usize = 3_600;
+/// The error-rate rule needs this many requests in its window.
+pub const MIN_REQUESTS: u64 = 20;
+/// Notifications kept for a retry when a channel fails.
+const MAX_UNSENT: usize = 100;
+
+#[derive(Clone)]
+struct Slot {
+    start: i64,
+    requests: u64,
+    errors: u64,
+    buckets: [u64; 15],
+}
+
+/// API requests in 1-second slots: counts, 5xx, and the latency histogram. A window covers
+/// the slots it overlaps (so up to a second more than asked).
+#[derive(Default)]
+pub struct Traffic {
+    slots: Mutex<VecDeque<Slot>>,
+}
+
+impl Traffic {
+    pub fn record(&self, now: DateTime<Utc>, status: u16, seconds: f64) {
+        let start = now.timestamp_millis().div_euclid(SLOT_MS);
+        let mut slots = self.slots.lock().expect("traffic lock");
+        if slots.back().is_none_or(|s| s.start != start) {
+            slots.push_back(Slot {
+                start,
+                requests: 0,
+                errors: 0,
+                buckets: [0; 15],
+            });
+            while slots.len() > SLOTS {
+                slots.pop_front();
+            }
+        }
+        let slot = slots.back_mut().expect("a slot");
+        slot.requests += 1;
+        if status >= 500 {
+            slot.errors += 1;
+        }
+        let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        slot.buckets[bucket] += 1;
+    }
+
+    fn window(&self, now: DateTime<Utc>, window_ms: u64) -> (u64, u64, [u64; 15]) {
+        let from = (now.timestamp_millis() - window_ms as i64).div_euclid(SLOT_MS);
+        let slots = self.slots.lock().expect("traffic lock");
+        let mut total = (0, 0, [0u64; 15]);
+        for slot in slots.iter().filter(|s| s.start >= from) {
+            total.0 += slot.requests;
+            total.1 += slot.errors;
+            for (sum, count) in total.2.iter_mut().zip(slot.buckets) {
+                *sum += count;
+            }
+        }
+        total
+    }
+
+    /// The 95th percentile of latency over the window, in milliseconds, estimated from the
+    /// buckets as `histogram_quantile` does (linear within a bucket).
+    pub fn p95_ms(&self, now: DateTime<Utc>, window_ms: u64) -> Option<f64> {
+        let (requests, _, buckets) = self.window(now, window_ms);
+        quantile(0.95, requests, &buckets).map(|seconds| seconds * 1000.0)
+    }
+
+    /// The share of 5xx answers over the window (none below `MIN_REQUESTS` requests).
+    pub fn error_rate(&self, now: DateTime<Utc>, window_ms: u64) -> Option<f64> {
+        let (requests, errors, _) = self.window(now, window_ms);
+        (requests >= MIN_REQUESTS).then(|| errors as f64 / requests as f64)
+    }
+}
+
+fn quantile(q: f64, total: u64, buckets: &[u64; 15]) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut seen = 0u64;
+    for (i, count) in buckets.iter().enumerate() {
+        if (seen + count) as f64 >= rank && *count > 0 {
+            let Some(&upper) = BUCKETS.get(i) else {
+                // Beyond the last bucket: its bound, as Prometheus answers.
+                return Some(*BUCKETS.last().expect("buckets"));
+            };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            return Some(lower + (upper - lower) * (rank - seen as f64) / *count as f64);
+        }
+        seen += count;
+    }
+    Some(*BUCKETS.last().expect("buckets"))
+}
+
+/// A rule's state as `GET /api/v1/admin/alerts` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleState {
+    pub name: String,
+    pub severity: String,
+    /// `inactive`, `pending` or `firing`.
+    pub state: &'static str,
+    /// The latest value (absent without data, e.g. no traffic).
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub unit: &'static str,
+    pub for_seconds: f64,
+    /// Since when the condition holds (pending or firing).
+    pub since: Option<DateTime<Utc>>,
+    pub detail: Option<String>,
+    pub enabled: bool,
+}
+
+/// A transition to tell people about.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Notification {
+    pub alert: String,
+    pub severity: String,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub unit: &'static str,
+    pub summary: String,
+    pub at: DateTime<Utc>,
+}
+
+pub fn unit(rule: &str) -> &'static str {
+    match rule {
+        "api_latency" | "api_latency_warning" => "ms",
+        "queue_lag" | "backup" => "s",
+        _ => "ratio",
+    }
+}
+
+fn describe(rule: &str) -> &'static str {
+    match rule {
+        "api_latency" | "api_latency_warning" => "p95 API latency",
+        "error_rate" => "share of API requests answered 5xx",
+        "db_pool" => "share of database connections in use",
+        "disk" => "share of the data directory's disk in use",
+        "memory" => "share of the memory limit in use",
+        "queue_lag" => "wait of the oldest runnable job",
+        "backup" => "age of the latest successful backup",
+        _ => "value",
+    }
+}
+
+/// The rules and their states.
+pub struct Alerts {
+    states: Mutex<Vec<(AlertRule, RuleState)>>,
+    unsent: Mutex<Vec<Notification>>,
+    pub traffic: Traffic,
+}
+
+/// A measured value with an optional explanation (e.g. why a backup counts as late).
+pub type Value = (Option<f64>, Option<String>);
+
+impl Alerts {
+    pub fn new(rules: &[AlertRule]) -> Alerts {
+        let states = rules
+            .iter()
+            .map(|rule| {
+                let state = RuleState {
+                    name: rule.name.clone(),
+                    severity: rule.severity.clone(),
+                    state: "inactive",
+                    value: None,
+                    threshold: rule.threshold,
+                    unit: unit(&rule.name),
+                    for_seconds: rule.for_ms as f64 / 1000.0,
+                    since: None,
+                    detail: None,
+                    enabled: rule.enabled,
+                };
+                (rule.clone(), state)
+            })
+            .collect();
+        Alerts {
+            states: Mutex::new(states),
+            unsent: Mutex::new(vec![]),
+            traffic: Traffic::default(),
+        }
+    }
+
+    pub fn rules(&self) -> Vec<AlertRule> {
+        self.states
+            .lock()
+            .expect("alerts lock")
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    pub fn states(&self) -> Vec<RuleState> {
+        self.states
+            .lock()
+            .expect("alerts lock")
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Moves every rule on with its value (`value` gives `None` for a rule this instance does
+    /// not evaluate, which leaves it as it is): the notifications to send.
+    pub fn step(&self, now: DateTime<Utc>, value: impl Fn(&AlertRule) -> Option<Value>) -> Vec<Notification> {
+        let mut notifications = vec![];
+        let mut states = self.states.lock().expect("alerts lock");
+        for (rule, state) in states.iter_mut().filter(|(rule, _)| rule.enabled) {
+            let Some((measured, detail)) = value(rule) else {
+                continue;
+            };
+            state.value = measured.filter(|v| v.is_finite());
+            state.detail = detail;
+            let holds = measured.is_some_and(|v| v > rule.threshold);
+            let held_for = |since: DateTime<Utc>| (now - since).num_milliseconds() >= rule.for_ms as i64;
+            let next = match (state.state, holds) {
+                ("inactive", true) if rule.for_ms == 0 => Some(("firing", Some(now))),
+                ("inactive", true) => Some(("pending", Some(now))),
+                ("pending", true) if state.since.is_some_and(held_for) => Some(("firing", state.since)),
+                ("pending", false) | ("firing", false) => Some(("inactive", None)),
+                _ => None,
+            };
+            if let Some((to, since)) = next {
+                let from = state.state;
+                state.state = to;
+                state.since = since;
+                let told = match (from, to) {
+                    (_, "firing") => Some("firing"),
+                    ("firing", "inactive") => Some("resolved"),
+                    _ => None,
+                };
+                if let Some(told) = told {
+                    let value = match state.value {
+                        Some(v) => format!("{v:.3} {}", state.unit),
+                        None => "no value".into(),
+                    };
+                    let mut summary = format!(
+                        "{} {}: {} is {value} (threshold {} {})",
+                        rule.severity.to_uppercase(),
+                        rule.name,
+                        describe(&rule.name),
+                        rule.threshold,
+                        state.unit
+                    );
+                    if let Some(detail) = &state.detail {
+                        summary.push_str(&format!("; {detail}"));
+                    }
+                    if told == "resolved" {
+                        summary = format!("RESOLVED {}: {} is back to {value}", rule.name, describe(&rule.name));
+                    }
+                    notifications.push(Notification {
+                        alert: rule.name.clone(),
+                        severity: rule.severity.clone(),
+                        state: told,
+                        value: state.value,
+                        threshold: rule.threshold,
+                        unit: state.unit,
+                        summary,
+                        at: now,
+                    });
+                }
+            }
+        }
+        notifications
+    }
+
+    /// Sends notifications (and those a failed channel left) to every channel; what fails is
+    /// kept for the next evaluation.
+    pub async fn notify(&self, state: &crate::AppState, fresh: Vec<Notification>) {
+        let mut queue = std::mem::take(&mut *self.unsent.lock().expect("alerts lock"));
+        queue.extend(fresh);
+        if queue.is_empty() {
+            return;
+        }
+        let config = &state.config.alerts;
+        let mut failed = vec![];
+        for notification in queue {
+            let mut ok = true;
+            for url in &config.webhook_urls {
+                let sent = send_webhook(&url.0, &notification, &state.schema.app.name).await;
+                ok &= record(state, "webhook", sent, &notification);
+            }
+            if !config.email_to.is_empty() {
+                let sent = match &state.jobs.config().smtp {
+                    Some(smtp) => {
+                        let subject = format!("[keel {}] {}", state.schema.app.name, notification.summary);
+                        let text = format!(
+                            "{}\n\nAlert: {}\nSeverity: {}\nState: {}\nAt: {}\n",
+                            notification.summary,
+                            notification.alert,
+                            notification.severity,
+                            notification.state,
+                            notification.at.to_rfc3339()
+                        );
+                        keel_jobs::handlers::email::send_plain(smtp, &config.email_to, &subject, &text).await
+                    }
+                    None => Err("alerts.email_to is set but smtp.host is not".to_string()),
+                };
+                ok &= record(state, "email", sent, &notification);
+            }
+            if !ok {
+                failed.push(notification);
+            }
+        }
+        let mut unsent = self.unsent.lock().expect("alerts lock");
+        unsent.extend(failed);
+        let excess = unsent.len().saturating_sub(MAX_UNSENT);
+        unsent.drain(..excess);
+    }
+}
+
+fn record(
+    state: &crate::AppState,
+    channel: &'static str,
+    sent: Result<(), String>,
+    notification: &Notification,
+) -> bool {
+    let result = if sent.is_ok() { "sent" } else { "failed" };
+    state.metrics.counter(
+        "keel_alert_notifications_total",
+        &[("channel", channel.to_string()), ("result", result.to_string())],
+        1,
+    );
+    if let Err(error) = &sent {
+        tracing::warn!(channel, alert = %notification.alert, %error, "an alert notification failed; retrying at the next evaluation");
+    }
+    sent.is_ok()
+}
+
+/// Slack-compatible JSON: `text` for Slack, Mattermost and the like, and the fields for
+/// anything else.
+async fn send_webhook(url: &str, notification: &Notification, app: &str) -> Result<(), String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client")
+    });
+    let mut body = serde_json::to_value(notification).expect("a notification serialises");
+    body["text"] = serde_json::json!(format!("[keel {app}] {}", notification.summary));
+    body["app"] = serde_json::json!(app);
+    let response = client.post(url).json(&body).send().await.map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("the webhook answered {}", response.status()))
+    }
+}
+
+/// Measures every rule's value now and moves the rules on; then notifies.
+pub async fn evaluate(state: &crate::AppState) {
+    let now = Utc::now();
+    let leader = state.jobs.is_leader();
+    let pool = state.db.pool_state();
+    let disk = crate::system::disk(&state.config.app.data_dir).map(|d| d.used_ratio());
+    let memory = match (crate::system::resident_memory(), crate::system::memory_limit()) {
+        (Some(rss), Some(limit)) if limit > 0 => Some(rss as f64 / limit as f64),
+        _ => None,
+    };
+    let queue_lag = if leader {
+        tokio::time::timeout(Duration::from_secs(2), crate::routes::jobs::queue_stats(state))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|stats| stats.iter().map(|q| q.oldest_available_seconds).fold(0.0, f64::max))
+    } else {
+        None
+    };
+    let backup = if leader {
+        tokio::time::timeout(Duration::from_secs(2), keel_store::backups::backup_status(&state.db))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|(success, last)| backup_value(now, success, last, state.started.elapsed()))
+    } else {
+        None
+    };
+    let notifications = state.alerts.step(now, |rule| match rule.name.as_str() {
+        "api_latency" | "api_latency_warning" => Some((state.alerts.traffic.p95_ms(now, rule.window_ms), None)),
+        "error_rate" => Some((state.alerts.traffic.error_rate(now, rule.window_ms), None)),
+        "db_pool" => Some(((pool.max > 0).then(|| pool.in_use as f64 / pool.max as f64), None)),
+        "disk" => Some((disk, None)),
+        "memory" => Some((memory, None)),
+        "queue_lag" => queue_lag.map(|lag| (Some(lag), None)),
+        "backup" => backup.clone(),
+        _ => None,
+    });
+    for rule in state.alerts.states() {
+        let firing = if rule.state == "firing" { 1.0 } else { 0.0 };
+        state.metrics.gauge(
+            "keel_alerts_firing",
+            &[("alert", rule.name.clone()), ("severity", rule.severity.clone())],
+            firing,
+        );
+    }
+    for notification in &notifications {
+        tracing::warn!(alert = %notification.alert, state = notification.state, summary = %notification.summary, "alert");
+    }
+    state.alerts.notify(state, notifications).await;
+}
+
+/// The backup rule's value: the latest success's age in seconds; infinite when the latest
+/// run failed; the instance's uptime when no backup ever succeeded.
+pub fn backup_value(
+    now: DateTime<Utc>,
+    success: Option<keel_store::backups::BackupRun>,
+    last: Option<keel_store::backups::BackupRun>,
+    uptime: Duration,
+) -> Value {
+    if let Some(failed) = last.as_ref().filter(|run| run.state == "failed") {
+        let error = failed.error.clone().unwrap_or_default();
+        return (Some(f64::INFINITY), Some(format!("the latest backup failed: {error}")));
+    }
+    match success {
+        Some(run) => {
+            let finished = run.finished_at.unwrap_or(run.started_at);
+            let age = (now - finished).num_milliseconds() as f64 / 1000.0;
+            (Some(age), Some(format!("latest backup {}", run.name)))
+        }
+        None => (Some(uptime.as_secs_f64()), Some("no backup has succeeded yet".into())),
+    }
+}
+
+/// Runs `evaluate` every `alerts.evaluate_seconds`.
+pub fn spawn(state: crate::AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(state.config.alerts.evaluate_seconds.max(1));
+        loop {
+            tokio::time::sleep(every).await;
+            evaluate(&state).await;
+        }
+    })
+}
+
+/// The same rules as Prometheus alerting rules (YAML), for a Prometheus that scrapes every
+/// instance's `/metrics`.
+pub fn prometheus_rules(rules: &[AlertRule], app: &str) -> String {
+    let api = r#"route=~"/api/.*""#;
+    let mut out = format!(
+        "# Keel's alert rules for the app {app}, as Prometheus alerting rules.\n# Generated by `keel ops prometheus-rules`; check with `promtool check rules FILE`.\ngroups:\n  - name: keel\n    rules:\n"
+    );
+    for rule in rules.iter().filter(|r| r.enabled) {
+        let window = format!("{}s", (rule.window_ms / 1000).max(1));
+        let t = rule.threshold;
+        let expr = match rule.name.as_str() {
+            "api_latency" | "api_latency_warning" => format!(
+                "histogram_quantile(0.95, sum by (le) (rate(keel_http_request_duration_seconds_bucket{{{api}}}[{window}]))) > {}",
+                t / 1000.0
+            ),
+            "error_rate" => format!(
+                "(sum(rate(keel_http_requests_total{{{api},status=~\"5..\"}}[{window}])) / sum(rate(keel_http_requests_total{{{api}}}[{window}]))) > {t} and sum(increase(keel_http_requests_total{{{api}}}[{window}])) >= {MIN_REQUESTS}"
+            ),
+            "db_pool" => format!(
+                "keel_db_pool_connections{{state=\"in_use\"}} / ignoring(state) keel_db_pool_max_connections > {t}"
+            ),
+            "disk" => format!("1 - keel_disk_available_bytes / keel_disk_total_bytes > {t}"),
+            "memory" => format!("process_resident_memory_bytes / keel_memory_limit_bytes > {t}"),
+            "queue_lag" => format!("max(keel_jobs_oldest_available_seconds) > {t}"),
+            "backup" => format!(
+                "(time() - max(keel_backup_last_success_timestamp_seconds) > {t}) or (max(keel_backup_last_failed) == 1)"
+            ),
+            _ => continue,
+        };
+        let title: String = rule
+            .name
+            .split('_')
+            .map(|w| {
+                let mut chars = w.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let summary = format!(
+            "{} above {t} {} (docs/OPERATIONS.md, Alerts: {})",
+            describe(&rule.name),
+            unit(&rule.name),
+            rule.name
+        );
+        // Single-quoted YAML scalars: a quote is doubled.
+        let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        out.push_str(&format!(
+            "      - alert: Keel{title}\n        expr: {}\n        for: {}s\n        labels:\n          severity: {}\n          app: {}\n        annotations:\n          summary: {}\n",
+            quoted(&expr),
+            rule.for_ms / 1000,
+            rule.severity,
+            quoted(app),
+            quoted(&summary)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_p95_is_estimated_from_the_buckets_like_histogram_quantile() {
+        let mut buckets = [0u64; 15];
+        // 90 requests at 1–2.5 ms, 10 at 0.5–1 s: the 95th is in the second group.
+        buckets[2] = 90;
+        buckets[10] = 10;
+        let p95 = quantile(0.95, 100, &buckets).unwrap();
+        assert!((p95 - 0.75).abs() < 1e-9, "{p95}");
+        buckets[14] = 100;
+        assert_eq!(quantile(0.95, 200, &buckets), Some(10.0));
+        assert_eq!(quantile(0.95, 0, &[0; 15]), None);
+    }
+}
