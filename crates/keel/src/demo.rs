@@ -629,6 +629,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.log.format = "pretty".into();
     config.log.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,keel=info".into());
     keel_server::init_logging(&config.log);
+    // The examples schedule backups; without a configured key the demo makes its own, in
+    // the data directory (a real deployment keeps it apart from the backups).
+    if config.backup.key.is_none() && config.backup.key_file.is_none() {
+        let key_file = data_dir.join("backup.key");
+        if !key_file.exists() {
+            std::fs::write(&key_file, keel_server::backup::generate_identity().0 + "\n")?;
+        }
+        config.backup.key_file = Some(key_file);
+    }
     let schema =
         keel_server::load_schema(source).map_err(|p| anyhow::anyhow!("example spec problems:\n{}", p.join("\n")))?;
     let db = keel_server::open_database(&config, &schema).await?;
