@@ -332,7 +332,11 @@ impl Backups {
         // The random tail of the v7 id: names of backups taken in one second still differ.
         let name = format!("{}-{}-{}{EXTENSION}", self.app, now.format("%Y%m%dT%H%M%SZ"), &id[20..]);
         let lease = chrono::Duration::seconds(120);
-        if !backups::backup_begin(db, &id, &name, trigger, now, lease).await? {
+        let step = |what: &'static str| move |e: StoreError| BackupError::Failed(format!("{what}: {e}"));
+        if !backups::backup_begin(db, &id, &name, trigger, now, lease)
+            .await
+            .map_err(step("recording the backup's start"))?
+        {
             return Err(BackupError::Busy);
         }
         // The lease is renewed while the backup runs, so file deletes stay deferred until it
@@ -356,7 +360,9 @@ impl Backups {
             files: outcome.as_ref().ok().map(|r| r.files as i64),
             error: error_text.as_deref(),
         };
-        backups::backup_finish(db, &id, record, Utc::now()).await?;
+        backups::backup_finish(db, &id, record, Utc::now())
+            .await
+            .map_err(step("recording the backup's end"))?;
         let mut report = outcome?;
         report.pruned = self.prune().await?;
         report.seconds = started.elapsed().as_secs_f64();
@@ -395,8 +401,16 @@ impl Backups {
                 ("database.sqlite", copy, contents, None, None)
             }
             None => {
-                let mut snapshot = db.pg_snapshot().await?.expect("not SQLite, so PostgreSQL");
-                let contents = snapshot.contents().await?;
+                let failed = |what: &'static str| move |e: StoreError| BackupError::Failed(format!("{what}: {e}"));
+                let mut snapshot = db
+                    .pg_snapshot()
+                    .await
+                    .map_err(failed("opening the snapshot"))?
+                    .expect("not SQLite, so PostgreSQL");
+                let contents = snapshot
+                    .contents()
+                    .await
+                    .map_err(failed("counting the snapshot's rows"))?;
                 let dump = scratch.path().join("database.pgdump");
                 let url = self.database_url.clone().unwrap_or_default();
                 let status = self
@@ -411,7 +425,7 @@ impl Backups {
                     .map_err(|e| BackupError::Failed(format!("cannot run pg_dump: {e} (set backup.pg_bin_dir)")))?;
                 let schema = snapshot.schema.clone();
                 let server_version = snapshot.server_version.clone();
-                snapshot.end().await?;
+                snapshot.end().await.map_err(failed("closing the snapshot"))?;
                 if !status.status.success() {
                     return Err(BackupError::Failed(format!(
                         "pg_dump failed: {}",

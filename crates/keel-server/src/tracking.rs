@@ -67,7 +67,12 @@ impl ErrorTracker {
                 fingerprint,
                 kind: kind.to_string(),
                 route: route.to_string(),
-                message: message.chars().take(MESSAGE_MAX_CHARS).collect(),
+                // PostgreSQL text cannot hold NUL.
+                message: message
+                    .chars()
+                    .take(MESSAGE_MAX_CHARS)
+                    .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+                    .collect(),
                 count: 1,
                 first_seen: now,
                 last_seen: now,

@@ -104,25 +104,28 @@ pub async fn backup_finish(
     outcome: BackupOutcome<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let sql = db.portable(
-        "UPDATE keel_backups SET state = $2, finished_at = $3, size_bytes = CAST($4 AS BIGINT), files = CAST($5 AS BIGINT), error = $6 WHERE id = $1",
-        vec![
-            SqlValue::Text(id.to_string()),
-            SqlValue::Text(if outcome.succeeded { "succeeded" } else { "failed" }.to_string()),
-            SqlValue::Datetime(now),
-            outcome.size_bytes.map(SqlValue::Int).unwrap_or(SqlValue::Null),
-            outcome.files.map(SqlValue::Int).unwrap_or(SqlValue::Null),
-            outcome
-                .error
-                .map(|e| SqlValue::Text(e.chars().take(2000).collect()))
-                .unwrap_or(SqlValue::Null),
-        ],
-    );
-    db.write(&sql).await.map(drop)
+    // Two statements, not NULL parameters: a bound NULL is typed text on PostgreSQL, and a
+    // prepared statement keeps its first parameter types (an integer sent later to a
+    // parameter typed text reads as text with NUL bytes).
+    let mut params = vec![SqlValue::Text(id.to_string()), SqlValue::Datetime(now)];
+    let text = if outcome.succeeded {
+        params.push(SqlValue::Int(outcome.size_bytes.unwrap_or(0)));
+        params.push(SqlValue::Int(outcome.files.unwrap_or(0)));
+        "UPDATE keel_backups SET state = 'succeeded', finished_at = $2, size_bytes = $3, files = $4, error = NULL WHERE id = $1"
+    } else {
+        // PostgreSQL text cannot hold NUL (tool output may).
+        let error: String = outcome
+            .error
+            .unwrap_or("failed")
+            .chars()
+            .take(2000)
+            .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+            .collect();
+        params.push(SqlValue::Text(error));
+        "UPDATE keel_backups SET state = 'failed', finished_at = $2, size_bytes = NULL, files = NULL, error = $3 WHERE id = $1"
+    };
+    db.write(&db.portable(text, params)).await.map(drop)
 }
-
-// (A bound NULL is typed text on PostgreSQL: the casts above give the failed run's NULL
-// sizes their column's type.)
 
 /// Whether a backup is running now (its lease not expired), read on the primary.
 pub async fn backup_running(db: &Db, now: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -136,28 +139,27 @@ pub async fn backup_running(db: &Db, now: DateTime<Utc>) -> Result<bool, StoreEr
 /// The latest runs, newest first.
 pub async fn backup_history(db: &Db, limit: i64) -> Result<Vec<BackupRun>, StoreError> {
     let sql = db.portable(
-        "SELECT id, name, state, trigger, started_at, finished_at, size_bytes, files, error FROM keel_backups \
-         ORDER BY started_at DESC, id DESC LIMIT $1",
+        &format!("SELECT {RUN_COLUMNS} FROM keel_backups ORDER BY started_at DESC, id DESC LIMIT $1"),
         vec![SqlValue::Int(limit)],
     );
-    let rows = db.query_primary(&sql).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let mut cells = row.into_iter();
-            Some(BackupRun {
-                id: cells.next()?.into_text()?,
-                name: cells.next()?.into_text()?,
-                state: cells.next()?.into_text()?,
-                trigger: cells.next()?.into_text()?,
-                started_at: cells.next()?.datetime()?,
-                finished_at: cells.next()?.datetime(),
-                size_bytes: cells.next()?.int(),
-                files: cells.next()?.int(),
-                error: cells.next()?.into_text(),
-            })
-        })
-        .collect())
+    Ok(db.query_primary(&sql).await?.into_iter().filter_map(run_of).collect())
+}
+
+const RUN_COLUMNS: &str = "id, name, state, trigger, started_at, finished_at, size_bytes, files, error";
+
+fn run_of(row: crate::Row) -> Option<BackupRun> {
+    let mut cells = row.into_iter();
+    Some(BackupRun {
+        id: cells.next()?.into_text()?,
+        name: cells.next()?.into_text()?,
+        state: cells.next()?.into_text()?,
+        trigger: cells.next()?.into_text()?,
+        started_at: cells.next()?.datetime()?,
+        finished_at: cells.next()?.datetime(),
+        size_bytes: cells.next()?.int(),
+        files: cells.next()?.int(),
+        error: cells.next()?.into_text(),
+    })
 }
 
 /// The latest successful run and the latest finished run (which may be the same).
@@ -165,29 +167,14 @@ pub async fn backup_status(db: &Db) -> Result<(Option<BackupRun>, Option<BackupR
     let latest = |state: &str| {
         db.portable(
             &format!(
-                "SELECT id, name, state, trigger, started_at, finished_at, size_bytes, files, error FROM keel_backups \
-                 WHERE state {state} ORDER BY started_at DESC, id DESC LIMIT 1"
+                "SELECT {RUN_COLUMNS} FROM keel_backups WHERE state {state} ORDER BY started_at DESC, id DESC LIMIT 1"
             ),
             vec![],
         )
     };
     let mut found = vec![];
     for sql in [latest("= 'succeeded'"), latest("<> 'running'")] {
-        let row = db.query_primary(&sql).await?.into_iter().next();
-        found.push(row.and_then(|row| {
-            let mut cells = row.into_iter();
-            Some(BackupRun {
-                id: cells.next()?.into_text()?,
-                name: cells.next()?.into_text()?,
-                state: cells.next()?.into_text()?,
-                trigger: cells.next()?.into_text()?,
-                started_at: cells.next()?.datetime()?,
-                finished_at: cells.next()?.datetime(),
-                size_bytes: cells.next()?.int(),
-                files: cells.next()?.int(),
-                error: cells.next()?.into_text(),
-            })
-        }));
+        found.push(db.query_primary(&sql).await?.into_iter().next().and_then(run_of));
     }
     let last = found.pop().flatten();
     Ok((found.pop().flatten(), last))

@@ -394,21 +394,18 @@ fn backup_keygen_run_list_verify_and_restore() {
     let restored = dir.path().join("restored");
     let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
     assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
-    let user = keel()
-        .args([
+    let create_ann = |data: &Path| {
+        let args = [
             "users",
             "create",
             "--email",
             "ann@example.com",
             "--password",
             "a long passphrase",
-        ])
-        .arg("--spec")
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+        ];
+        on_app(&args, &spec, data, &[])
+    };
+    let user = create_ann(&data);
     assert!(user.status.success(), "{}", String::from_utf8_lossy(&user.stderr));
 
     let keygen = keel().args(["backup", "keygen"]).output().unwrap();
@@ -451,21 +448,7 @@ fn backup_keygen_run_list_verify_and_restore() {
     let restore = run(&restored, &["restore", "latest", "--quiet"]);
     assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
     // The restored copy holds the user: creating her again is refused.
-    let again = keel()
-        .args([
-            "users",
-            "create",
-            "--email",
-            "ann@example.com",
-            "--password",
-            "a long passphrase",
-        ])
-        .arg("--spec")
-        .arg(&spec)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
+    let again = create_ann(&restored);
     assert!(!again.status.success());
     let refused = run(&restored, &["restore", &name, "--quiet"]);
     assert!(!refused.status.success());

@@ -222,7 +222,9 @@ async fn alerts_fire_and_resolve_through_the_app(backend: Backend) {
     let mut config = state.config.clone();
     config.backup.key = Some(keel_server::config::Secret(keel_server::backup::generate_identity().0));
     let backups = keel_server::backup::Backups::new(&config, &state.schema.app.backup, "alerting").unwrap();
-    backups.run(app.db(), state.storage.clone(), "manual").await.unwrap();
+    if let Err(error) = backups.run(app.db(), state.storage.clone(), "manual").await {
+        panic!("{error:?}");
+    }
     keel_store::jobs::queue_pause(app.db(), "default", false).await.unwrap();
     // The errors leave the 2-second window (slots are whole seconds).
     tokio::time::sleep(Duration::from_millis(3100)).await;
