@@ -268,11 +268,6 @@ pub async fn protect(State(state): State<AppState>, mut request: Request, next: 
     let keys = protection.keys(class, ip, caller.as_deref(), org);
     let decision = state.shared.gcra_many(&protection.local, &keys).await;
     let store = if decision.shared { "redis" } else { "local" };
-    if state.shared.enabled() {
-        // 0 while Redis is down and each instance limits on its own.
-        let shared = if decision.shared { 1.0 } else { 0.0 };
-        state.metrics.gauge("keel_rate_limit_shared", &[], shared);
-    }
     if !decision.allowed {
         state.metrics.counter(
             "keel_rate_limited_total",

@@ -235,14 +235,30 @@ pub async fn session_insert(
     Ok(id)
 }
 
-/// The principal behind a token hash: a live session, else a live API key.
+/// The principal behind a token hash: a live session, else a live API key. A token a
+/// replica does not know yet (a session created a moment ago, within the replica's lag) is
+/// looked up again on the primary, so a new login is never refused.
 pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+    match token_lookup(db, token_hash, false).await? {
+        None if db.has_replicas() => token_lookup(db, token_hash, true).await,
+        found => Ok(found),
+    }
+}
+
+async fn token_lookup(db: &Db, token_hash: &str, primary: bool) -> Result<Option<Principal>, StoreError> {
+    let read = async |sql: &keel_query::Sql| -> Result<Option<crate::Row>, StoreError> {
+        if primary {
+            Ok(db.query_primary(sql).await?.into_iter().next())
+        } else {
+            db.query_one(sql).await
+        }
+    };
     let at = SqlValue::Datetime(now());
     let session = db.portable(
         &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
         vec![SqlValue::Text(token_hash.to_string()), at.clone()],
     );
-    if let Some(row) = db.query_one(&session).await? {
+    if let Some(row) = read(&session).await? {
         let user = user_from(&row)?;
         let session = row[5].uuid().ok_or_else(|| bad_row("session"))?;
         let expires_at = row[6].datetime().ok_or_else(|| bad_row("session"))?;
@@ -256,7 +272,7 @@ pub async fn principal_by_token(db: &Db, token_hash: &str) -> Result<Option<Prin
         &format!("SELECT {KEY_COLUMNS} FROM keel_api_keys k WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)"),
         vec![SqlValue::Text(token_hash.to_string()), at],
     );
-    match db.query_one(&key).await? {
+    match read(&key).await? {
         Some(row) => Ok(Some(Principal::ApiKey(key_from(&row)?))),
         None => Ok(None),
     }

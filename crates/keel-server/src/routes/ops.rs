@@ -315,6 +315,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state
             .metrics
             .gauge("keel_redis_up", &[], if state.shared.healthy() { 1.0 } else { 0.0 });
+        if state.config.server.rate_limits {
+            // 0 while Redis is down and each instance limits on its own (set here, at the
+            // scrape, rather than on every limited request).
+            state.metrics.gauge(
+                "keel_rate_limit_shared",
+                &[],
+                if state.shared.healthy() { 1.0 } else { 0.0 },
+            );
+        }
     }
     queue_gauges(&state).await;
     backup_gauges(&state).await;

@@ -66,6 +66,11 @@ async fn reads_use_the_replica_unless_writes_or_lag_say_otherwise() {
 
     // A replica that falls behind is skipped: pause its replay, write, and wait past the lag bound.
     cluster.replica_sql("SELECT pg_wal_replay_pause()");
+    // A session the replica has not replayed yet is found on the primary: a new login works
+    // at once, though the replica still counts as healthy.
+    let (_, fresh) = app.signup("b@example.com").await;
+    let me = app.get("/api/v1/auth/me", &fresh).await;
+    assert_eq!(me.status, 200, "{}", me.text);
     app.post("/api/v1/orgs/acme/projects", &token, json!({"name": "second"}))
         .await;
     tokio::time::sleep(Duration::from_millis(1_300)).await;
