@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::hex;
 use crate::storage::Storage;
 
 pub use retention::Retention;
@@ -248,14 +249,7 @@ impl Backups {
             }
             (None, None) => None,
         };
-        let scratch = match config.location() {
-            keel_store::Location::Sqlite(path) => path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
-            keel_store::Location::Postgres { .. } => std::env::temp_dir(),
-        };
+        let scratch = scratch_beside(&RestoreTarget::of(config));
         Ok(Backups {
             store,
             prefix,
@@ -547,14 +541,7 @@ impl Backups {
             Err(object_store::Error::NotFound { .. }) => return Err(BackupError::NotFound(name.to_string())),
             Err(error) => return Err(error.into()),
         };
-        let scratch_dir = match target {
-            RestoreTarget::Sqlite(path) => path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
-            RestoreTarget::Postgres { .. } => std::env::temp_dir(),
-        };
+        let scratch_dir = scratch_beside(target);
         std::fs::create_dir_all(&scratch_dir)?;
         let scratch = tempfile::Builder::new()
             .prefix(".keel-restore-")
@@ -737,6 +724,19 @@ pub fn job_handler(
     })
 }
 
+/// Where a database copy waits: beside the SQLite file (same filesystem, so the restore
+/// can rename it into place), or the temporary directory for PostgreSQL.
+fn scratch_beside(target: &RestoreTarget) -> PathBuf {
+    match target {
+        RestoreTarget::Sqlite(path) => path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        RestoreTarget::Postgres { .. } => std::env::temp_dir(),
+    }
+}
+
 /// The time a backup's name records, if it is one of `app`'s.
 pub fn parse_name(name: &str, app: &str) -> Option<DateTime<Utc>> {
     let stem = name.strip_suffix(EXTENSION)?.strip_prefix(app)?.strip_prefix('-')?;
@@ -750,7 +750,7 @@ pub fn parse_name(name: &str, app: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The same server URL with another database.
-fn with_database(url: &str, database: &str) -> Result<String, BackupError> {
+pub fn with_database(url: &str, database: &str) -> Result<String, BackupError> {
     let mut parsed = url::Url::parse(url).map_err(|e| BackupError::Failed(format!("database.url: {e}")))?;
     parsed.set_path(&format!("/{database}"));
     Ok(parsed.to_string())
@@ -766,10 +766,6 @@ async fn hash_file(path: &Path) -> Result<(u64, String), BackupError> {
     })
     .await
     .map_err(|e| BackupError::Failed(e.to_string()))?
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes into an object-store upload from a blocking thread.

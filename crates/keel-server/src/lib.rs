@@ -36,6 +36,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use config::Config;
 pub use state::{AppState, Metrics};
 
+/// Lowercase hex of bytes (digests, as stored in `keel_files.sha256`).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Loads and checks a spec file: spec problems and rule problems together, with lines.
 pub fn load_schema(source: &str) -> Result<Schema, Vec<String>> {
     let app = keel_spec::parse_app(source).map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;

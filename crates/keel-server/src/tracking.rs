@@ -145,7 +145,7 @@ pub fn fingerprint(kind: &str, route: &str, message: &str) -> String {
     }
     flush(&mut word, &mut normalized);
     let digest = Sha256::digest(format!("{kind}\n{route}\n{normalized}"));
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&digest[..8])
 }
 
 /// A Sentry-compatible endpoint from a DSN (`https://KEY@HOST[/PATH]/PROJECT`), sent to with

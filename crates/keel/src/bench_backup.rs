@@ -214,13 +214,7 @@ async fn write_files(db: &keel_store::Db, storage: &Storage, count: u64, kib: u6
         let mut writer = storage.writer(&key).await?;
         writer.write(&body);
         writer.finish().await?;
-        let sha256 = {
-            use sha2::Digest;
-            sha2::Sha256::digest(&body)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
+        let sha256 = keel_server::hex(&<sha2::Sha256 as sha2::Digest>::digest(&body));
         keel_store::files::file_insert(
             &mut tx,
             &keel_store::files::StoredFile {
@@ -322,9 +316,7 @@ async fn baseline(config: &keel_server::Config, dir: &std::path::Path, round: us
 }
 
 fn scratch_url(url: &str, database: &str) -> Result<String> {
-    let mut parsed = url::Url::parse(url)?;
-    parsed.set_path(&format!("/{database}"));
-    Ok(parsed.to_string())
+    Ok(keel_server::backup::with_database(url, database)?)
 }
 
 async fn scratch_target(config: &keel_server::Config, dir: &std::path::Path, round: usize) -> Result<RestoreTarget> {

@@ -377,7 +377,7 @@ pub async fn upload(
     }
     writer.finish().await.map_err(ApiError::internal)?;
     let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
-    let sha256: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = crate::hex(&hasher.finalize());
     let now = truncate_micros(Utc::now());
     let meta = json!({
         "id": file_id,
