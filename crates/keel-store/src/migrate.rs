@@ -90,7 +90,7 @@ fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'stati
 }
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 5;
+pub const SYSTEM_VERSION: i64 = 6;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -141,6 +141,14 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         steps.push(Step {
             description: "create the backup runs, the deferred deletes and the error groups (system version 5)".into(),
             statements,
+            destructive: false,
+        });
+    }
+    if from < 6 {
+        // The collections' search indexes move to external content in `plan` (SQLite).
+        steps.push(Step {
+            description: "full-text search without a copy of the text (system version 6)".into(),
+            statements: vec!["UPDATE keel_system SET version = 6 WHERE id = 1".to_string()],
             destructive: false,
         });
     }
@@ -436,32 +444,42 @@ fn create_search(dialect: Dialect, collection: &Collection) -> Vec<String> {
             )]
         }
         Dialect::Sqlite => {
-            // A standalone FTS5 table whose rowid is the record's rowid, kept in step by
-            // triggers: searches join on it and deletes find their row by it (not by a scan).
-            // Rowids are stable because Keel never runs VACUUM on a live database.
+            // An FTS5 index over the record table itself (external content: it keeps no copy
+            // of the text), keyed by the record's rowid and kept in step by triggers: searches
+            // join on the rowid and deletes find their entries by it (not by a scan). A
+            // delete hands FTS5 the old text, which it tokenizes to remove exactly the
+            // entries it indexed; updates that leave the searched fields alone do not touch
+            // it. Rowids are stable because Keel never runs VACUUM on a live database.
             let fts = ident(&format!("{table}_fts"));
             let quoted = ident(&table);
             let columns: Vec<String> = fields.iter().map(|f| ident(f)).collect();
-            let new_values: Vec<String> = fields.iter().map(|f| format!("new.{}", ident(f))).collect();
+            let values = |row: &str| -> String {
+                fields
+                    .iter()
+                    .map(|f| format!("{row}.{}", ident(f)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let list = columns.join(", ");
+            let (old, new) = (values("old"), values("new"));
+            let remove = format!("INSERT INTO {fts} ({fts}, rowid, {list}) VALUES ('delete', old.rowid, {old});");
+            let add = format!("INSERT INTO {fts} (rowid, {list}) VALUES (new.rowid, {new});");
             vec![
                 format!(
-                    "CREATE VIRTUAL TABLE {fts} USING fts5(id UNINDEXED, {list}, tokenize = 'unicode61 remove_diacritics 2')"
+                    "CREATE VIRTUAL TABLE {fts} USING fts5({list}, content = {quoted}, content_rowid = 'rowid', tokenize = 'unicode61 remove_diacritics 2')"
                 ),
-                format!("INSERT INTO {fts} (rowid, id, {list}) SELECT rowid, id, {list} FROM {quoted}"),
+                format!("INSERT INTO {fts} ({fts}) VALUES ('rebuild')"),
                 format!(
-                    "CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN INSERT INTO {fts} (rowid, id, {list}) VALUES (new.rowid, new.id, {}); END",
-                    ident(&format!("{table}_fts_insert")),
-                    new_values.join(", ")
+                    "CREATE TRIGGER {} AFTER INSERT ON {quoted} BEGIN {add} END",
+                    ident(&format!("{table}_fts_insert"))
                 ),
                 format!(
-                    "CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN DELETE FROM {fts} WHERE rowid = old.rowid; END",
+                    "CREATE TRIGGER {} AFTER DELETE ON {quoted} BEGIN {remove} END",
                     ident(&format!("{table}_fts_delete"))
                 ),
                 format!(
-                    "CREATE TRIGGER {} AFTER UPDATE ON {quoted} BEGIN DELETE FROM {fts} WHERE rowid = old.rowid; INSERT INTO {fts} (rowid, id, {list}) VALUES (new.rowid, new.id, {}); END",
-                    ident(&format!("{table}_fts_update")),
-                    new_values.join(", ")
+                    "CREATE TRIGGER {} AFTER UPDATE OF {list} ON {quoted} BEGIN {remove} {add} END",
+                    ident(&format!("{table}_fts_update"))
                 ),
             ]
         }
@@ -525,14 +543,24 @@ pub fn plan(
             .iter()
             .filter(|c| !c.system && app.collection(&c.name).is_some())
         {
-            let mut statements = add_batch_column(dialect, old);
-            if dialect == Dialect::Sqlite {
-                // Search rows keyed by the record's rowid (they were numbered on their own).
-                statements.extend(drop_search(dialect, old));
-                statements.extend(create_search(dialect, old));
-            }
             steps.push(Step {
                 description: format!("add the import batch column to {}", old.name),
+                statements: add_batch_column(dialect, old),
+                destructive: false,
+            });
+        }
+    }
+    if system_version < 6 && dialect == Dialect::Sqlite {
+        // Search entries keyed by the record's rowid (before version 3 they were numbered on
+        // their own), over the record table instead of a copy of its text (version 6).
+        for old in old_collections
+            .iter()
+            .filter(|c| c.has_search() && app.collection(&c.name).is_some())
+        {
+            let mut statements = drop_search(dialect, old);
+            statements.extend(create_search(dialect, old));
+            steps.push(Step {
+                description: format!("rebuild the full-text search of {} over its own table", old.name),
                 statements,
                 destructive: false,
             });

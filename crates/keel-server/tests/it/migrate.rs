@@ -177,10 +177,105 @@ async fn serve_refuses_pending_migrations(backend: Backend) {
     assert!(keel_server::open_database(&config, &schema(V1)).await.is_ok());
 }
 
+/// A database from before system version 6 (SQLite's search index kept its own copy of the
+/// text, with the record id) is brought to an index over the record table, and searches,
+/// updates and deletes keep working on it.
+async fn search_index_upgrades_from_version_5(backend: Backend) {
+    let database = TestDb::new(backend).await;
+    let db = database.connect().await;
+    migrate::apply(&db, &schema(V1), false).await.unwrap();
+    let org = keel_store::system::org_insert(&db, "acme", "Acme", None, "owner")
+        .await
+        .unwrap()
+        .id;
+    let kept = insert_note(&db, org).await;
+    let v2 = schema(V2);
+    migrate::apply(&db, &v2, false).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    if backend == Backend::Sqlite {
+        // The version-5 layout, as that migration created it.
+        tx.execute_script(
+            "DROP TRIGGER notes_fts_insert; DROP TRIGGER notes_fts_delete; DROP TRIGGER notes_fts_update; DROP TABLE notes_fts;
+             CREATE VIRTUAL TABLE notes_fts USING fts5(id UNINDEXED, title, tokenize = 'unicode61 remove_diacritics 2');
+             INSERT INTO notes_fts (rowid, id, title) SELECT rowid, id, title FROM notes;
+             CREATE TRIGGER notes_fts_insert AFTER INSERT ON notes BEGIN INSERT INTO notes_fts (rowid, id, title) VALUES (new.rowid, new.id, new.title); END;
+             CREATE TRIGGER notes_fts_delete AFTER DELETE ON notes BEGIN DELETE FROM notes_fts WHERE rowid = old.rowid; END;
+             CREATE TRIGGER notes_fts_update AFTER UPDATE ON notes BEGIN DELETE FROM notes_fts WHERE rowid = old.rowid; INSERT INTO notes_fts (rowid, id, title) VALUES (new.rowid, new.id, new.title); END;",
+        )
+        .await
+        .unwrap();
+    }
+    tx.execute_script("UPDATE keel_system SET version = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let plan = migrate::plan_for(&db, &v2).await.unwrap();
+    let sql = plan.to_sql();
+    assert!(sql.contains("system version 6"), "{sql}");
+    assert_eq!(
+        sql.contains("rebuild the full-text search of notes"),
+        backend == Backend::Sqlite,
+        "{sql}"
+    );
+    migrate::apply(&db, &v2, false).await.unwrap();
+    assert!(migrate::plan_for(&db, &v2).await.unwrap().is_empty());
+    let version = db
+        .query_one(&db.portable("SELECT version FROM keel_system", vec![]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(version[0].int(), Some(migrate::SYSTEM_VERSION));
+    if backend == Backend::Sqlite {
+        let found = |word: &str| {
+            let sql = db.portable(
+                "SELECT n.id FROM notes n WHERE n.rowid IN (SELECT rowid FROM notes_fts WHERE notes_fts MATCH $1)",
+                vec![SqlValue::Text(word.into())],
+            );
+            let db = &db;
+            async move {
+                db.query(&sql)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|row| row[0].uuid())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            found("kept").await,
+            vec![kept],
+            "rows from before the upgrade are found"
+        );
+        let columns = db
+            .query(&db.portable("SELECT name FROM pragma_table_info('notes_fts')", vec![]))
+            .await
+            .unwrap();
+        assert_eq!(columns.len(), 1, "only the searched field: no copy of the id");
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_script(
+            "UPDATE notes SET title = 'moved' WHERE title = 'kept'; UPDATE notes SET score = 3;
+             INSERT INTO notes_fts (notes_fts, rank) VALUES ('integrity-check', 1);",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert!(found("kept").await.is_empty());
+        assert_eq!(found("moved").await, vec![kept]);
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_script("DELETE FROM notes; INSERT INTO notes_fts (notes_fts, rank) VALUES ('integrity-check', 1);")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(found("moved").await.is_empty());
+    }
+}
+
 both!(
     plans_apply_and_record,
     refuses_what_it_cannot_do,
-    serve_refuses_pending_migrations
+    serve_refuses_pending_migrations,
+    search_index_upgrades_from_version_5
 );
 
 async fn every_example_app_migrates(backend: Backend) {

@@ -546,18 +546,21 @@ async fn fields_expand_and_no_n_plus_one(backend: Backend) {
 
 async fn full_text_search(backend: Backend) {
     let (app, owner, project) = setup(backend).await;
+    let mut ids = vec![];
     for title in [
         "Renew driver licence",
         "Quarterly audit",
         "Audit the fleet",
         "licence plates",
     ] {
-        app.post(
-            "/api/v1/orgs/acme/tasks",
-            &owner,
-            json!({"project": project, "title": title}),
-        )
-        .await;
+        let created = app
+            .post(
+                "/api/v1/orgs/acme/tasks",
+                &owner,
+                json!({"project": project, "title": title}),
+            )
+            .await;
+        ids.push(created.body["id"].as_str().unwrap().to_string());
     }
     let search = |q: &'static str| {
         let app = &app;
@@ -594,6 +597,63 @@ async fn full_text_search(backend: Backend) {
     );
     let no_search = app.get("/api/v1/global/countries?q=x", &owner).await;
     assert_eq!(no_search.code(), "search_not_enabled");
+
+    // The index follows every write: a searched field changed, another field changed, a
+    // record deleted, and its project's cascade.
+    let renamed = app
+        .patch(
+            &format!("/api/v1/orgs/acme/tasks/{}", ids[1]),
+            &owner,
+            json!({"title": "Quarterly review"}),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    let status = app
+        .patch(
+            &format!("/api/v1/orgs/acme/tasks/{}", ids[2]),
+            &owner,
+            json!({"status": "done"}),
+        )
+        .await;
+    assert_eq!(status.status, 200, "{}", status.text);
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/tasks/{}", ids[3]), &owner)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(search("audit").await, vec!["Audit the fleet"]);
+    assert_eq!(search("review").await, vec!["Quarterly review"]);
+    assert_eq!(search("licence").await, vec!["Renew driver licence"]);
+    assert_eq!(search("plates").await, Vec::<String>::new());
+    assert_search_intact(&app, "tasks").await;
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/projects/{project}"), &owner)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        search("audit").await,
+        Vec::<String>::new(),
+        "cascaded deletes leave the index"
+    );
+    assert_search_intact(&app, "tasks").await;
+}
+
+/// On SQLite, FTS5's own check that the search index matches the text of the table it
+/// indexes (PostgreSQL's index is maintained by the database itself).
+async fn assert_search_intact(app: &TestApp, table: &str) {
+    if let keel_store::Db::Sqlite(_) = app.db() {
+        let fts = format!("{table}_fts");
+        app.db()
+            .write(&app.db().portable(
+                &format!("INSERT INTO \"{fts}\" (\"{fts}\", rank) VALUES ('integrity-check', 1)"),
+                vec![],
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("the search index of {table} disagrees with its table: {e}"));
+    }
 }
 
 async fn aggregates_group_and_measure(backend: Backend) {
