@@ -180,45 +180,49 @@ fn columns(setup: &Setup) -> Vec<String> {
     columns
 }
 
-/// The database's own bulk path on a fresh database: seconds for `rows` rows.
-async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
-    let batch = Uuid::now_v7();
+/// The rows as a file in `COPY`'s CSV format, every column already resolved.
+fn write_raw_csv(path: &Path, setup: &Setup, rows: u64, batch: Uuid, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for i in 0..rows {
+        let values = raw_row(i, setup, batch, now);
+        let cells: Vec<String> = values
+            .iter()
+            .map(|v| match v {
+                SqlValue::Null => String::new(),
+                SqlValue::Int(n) => n.to_string(),
+                SqlValue::Float(f) => f.to_string(),
+                SqlValue::Text(s) => quoted(s),
+                SqlValue::Uuid(u) => u.to_string(),
+                SqlValue::Date(d) => d.to_string(),
+                SqlValue::Datetime(d) => keel_query::value::format_datetime(d),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        writeln!(out, "{}", cells.join(","))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Loads the rows, every column resolved, into `table` (PostgreSQL: `COPY … FORMAT csv`;
+/// SQLite: a prepared-insert loop) in one transaction; seconds.
+async fn load_raw(setup: &Setup, table: &str, rows: u64, dir: &Path, batch: Uuid) -> Result<f64> {
     let now = keel_query::value::truncate_micros(chrono::Utc::now());
     let columns = columns(setup);
     match &setup.db {
         Db::Postgres(_) => {
-            // COPY's own CSV format, with every column already resolved.
             let path = dir.join("raw.csv");
-            {
-                let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-                for i in 0..rows {
-                    let values = raw_row(i, setup, batch, now);
-                    let cells: Vec<String> = values
-                        .iter()
-                        .map(|v| match v {
-                            SqlValue::Null => String::new(),
-                            SqlValue::Int(n) => n.to_string(),
-                            SqlValue::Float(f) => f.to_string(),
-                            SqlValue::Text(s) => quoted(s),
-                            SqlValue::Uuid(u) => u.to_string(),
-                            SqlValue::Date(d) => d.to_string(),
-                            SqlValue::Datetime(d) => keel_query::value::format_datetime(d),
-                            other => format!("{other:?}"),
-                        })
-                        .collect();
-                    writeln!(out, "{}", cells.join(","))?;
-                }
-                out.flush()?;
-            }
+            write_raw_csv(&path, setup, rows, batch, now)?;
             let data = std::fs::read(&path)?;
-            let statement = format!(
-                "COPY tasks ({}) FROM STDIN WITH (FORMAT csv)",
-                columns
-                    .iter()
-                    .map(|c| format!("\"{c}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let statement = format!("COPY {table} ({}) FROM STDIN WITH (FORMAT csv)", column_list(&columns));
             let started = Instant::now();
             let mut tx = setup.db.begin().await?;
             if let keel_store::Tx::Postgres(pg, _) = &mut tx {
@@ -236,7 +240,7 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
                 let chunk: Vec<Vec<SqlValue>> = (i..(i + 10_000).min(rows))
                     .map(|n| raw_row(n, setup, batch, now))
                     .collect();
-                let failures = keel_store::bulk::insert_rows_one_by_one(&mut tx, "tasks", &columns, &chunk).await?;
+                let failures = keel_store::bulk::insert_rows_one_by_one(&mut tx, table, &columns, &chunk).await?;
                 anyhow::ensure!(
                     failures.is_empty(),
                     "the baseline insert failed: {:?}",
@@ -248,6 +252,36 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
             Ok(started.elapsed().as_secs_f64())
         }
     }
+}
+
+/// The database's own bulk path on a fresh database: seconds for `rows` rows.
+async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
+    load_raw(setup, "tasks", rows, dir, Uuid::now_v7()).await
+}
+
+/// The engine's floor on a fresh database: the same rows, already inside the database in a
+/// table with no index, moved into `tasks` by one `INSERT … SELECT` in one transaction. No
+/// client, protocol or parsing cost is left: this is what the table's indexes, search and
+/// foreign keys cost the database itself, which no import can beat (short of running the
+/// database on more cores).
+async fn engine_floor(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
+    let columns = column_list(&columns(setup));
+    let mut tx = setup.db.begin().await?;
+    tx.execute_script("CREATE TABLE keel_bench_staging AS SELECT * FROM tasks WHERE 1 = 0")
+        .await?;
+    tx.commit().await?;
+    load_raw(setup, "keel_bench_staging", rows, dir, Uuid::now_v7()).await?;
+    let started = Instant::now();
+    let mut tx = setup.db.begin().await?;
+    if let keel_store::Tx::Postgres(pg, _) = &mut tx {
+        pg.execute_script("SET LOCAL statement_timeout = 0").await?;
+    }
+    tx.execute_script(&format!(
+        "INSERT INTO tasks ({columns}) SELECT {columns} FROM keel_bench_staging"
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The process's peak resident set (VmHWM), in MiB.
@@ -406,6 +440,12 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let base_seconds = baseline(&fresh, args.rows, &dir).await.context("the baseline")?;
     eprintln!("  baseline: {base_seconds:.2} s");
     fresh.db.close().await;
+    let fresh = setup(&dir, &args.database_url, "floor").await?;
+    let floor_seconds = engine_floor(&fresh, args.rows, &dir)
+        .await
+        .context("the engine floor")?;
+    eprintln!("  engine floor: {floor_seconds:.2} s");
+    fresh.db.close().await;
 
     // A batch of `delete_rows` rows, deleted in one call.
     let small = dir.join("batch.csv");
@@ -436,6 +476,12 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         args.rows as f64 / base_seconds
     );
     println!("| Keel / baseline time | | {:.2}× | | |", seconds / base_seconds);
+    println!(
+        "| engine floor: INSERT … SELECT from an unindexed table in the same database | {} | {floor_seconds:.2} | {:.0} | |",
+        args.rows,
+        args.rows as f64 / floor_seconds
+    );
+    println!("| Keel / engine floor time | | {:.2}× | | |", seconds / floor_seconds);
     println!(
         "| delete one import batch | {} | {delete_seconds:.3} | {:.0} | |",
         args.delete_rows,
