@@ -71,11 +71,16 @@ impl Storage {
         Ok(WriteMultipart::new_with_chunk_size(upload, 5 << 20))
     }
 
-    /// An object's size and its bytes as a stream.
+    /// An object's size and its bytes as a stream. A file on the local disk is read 256 KiB
+    /// at a time (`object_store`'s own stream reads 8 KiB per blocking hop, which caps a
+    /// download at a quarter of the disk's speed).
     pub async fn get(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
         let result = self.store.get(&self.path(key)).await?;
         let size = result.meta.size;
-        Ok((size, result.into_stream()))
+        match result.payload {
+            object_store::GetResultPayload::File(file, path) => Ok((size, file_stream(file, path, size))),
+            object_store::GetResultPayload::Stream(stream) => Ok((size, stream)),
+        }
     }
 
     /// Asks the store about an object that does not exist: an answer (found or not) means
@@ -126,6 +131,47 @@ impl Storage {
             }
         }
     }
+}
+
+/// The bytes a local file read at most per blocking hop of a download.
+const FILE_CHUNK: u64 = 256 << 10;
+
+/// The first `size` bytes of a local file, `FILE_CHUNK` at a time, each read on the
+/// blocking pool; a read that fails ends the stream with the error.
+fn file_stream(
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    size: u64,
+) -> BoxStream<'static, Result<Bytes, StorageError>> {
+    use futures_util::StreamExt as _;
+    let path = Arc::new(path);
+    futures_util::stream::try_unfold((file, size), move |(mut file, remaining)| {
+        let path = path.clone();
+        async move {
+            if remaining == 0 {
+                return Ok(None);
+            }
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::Read as _;
+                let mut buffer = Vec::with_capacity(remaining.min(FILE_CHUNK) as usize);
+                let result = (&mut file).take(FILE_CHUNK.min(remaining)).read_to_end(&mut buffer);
+                (file, buffer, result)
+            })
+            .await;
+            let unreadable = |source: std::io::Error| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: format!("cannot read {}: {source}", path.display()).into(),
+            };
+            let (file, buffer, result) = read.map_err(|e| unreadable(std::io::Error::other(e)))?;
+            result.map_err(unreadable)?;
+            if buffer.is_empty() {
+                return Err(unreadable(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+            }
+            let left = remaining - buffer.len() as u64;
+            Ok(Some((Bytes::from(buffer), (file, left))))
+        }
+    })
+    .boxed()
 }
 
 /// A client for an S3-compatible bucket with the endpoint, region and credentials of

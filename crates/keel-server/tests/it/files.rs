@@ -638,3 +638,39 @@ async fn files_live_in_an_s3_compatible_store(backend: Backend) {
 }
 
 both!(files_live_in_an_s3_compatible_store);
+
+/// A local file larger than one read of the download stream comes back whole and in order,
+/// with its length announced.
+async fn local_downloads_come_back_whole(backend: Backend) {
+    let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let driver = app
+        .create("/api/v1/orgs/acme/drivers", &owner, json!({"name": "Dana"}))
+        .await;
+    let base = format!("/api/v1/orgs/acme/drivers/{driver}/files/documents");
+    // 1.7 MB of numbered lines: six full 256 KiB reads and a partial one.
+    let mut body = String::from("line,value\n");
+    let mut n = 0;
+    while body.len() < 1_700_000 {
+        body.push_str(&format!("{n},{}\n", n * 7));
+        n += 1;
+    }
+    let response = upload(
+        &app,
+        &format!("{base}?name=big.csv"),
+        &owner,
+        "text/csv",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.text);
+    let id = response.body["file"]["id"].as_str().unwrap();
+    let download = app.get(&format!("{base}/{id}"), &owner).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(download.header("content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(download.text.len(), body.len());
+    assert!(download.text == body, "the bytes come back in order");
+}
+
+both!(local_downloads_come_back_whole);
