@@ -32,6 +32,22 @@ pub struct UploadArgs {
     /// local disk either way).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// An S3-compatible endpoint (e.g. http://127.0.0.1:4568); without it the file goes to
+    /// the local disk.
+    #[arg(long, requires = "s3_bucket")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket, which must exist.
+    #[arg(long)]
+    pub s3_bucket: Option<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", default_value = "S3RVER")]
+    pub s3_access_key_id: String,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "S3RVER",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: String,
 }
 
 pub async fn run(args: UploadArgs) -> Result<()> {
@@ -43,6 +59,15 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     config.app.spec = spec_path;
     config.app.data_dir = dir.clone();
     config.app.migrate_on_start = true;
+    if let Some(endpoint) = &args.s3_endpoint {
+        config.files.backend = "s3".into();
+        config.files.s3_endpoint = Some(endpoint.clone());
+        config.files.s3_bucket = args.s3_bucket.clone();
+        config.files.s3_access_key_id = Some(args.s3_access_key_id.clone());
+        config.files.s3_secret_access_key = Some(keel_server::config::Secret(args.s3_secret_access_key.clone()));
+        config.files.s3_allow_http = endpoint.starts_with("http://");
+        config.files.s3_prefix = format!("keel-bench-{}", uuid::Uuid::now_v7());
+    }
     if let Some(url) = &args.database_url {
         crate::bench::fresh_pg_schema(&mut config, url, "keel_bench_upload").await?;
     }
@@ -118,7 +143,8 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     } else {
         "SQLite"
     };
-    println!("| {backend}, local disk | size | seconds | MiB/s | peak heap (RssAnon) |");
+    let store = if args.s3_endpoint.is_some() { "S3" } else { "local disk" };
+    println!("| {backend}, {store} | size | seconds | MiB/s | peak heap (RssAnon) |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     println!(
         "| upload (hashed, typed, written as it arrives) | {} MiB | {upload_seconds:.2} | {:.0} | {upload_peak:.0} MiB (before: {before:.0} MiB) |",
