@@ -30,8 +30,9 @@ pub async fn insert_rows(
         Tx::Postgres(pg, _) => {
             let copy = format!("COPY {} ({column_list}) FROM STDIN", ident(table));
             let mut data = Vec::with_capacity(rows.len() * 128);
+            let mut times = TimeText::default();
             for row in rows {
-                copy_row(&mut data, row);
+                copy_row(&mut data, row, &mut times);
             }
             pg.execute_script("SAVEPOINT keel_bulk").await?;
             match pg.copy_in(&copy, &data).await {
@@ -93,18 +94,33 @@ fn insert_statement(dialect: Dialect, table: &str, column_list: &str, count: usi
     )
 }
 
+/// The text of the last time written: the rows of an import share their times, so each is
+/// formatted once, not once per row.
+#[derive(Default)]
+struct TimeText(Option<(chrono::DateTime<chrono::Utc>, String)>);
+
+impl TimeText {
+    fn of(&mut self, time: &chrono::DateTime<chrono::Utc>) -> &str {
+        match &self.0 {
+            Some((last, _)) if last == time => {}
+            _ => self.0 = Some((*time, keel_query::value::format_datetime(time))),
+        }
+        self.0.as_ref().map(|(_, text)| text.as_str()).unwrap_or_default()
+    }
+}
+
 /// One row in `COPY`'s text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_row(out: &mut Vec<u8>, row: &[SqlValue]) {
+fn copy_row(out: &mut Vec<u8>, row: &[SqlValue], times: &mut TimeText) {
     for (i, value) in row.iter().enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
-        copy_value(out, value);
+        copy_value(out, value, times);
     }
     out.push(b'\n');
 }
 
-fn copy_value(out: &mut Vec<u8>, value: &SqlValue) {
+fn copy_value(out: &mut Vec<u8>, value: &SqlValue, times: &mut TimeText) {
     use std::io::Write as _;
     // Writing into a Vec cannot fail.
     let _ = match value {
@@ -112,9 +128,9 @@ fn copy_value(out: &mut Vec<u8>, value: &SqlValue) {
         SqlValue::Int(i) => write!(out, "{i}"),
         SqlValue::Float(f) => write!(out, "{f}"),
         SqlValue::Bool(b) => out.write_all(if *b { b"t" } else { b"f" }),
-        SqlValue::Uuid(u) => write!(out, "{u}"),
+        SqlValue::Uuid(u) => out.write_all(u.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes()),
         SqlValue::Date(d) => write!(out, "{}", d.format("%Y-%m-%d")),
-        SqlValue::Datetime(d) => out.write_all(keel_query::value::format_datetime(d).as_bytes()),
+        SqlValue::Datetime(d) => out.write_all(times.of(d).as_bytes()),
         SqlValue::Text(s) => {
             escape(out, s);
             Ok(())
@@ -162,10 +178,39 @@ mod tests {
                 SqlValue::Bool(true),
                 SqlValue::Json(serde_json::json!({"k": "x\ny"})),
             ],
+            &mut TimeText::default(),
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "7\t\\N\ta\\tb\\nc\\\\d\\re\tt\t{\"k\":\"x\\\\ny\"}\n"
+        );
+    }
+
+    #[test]
+    fn copy_rows_write_ids_dates_and_times_as_postgresql_reads_them() {
+        let id = uuid::Uuid::parse_str("0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B").unwrap();
+        let first = chrono::DateTime::parse_from_rfc3339("2026-12-04T20:00:00.123456Z")
+            .unwrap()
+            .to_utc();
+        let second = first + chrono::Duration::seconds(1);
+        let mut out = vec![];
+        let mut times = TimeText::default();
+        for time in [first, first, second] {
+            copy_row(
+                &mut out,
+                &[
+                    SqlValue::Uuid(id),
+                    SqlValue::Datetime(time),
+                    SqlValue::Date(chrono::NaiveDate::from_ymd_opt(2027, 1, 9).unwrap()),
+                ],
+                &mut times,
+            );
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\t2026-12-04T20:00:00.123456Z\t2027-01-09\n\
+             0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\t2026-12-04T20:00:00.123456Z\t2027-01-09\n\
+             0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\t2026-12-04T20:00:01.123456Z\t2027-01-09\n"
         );
     }
 }
