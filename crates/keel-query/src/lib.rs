@@ -16,7 +16,7 @@ pub mod value;
 pub use check::{ColumnType, Context, Frag, Mode, RoleSource, TExpr, check_expr, column_type};
 pub use cursor::{SortKey, decode_cursor, encode_cursor, parse_sort};
 pub use schema::{RuleProblem, Schema};
-pub use stmt::{AggregateFn, AggregateSpec, Builder, Caller, ListSpec, Scope};
+pub use stmt::{AggregateFn, AggregateSpec, Builder, Caller, ListSpec, Returned, Scope};
 pub use validate::{FieldError, Patterns, WriteMode, validate_record};
 pub use value::{Dialect, Sql, SqlValue};
 

@@ -47,6 +47,17 @@ pub struct ListSpec {
 /// The alias of the membership join for cross-org lists.
 const MEMBERSHIP: &str = "keel_m";
 
+/// What a bulk delete's statement returns of each deleted record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// Nothing: the caller needs only the count.
+    Nothing,
+    /// The id (files to remove).
+    Ids,
+    /// The whole record as JSON (trigger payloads).
+    Records,
+}
+
 pub struct Builder<'a> {
     pub schema: &'a Schema,
     pub collection: &'a Collection,
@@ -455,9 +466,8 @@ impl<'a> Builder<'a> {
     }
 
     /// One chunk of a bulk delete: at most `limit` records in scope that the delete rule lets
-    /// the caller touch and that match `filter` and `batch`. Returns each deleted record's
-    /// JSON when `records` (for triggers), else its id.
-    pub fn delete_chunk(&self, filter: Option<&TExpr>, batch: Option<Uuid>, limit: u32, records: bool) -> Sql {
+    /// the caller touch and that match `filter` and `batch`, returning what `returned` asks.
+    pub fn delete_chunk(&self, filter: Option<&TExpr>, batch: Option<Uuid>, limit: u32, returned: Returned) -> Sql {
         let table = self.table();
         let mut chosen = Sql::new(self.dialect);
         chosen.push("SELECT ").push(&table).push(".\"id\"");
@@ -472,17 +482,25 @@ impl<'a> Builder<'a> {
         chosen.push(" LIMIT ").push(&limit.to_string());
         let mut sql = Sql::new(self.dialect);
         sql.push("DELETE FROM ").push(&table).push(" WHERE ");
-        sql.push(&table)
-            .push(".\"id\" IN (")
-            .append(&chosen)
-            .push(") RETURNING ");
-        if records {
-            sql.push(&json_object(
-                self.dialect,
-                &record_pairs(self.dialect, self.collection, &table, None),
-            ));
-        } else {
-            sql.push(&column_json(self.dialect, &table, "id", ColumnType::Id));
+        // PostgreSQL plans `id IN (subquery)` as a hash semi-join over a scan of the whole
+        // table, once per chunk; `id = ANY(ARRAY(subquery))` runs the subquery once and looks
+        // each id up in the primary key. SQLite looks `IN` up by index either way.
+        match self.dialect {
+            Dialect::Postgres => sql.push(&table).push(".\"id\" = ANY(ARRAY(").append(&chosen).push("))"),
+            Dialect::Sqlite => sql.push(&table).push(".\"id\" IN (").append(&chosen).push(")"),
+        };
+        match returned {
+            Returned::Nothing => {}
+            Returned::Ids => {
+                sql.push(" RETURNING ")
+                    .push(&column_json(self.dialect, &table, "id", ColumnType::Id));
+            }
+            Returned::Records => {
+                sql.push(" RETURNING ").push(&json_object(
+                    self.dialect,
+                    &record_pairs(self.dialect, self.collection, &table, None),
+                ));
+            }
         }
         sql
     }

@@ -392,9 +392,20 @@ pub async fn delete_many(
     let mut deleted: u64 = 0;
     let mut object_keys = vec![];
     loop {
-        let sql = builder.delete_chunk(selection.filter, selection.batch, chunk, !triggers.is_empty());
-        let rows = tx.query(&sql).await?;
-        let count = rows.len() as u64;
+        let returned = if !triggers.is_empty() {
+            keel_query::Returned::Records
+        } else if files {
+            keel_query::Returned::Ids
+        } else {
+            keel_query::Returned::Nothing
+        };
+        let sql = builder.delete_chunk(selection.filter, selection.batch, chunk, returned);
+        let (count, rows) = if returned == keel_query::Returned::Nothing {
+            (tx.execute(&sql).await?, vec![])
+        } else {
+            let rows = tx.query(&sql).await?;
+            (rows.len() as u64, rows)
+        };
         deleted += count;
         if files {
             let ids: Vec<Uuid> = rows
@@ -443,7 +454,9 @@ pub async fn delete_many(
             }
             crate::jobs::job_insert_many_tx(&mut tx, &jobs).await?;
         }
-        if count < u64::from(chunk) {
+        // Not `count < chunk`: a record deleted or changed by someone else between a chunk's
+        // choice and its delete makes a chunk short without being the last.
+        if count == 0 {
             break;
         }
     }

@@ -264,8 +264,9 @@ async fn baseline(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
 /// client, protocol or parsing cost is left: this is what the table's indexes, search and
 /// foreign keys cost the database itself, which no import can beat (short of running the
 /// database on more cores).
-async fn engine_floor(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
+async fn engine_floor(setup: &Setup, rows: u64, delete_rows: u64, dir: &Path) -> Result<(f64, f64)> {
     let columns = column_list(&columns(setup));
+    let copy = format!("INSERT INTO tasks ({columns}) SELECT {columns} FROM keel_bench_staging");
     let mut tx = setup.db.begin().await?;
     tx.execute_script("CREATE TABLE keel_bench_staging AS SELECT * FROM tasks WHERE 1 = 0")
         .await?;
@@ -273,15 +274,44 @@ async fn engine_floor(setup: &Setup, rows: u64, dir: &Path) -> Result<f64> {
     load_raw(setup, "keel_bench_staging", rows, dir, Uuid::now_v7()).await?;
     let started = Instant::now();
     let mut tx = setup.db.begin().await?;
-    if let keel_store::Tx::Postgres(pg, _) = &mut tx {
+    no_statement_timeout(&mut tx).await?;
+    tx.execute_script(&copy).await?;
+    tx.commit().await?;
+    let insert_seconds = started.elapsed().as_secs_f64();
+
+    // The delete floor: one `DELETE … WHERE batch = ?` of `delete_rows` more rows, no chunks,
+    // no rule, nothing returned.
+    let batch = Uuid::now_v7();
+    let mut tx = setup.db.begin().await?;
+    tx.execute_script("DELETE FROM keel_bench_staging").await?;
+    tx.commit().await?;
+    load_raw(setup, "keel_bench_staging", delete_rows, dir, batch).await?;
+    let mut tx = setup.db.begin().await?;
+    no_statement_timeout(&mut tx).await?;
+    tx.execute_script(&copy).await?;
+    tx.commit().await?;
+    let mut delete = keel_query::Sql::new(setup.db.dialect());
+    delete
+        .push("DELETE FROM tasks WHERE \"batch\" = ")
+        .bind(SqlValue::Uuid(batch));
+    let started = Instant::now();
+    let mut tx = setup.db.begin().await?;
+    no_statement_timeout(&mut tx).await?;
+    let deleted = tx.execute(&delete).await?;
+    tx.commit().await?;
+    let delete_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        deleted == delete_rows,
+        "the floor deleted {deleted} rows, not {delete_rows}"
+    );
+    Ok((insert_seconds, delete_seconds))
+}
+
+async fn no_statement_timeout(tx: &mut keel_store::Tx) -> Result<()> {
+    if let keel_store::Tx::Postgres(pg, _) = tx {
         pg.execute_script("SET LOCAL statement_timeout = 0").await?;
     }
-    tx.execute_script(&format!(
-        "INSERT INTO tasks ({columns}) SELECT {columns} FROM keel_bench_staging"
-    ))
-    .await?;
-    tx.commit().await?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// The process's peak resident set (VmHWM), in MiB.
@@ -441,10 +471,10 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     eprintln!("  baseline: {base_seconds:.2} s");
     fresh.db.close().await;
     let fresh = setup(&dir, &args.database_url, "floor").await?;
-    let floor_seconds = engine_floor(&fresh, args.rows, &dir)
+    let (floor_seconds, floor_delete_seconds) = engine_floor(&fresh, args.rows, args.delete_rows, &dir)
         .await
         .context("the engine floor")?;
-    eprintln!("  engine floor: {floor_seconds:.2} s");
+    eprintln!("  engine floor: insert {floor_seconds:.2} s, delete {floor_delete_seconds:.3} s");
     fresh.db.close().await;
 
     // A batch of `delete_rows` rows, deleted in one call.
@@ -486,6 +516,15 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         "| delete one import batch | {} | {delete_seconds:.3} | {:.0} | |",
         args.delete_rows,
         args.delete_rows as f64 / delete_seconds
+    );
+    println!(
+        "| engine floor: one DELETE … WHERE batch = ? | {} | {floor_delete_seconds:.3} | {:.0} | |",
+        args.delete_rows,
+        args.delete_rows as f64 / floor_delete_seconds
+    );
+    println!(
+        "| Keel / engine floor time (delete) | | {:.2}× | | |",
+        delete_seconds / floor_delete_seconds
     );
     println!();
     println!("| exports | time | rows/s | peak heap (RssAnon) | peak RSS (with mapped file pages) |");

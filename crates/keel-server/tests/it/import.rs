@@ -52,7 +52,11 @@ struct Fixture {
 }
 
 async fn fixture(backend: Backend) -> Fixture {
-    let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
+    fixture_with(backend, |_| {}).await
+}
+
+async fn fixture_with(backend: Backend, configure: impl FnOnce(&mut keel_server::Config)) -> Fixture {
+    let app = TestApp::spawn_with(backend, SPEC, configure).await;
     let (owner_id, owner) = app.signup("owner@example.com").await;
     app.org(&owner, "acme").await;
     let project = app
@@ -425,7 +429,8 @@ async fn the_create_rule_applies_to_each_row(backend: Backend) {
 }
 
 async fn batches_and_filters_delete_in_one_call(backend: Backend) {
-    let Fixture { app, owner, .. } = fixture(backend).await;
+    // 16 records per statement: the batch takes 16 chunks and the filter 1, all in one call.
+    let Fixture { app, owner, .. } = fixture_with(backend, |config| config.limits.bulk_delete_chunk = 16).await;
     let mut first = String::from("title,project,position\n");
     for n in 0..250 {
         first.push_str(&format!("first {n},Apollo,{n}\n"));
