@@ -469,8 +469,15 @@ impl<'a> Builder<'a> {
     /// the caller touch and that match `filter` and `batch`, returning what `returned` asks.
     pub fn delete_chunk(&self, filter: Option<&TExpr>, batch: Option<Uuid>, limit: u32, returned: Returned) -> Sql {
         let table = self.table();
+        // SQLite chooses and deletes by rowid: the rowids come with the index entries that
+        // find the records, so no primary-key lookup per record, and they cannot change in
+        // between (the delete holds the single writer from the choice to the delete).
+        let key = match self.dialect {
+            Dialect::Postgres => "\"id\"",
+            Dialect::Sqlite => "rowid",
+        };
         let mut chosen = Sql::new(self.dialect);
-        chosen.push("SELECT ").push(&table).push(".\"id\"");
+        chosen.push("SELECT ").push(&table).push(".").push(key);
         self.from(&mut chosen);
         let mut extra = self.filter_and_search(filter, None);
         if let Some(batch) = batch {
@@ -484,10 +491,10 @@ impl<'a> Builder<'a> {
         sql.push("DELETE FROM ").push(&table).push(" WHERE ");
         // PostgreSQL plans `id IN (subquery)` as a hash semi-join over a scan of the whole
         // table, once per chunk; `id = ANY(ARRAY(subquery))` runs the subquery once and looks
-        // each id up in the primary key. SQLite looks `IN` up by index either way.
+        // each id up in the primary key.
         match self.dialect {
             Dialect::Postgres => sql.push(&table).push(".\"id\" = ANY(ARRAY(").append(&chosen).push("))"),
-            Dialect::Sqlite => sql.push(&table).push(".\"id\" IN (").append(&chosen).push(")"),
+            Dialect::Sqlite => sql.push(&table).push(".rowid IN (").append(&chosen).push(")"),
         };
         match returned {
             Returned::Nothing => {}
