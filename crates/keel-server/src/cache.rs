@@ -263,6 +263,11 @@ fn outcome(state: &AppState, collection: &str, result: &'static str) {
     );
 }
 
+/// Write-method routes that change no data, so bump no stamp: signing a file link.
+fn changes_nothing(route: &str) -> bool {
+    route.ends_with("/files/{field}/{file}/link")
+}
+
 /// The middleware: answers cached reads, stores fresh ones, and bumps stamps after writes.
 pub async fn cache(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let cache = &state.cache;
@@ -279,6 +284,9 @@ pub async fn cache(State(state): State<AppState>, request: Request, next: Next) 
     };
     let method = request.method().clone();
     if method != Method::GET && method != Method::HEAD {
+        if route.as_deref().is_some_and(changes_nothing) {
+            return next.run(request).await;
+        }
         let response = next.run(request).await;
         // A refused write changed nothing; anything else may have (even a 5xx after commit).
         if !(response.status().is_client_error()) {

@@ -15,6 +15,7 @@ order = ["owner", "admin", "member"]
 
 [collections.projects]
 fields.name = { type = "text", required = true }
+fields.brief = { type = "file" }
 cache = "1m"
 
 [collections.tasks]
@@ -93,6 +94,38 @@ async fn reads_are_cached_until_a_write_changes_them(backend: Backend) {
     app.get("/api/v1/orgs/acme/projects", &owner).await;
     let refused = app.post("/api/v1/orgs/acme/projects", &owner, json!({})).await;
     assert_eq!(refused.status, 400);
+    assert_eq!(
+        cache_header(&app.get("/api/v1/orgs/acme/projects", &owner).await),
+        "hit"
+    );
+
+    // Uploading a file is a write; signing a link to it changes nothing and bumps nothing.
+    let gemini = after.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Gemini")
+        .and_then(|p| p["id"].as_str())
+        .unwrap()
+        .to_string();
+    let headers = vec![
+        ("authorization".to_string(), format!("Bearer {owner}")),
+        ("content-type".to_string(), "text/plain".to_string()),
+    ];
+    let files = format!("/api/v1/orgs/acme/projects/{gemini}/files/brief");
+    let uploaded = app
+        .request_bytes("POST", &files, headers, Some(b"the brief".to_vec()))
+        .await;
+    assert_eq!(uploaded.status, 201, "{}", uploaded.text);
+    assert_eq!(
+        cache_header(&app.get("/api/v1/orgs/acme/projects", &owner).await),
+        "miss"
+    );
+    let file = uploaded.body["file"]["id"].as_str().unwrap();
+    let link = app
+        .request("POST", &format!("{files}/{file}/link"), Some(&owner), None)
+        .await;
+    assert_eq!(link.status, 200, "{}", link.text);
     assert_eq!(
         cache_header(&app.get("/api/v1/orgs/acme/projects", &owner).await),
         "hit"
