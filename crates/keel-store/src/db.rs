@@ -196,6 +196,16 @@ impl Db {
         self.query(&self.portable("SELECT 1", vec![])).await.map(|_| ())
     }
 
+    /// Copies what the WAL holds into the database file now (SQLite; waits for a running
+    /// background checkpoint first). Nothing to do on PostgreSQL, whose checkpointer is the
+    /// server's.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(db) => db.checkpoint().await,
+            Db::Postgres(_) => Ok(()),
+        }
+    }
+
     pub async fn close(&self) {
         if let Db::Postgres(db) = self {
             db.close().await;

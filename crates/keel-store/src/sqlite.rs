@@ -5,6 +5,11 @@
 //! statement through `block_in_place` cut list throughput by a third), so they run inline on the
 //! async worker; the statement timeout (a progress handler, which leaves the connection healthy)
 //! bounds how long one can hold it. Scripts and migrations run under `block_in_place`.
+//!
+//! Checkpoints (copying committed pages from the WAL into the database file) run on a thread
+//! of their own, as PostgreSQL's checkpointer does, not inside the COMMIT that crossed SQLite's
+//! threshold: a commit only appends to the WAL, so no request pays for copying the pages of
+//! the writes before it (see `Checkpointer`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +73,7 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Other(format!("could not enable WAL mode (got {mode})")));
         }
+        connection.execute_batch(&format!("PRAGMA journal_size_limit = {WAL_KEEP_BYTES};"))?;
     }
     connection.set_prepared_statement_cache_capacity(256);
     Ok(connection)
@@ -199,6 +205,8 @@ impl SqliteDb {
                 .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
         let writer = open(path, false)?;
+        let checkpointer = Checkpointer::start(path)?;
+        writer.wal_hook(Some(wal_hook));
         let reader_count = pool.max_connections.max(1) as usize;
         let mut readers = Vec::with_capacity(reader_count);
         for _ in 0..reader_count {
@@ -210,6 +218,7 @@ impl SqliteDb {
                 connection: writer,
                 open: false,
                 pending: Vec::new(),
+                checkpointer,
             })),
             waiting: Arc::new(AtomicUsize::new(0)),
             readers: std::sync::Mutex::new(readers),
@@ -295,6 +304,19 @@ impl SqliteDb {
         })
     }
 
+    /// Checkpoints the WAL on the writer, after any running background checkpoint.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        if guard.open {
+            guard.commit_group();
+        }
+        let writer = &*guard;
+        blocking(|| writer.checkpointer.catch_up(&writer.connection));
+        Ok(())
+    }
+
     /// Runs work on the writer outside a transaction (PRAGMAs, VACUUM, checks), after
     /// committing any open group.
     pub async fn with_writer<R>(
@@ -307,7 +329,9 @@ impl SqliteDb {
         if guard.open {
             guard.commit_group();
         }
-        blocking(|| work(&guard.connection))
+        let result = blocking(|| work(&guard.connection));
+        guard.after_commit();
+        result
     }
 }
 
@@ -321,6 +345,7 @@ struct Writer {
     open: bool,
     /// Transactions released into the open group, waiting for its COMMIT.
     pending: Vec<oneshot::Sender<Result<(), String>>>,
+    checkpointer: Checkpointer,
 }
 
 /// The most transactions one group commit carries.
@@ -334,8 +359,25 @@ impl Writer {
             let _ = self.connection.execute_batch("ROLLBACK");
         }
         self.open = false;
+        self.after_commit();
         for member in self.pending.drain(..) {
             let _ = member.send(result.clone());
+        }
+    }
+
+    /// After a commit: the WAL hook (called inside COMMIT, on this thread) left the WAL's size;
+    /// past SQLite's threshold the checkpointer is woken. Only when the WAL is past
+    /// `WAL_BOUND_PAGES` while a checkpoint is already running does the writer wait for it and
+    /// checkpoint what came since itself: the WAL cannot outgrow what the checkpointer copies.
+    fn after_commit(&mut self) {
+        let pages = WAL_PAGES.with(|cell| cell.replace(0));
+        if pages < CHECKPOINT_PAGES {
+            return;
+        }
+        if pages >= self.checkpointer.bound && self.checkpointer.running() {
+            blocking(|| self.checkpointer.catch_up(&self.connection));
+        } else {
+            self.checkpointer.wake();
         }
     }
 
@@ -350,6 +392,112 @@ impl Writer {
         } else {
             self.commit_group();
         }
+    }
+}
+
+/// SQLite's own checkpoint threshold (the `wal_autocheckpoint` default), in WAL pages.
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Past this many WAL pages (256 MiB of 4 KiB pages), a commit that finds a checkpoint still
+/// running waits for it (see `Writer::after_commit`).
+const WAL_BOUND_PAGES: i32 = 65_536;
+
+/// A WAL left after a checkpoint is cut back to this size when the writer starts it over
+/// (`journal_size_limit`), so a large import's WAL does not keep its disk space.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
+thread_local! {
+    /// The pages in the WAL after the last commit made on this thread (set by `wal_hook`).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// Called by SQLite inside every COMMIT of the writer, on the committing thread. Registering
+/// it turns SQLite's automatic checkpoint (which would copy the pages inside that COMMIT) off.
+fn wal_hook(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|cell| cell.set(pages));
+    Ok(())
+}
+
+/// Checkpoints the WAL on a thread of its own with its own connection, woken by the writer
+/// when the WAL passes SQLite's threshold. A checkpoint is PASSIVE: it waits for no reader or
+/// writer and copies every frame no reader still needs; the writer starts the WAL over at its
+/// next transaction once everything is copied. The thread ends when the database is dropped.
+struct Checkpointer {
+    /// Dropping it ends the thread, which `Drop` then joins: its connection is closed when
+    /// the database is, so nothing touches the files after (a restore replaces them).
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Held while a checkpoint runs.
+    lock: Arc<std::sync::Mutex<()>>,
+    /// `WAL_BOUND_PAGES` (smaller in tests).
+    bound: i32,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let connection = open(path, false)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let lock = Arc::new(std::sync::Mutex::new(()));
+        let held = lock.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let _running = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    checkpoint(&connection, "background");
+                }
+            })
+            .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            wake: Some(wake),
+            thread: Some(thread),
+            lock,
+            bound: WAL_BOUND_PAGES,
+        })
+    }
+
+    /// Asks for a checkpoint (one already asked for and not begun covers this one too).
+    fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.lock.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+    }
+
+    /// Waits for the running checkpoint, then checkpoints on `connection` what came since.
+    fn catch_up(&self, connection: &Connection) {
+        let _running = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        checkpoint(connection, "writer");
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One PASSIVE checkpoint; failures are logged (the WAL keeps the pages, nothing is lost).
+fn checkpoint(connection: &Connection, by: &'static str) {
+    let started = Instant::now();
+    let outcome = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    match outcome {
+        Ok((wal_pages, copied)) => tracing::debug!(
+            by,
+            wal_pages,
+            copied,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "WAL checkpoint"
+        ),
+        Err(error) => tracing::warn!(by, %error, "WAL checkpoint failed"),
     }
 }
 
@@ -570,5 +718,95 @@ impl Drop for SqliteTx {
             let _ = writer.connection.execute_batch("ROLLBACK TO keel_tx; RELEASE keel_tx");
             writer.settle();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes about `mib` MiB in one transaction (4 KiB pages: 256 pages a MiB).
+    async fn write_mib(db: &SqliteDb, mib: usize) {
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_script(&format!(
+            "CREATE TABLE IF NOT EXISTS blobs (data BLOB); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO blobs SELECT randomblob(1024) FROM n",
+            mib * 1024
+        ))
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    fn file_mib(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len() >> 20).unwrap_or(0)
+    }
+
+    // The held guard stands for a running checkpoint; on this one-thread runtime only the
+    // checkpoint thread (another OS thread) waits for it.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn commits_leave_the_checkpoint_to_the_checkpoint_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.db");
+        let db = SqliteDb::open(&path, PoolConfig::default()).unwrap();
+        // While the checkpoint thread is held, a commit far past SQLite's threshold leaves
+        // every page in the WAL: SQLite's own checkpoint inside COMMIT is off.
+        let lock = db.writer.lock().await.checkpointer.lock.clone();
+        let held = lock.lock().unwrap();
+        write_mib(&db, 16).await;
+        assert!(file_mib(&path) < 2, "the database file holds {} MiB", file_mib(&path));
+        assert!(file_mib(&path.with_extension("db-wal")) >= 16);
+        // Let go, and the thread copies the pages into the database file.
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while file_mib(&path) < 16 {
+            assert!(Instant::now() < deadline, "no checkpoint: {} MiB", file_mib(&path));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The next write starts the WAL over and cuts it back to `journal_size_limit`.
+        write_mib(&db, 1).await;
+        assert!(file_mib(&path.with_extension("db-wal")) <= (WAL_KEEP_BYTES >> 20) as u64);
+        // Dropping the database closes every connection, the checkpoint thread's too, before
+        // it returns: the last one to close checkpoints and removes the WAL.
+        drop(db);
+        assert!(!path.with_extension("db-wal").exists());
+    }
+
+    // The held guard stands for a running checkpoint; on this one-thread runtime only the
+    // checkpoint thread (another OS thread) waits for it.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn past_the_bound_a_commit_waits_for_the_running_checkpoint_and_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.db");
+        let db = SqliteDb::open(&path, PoolConfig::default()).unwrap();
+        db.writer.lock().await.checkpointer.bound = 2_000;
+        // Under the bound nothing waits for a running checkpoint.
+        let lock = db.writer.lock().await.checkpointer.lock.clone();
+        let held = lock.lock().unwrap();
+        write_mib(&db, 4).await;
+        assert!(file_mib(&path) < 2);
+        drop(held);
+        db.checkpoint().await.unwrap();
+        assert!(file_mib(&path) >= 4);
+        // A "running checkpoint" that lasts 300 ms: the commit past the bound waits for it,
+        // then copies its own pages before it returns.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _held = lock.lock().unwrap();
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        started_rx.recv().unwrap();
+        let started = Instant::now();
+        write_mib(&db, 12).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(file_mib(&path) >= 16, "the writer caught up: {} MiB", file_mib(&path));
+        holder.join().unwrap();
     }
 }

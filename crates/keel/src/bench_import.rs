@@ -294,6 +294,9 @@ async fn engine_floor(setup: &Setup, rows: u64, delete_rows: u64, dir: &Path) ->
     delete
         .push("DELETE FROM tasks WHERE \"batch\" = ")
         .bind(SqlValue::Uuid(batch));
+    // The delete starts, as Keel's does, on a database whose WAL is copied in (on SQLite the
+    // load's checkpoint would otherwise run beside it).
+    setup.db.checkpoint().await?;
     let started = Instant::now();
     let mut tx = setup.db.begin().await?;
     no_statement_timeout(&mut tx).await?;
@@ -425,6 +428,11 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let peak = peak_rss_mib();
     let import_anon = sampler.stop();
     eprintln!("  keel import: {seconds:.2} s, peak RSS {peak:.0} MiB");
+    // On SQLite the import's pages are copied from the WAL into the database by the
+    // checkpoint thread after it answers: measured here, so the figures show all the work.
+    let started = Instant::now();
+    state.db.checkpoint().await?;
+    let checkpoint_seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         report.counts.written == args.rows,
         "wrote {} of {}",
@@ -481,6 +489,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let small = dir.join("batch.csv");
     write_csv(&small, args.delete_rows, args.rows, &projects)?;
     let batch = import_file(&slug, &state, &small).await?.batch;
+    state.db.checkpoint().await?;
     let operator = keel_server::routes::export::operator();
     let started = Instant::now();
     let response = bulk::delete_many(&state, &operator, Some(&slug), "tasks", None, Some(batch))
@@ -500,6 +509,11 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         args.rows,
         args.rows as f64 / seconds
     );
+    if backend == "SQLite" {
+        println!(
+            "| the import's WAL checkpoint, after it answered (background thread) | | {checkpoint_seconds:.2} | | |"
+        );
+    }
     println!(
         "| {base_name} | {} | {base_seconds:.2} | {:.0} | |",
         args.rows,
