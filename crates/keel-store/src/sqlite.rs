@@ -306,14 +306,8 @@ impl SqliteDb {
 
     /// Checkpoints the WAL on the writer, after any running background checkpoint.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
-            .await
-            .map_err(|_| StoreError::Busy)?;
-        if guard.open {
-            guard.commit_group();
-        }
-        let writer = &*guard;
-        blocking(|| writer.checkpointer.catch_up(&writer.connection));
+        let guard = self.idle_writer().await?;
+        blocking(|| guard.checkpointer.catch_up(&guard.connection));
         Ok(())
     }
 
@@ -323,15 +317,21 @@ impl SqliteDb {
         &self,
         work: impl FnOnce(&Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        let mut guard = self.idle_writer().await?;
+        let result = blocking(|| work(&guard.connection));
+        guard.after_commit();
+        result
+    }
+
+    /// The writer with no group open (any open group is committed first).
+    async fn idle_writer(&self) -> Result<tokio::sync::MutexGuard<'_, Writer>, StoreError> {
         let mut guard = tokio::time::timeout(self.pool.acquire_timeout, self.writer.lock())
             .await
             .map_err(|_| StoreError::Busy)?;
         if guard.open {
             guard.commit_group();
         }
-        let result = blocking(|| work(&guard.connection));
-        guard.after_commit();
-        result
+        Ok(guard)
     }
 }
 
@@ -738,6 +738,14 @@ mod tests {
         tx.commit().await.unwrap();
     }
 
+    /// A new database in a temporary directory (dropped with the first value).
+    fn fresh_db() -> (tempfile::TempDir, PathBuf, SqliteDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.db");
+        let db = SqliteDb::open(&path, PoolConfig::default()).unwrap();
+        (dir, path, db)
+    }
+
     fn file_mib(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len() >> 20).unwrap_or(0)
     }
@@ -747,9 +755,7 @@ mod tests {
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn commits_leave_the_checkpoint_to_the_checkpoint_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keel.db");
-        let db = SqliteDb::open(&path, PoolConfig::default()).unwrap();
+        let (_dir, path, db) = fresh_db();
         // While the checkpoint thread is held, a commit far past SQLite's threshold leaves
         // every page in the WAL: SQLite's own checkpoint inside COMMIT is off.
         let lock = db.writer.lock().await.checkpointer.lock.clone();
@@ -778,9 +784,7 @@ mod tests {
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn past_the_bound_a_commit_waits_for_the_running_checkpoint_and_catches_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keel.db");
-        let db = SqliteDb::open(&path, PoolConfig::default()).unwrap();
+        let (_dir, path, db) = fresh_db();
         db.writer.lock().await.checkpointer.bound = 2_000;
         // Under the bound nothing waits for a running checkpoint.
         let lock = db.writer.lock().await.checkpointer.lock.clone();
