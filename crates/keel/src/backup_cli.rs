@@ -7,7 +7,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_server::Config;
 use keel_server::backup::{Backups, Progress, RestoreTarget};
-use keel_server::storage::Storage;
+use keel_server::files::storage::Storage;
 
 #[derive(Subcommand)]
 pub enum BackupAction {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use keel_server::backup::{Backups, RestoreTarget};
-use keel_server::storage::Storage;
+use keel_server::files::storage::Storage;
 use rand::{RngCore, SeedableRng};
 
 use crate::demo::{self, GenOptions};

@@ -11,9 +11,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use keel_query::SqlValue;
-use keel_server::extract::Params;
-use keel_server::import::Mode;
-use keel_server::routes::bulk;
+use keel_server::http::extract::Params;
+use keel_server::import::{self, Mode};
 use keel_store::Db;
 use uuid::Uuid;
 
@@ -382,10 +381,10 @@ fn reset_peak_rss() {
 
 async fn import_file(slug: &str, state: &keel_server::AppState, path: &Path) -> Result<keel_server::import::Report> {
     let params = Params(HashMap::from([("format".to_string(), "csv".to_string())]));
-    let options = bulk::options(&params, &Default::default()).map_err(|e| anyhow::anyhow!(e.message))?;
+    let options = import::options(&params, &Default::default()).map_err(|e| anyhow::anyhow!(e.message))?;
     let file = std::fs::File::open(path)?;
-    let operator = keel_server::routes::export::operator();
-    let report = bulk::import_stream(state, &operator, Some(slug), "tasks", options, file, &mut |_| {})
+    let operator = keel_server::records::export::operator();
+    let report = import::import_stream(state, &operator, Some(slug), "tasks", options, file, &mut |_| {})
         .await
         .map_err(|e| anyhow::anyhow!("{}: {} {:?}", e.code, e.message, e.details))?;
     anyhow::ensure!(
@@ -451,7 +450,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
             let state = state.clone();
             let slug = slug.clone();
             tasks.spawn(async move {
-                keel_server::routes::export::export_to(
+                keel_server::records::export::export_to(
                     &state,
                     Some(&slug),
                     "tasks",
@@ -490,9 +489,9 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     write_csv(&small, args.delete_rows, args.rows, &projects)?;
     let batch = import_file(&slug, &state, &small).await?.batch;
     state.db.checkpoint().await?;
-    let operator = keel_server::routes::export::operator();
+    let operator = keel_server::records::export::operator();
     let started = Instant::now();
-    let response = bulk::delete_many(&state, &operator, Some(&slug), "tasks", None, Some(batch))
+    let response = keel_server::records::delete_many(&state, &operator, Some(&slug), "tasks", None, Some(batch))
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let delete_seconds = started.elapsed().as_secs_f64();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use keel_server::config::{RedisSection, Secret};
-use keel_server::shared::{LocalLimits, RateKey, Shared};
+use keel_server::http::shared::{LocalLimits, RateKey, Shared};
 
 use crate::bench::{Summary, demo_login, load, load_tasks, serve, tempdir};
 use crate::examples;

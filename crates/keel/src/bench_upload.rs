@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
-use keel_server::extract::Params;
+use keel_server::http::extract::Params;
 
 const SPEC: &str = r#"
 [app]
@@ -74,8 +74,8 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     let db = keel_server::open_database(&config, &schema).await?;
     let state = keel_server::state(config, schema, db);
     keel_store::system::org_insert(&state.db, "bench", "Bench", None, "owner").await?;
-    let operator = keel_server::routes::export::operator();
-    let created = keel_server::routes::records::create(
+    let operator = keel_server::records::export::operator();
+    let created = keel_server::records::create(
         &state,
         &operator,
         Some("bench"),
@@ -99,7 +99,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     let before = crate::bench_import::anon_rss_mib();
     let sampler = crate::bench_import::AnonSampler::start();
     let started = Instant::now();
-    let response = keel_server::routes::files::upload(
+    let response = keel_server::files::upload(
         &state,
         &operator,
         Some("bench"),
@@ -126,7 +126,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
 
     let sampler = crate::bench_import::AnonSampler::start();
     let started = Instant::now();
-    let response = keel_server::routes::files::download(&state, &operator, Some("bench"), "blobs", &id, "data", &file)
+    let response = keel_server::files::download(&state, &operator, Some("bench"), "blobs", &id, "data", &file)
         .await
         .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
     let mut stream = response.into_body().into_data_stream();

@@ -309,12 +309,10 @@ fn random_value(
 /// Generates orgs, users and records for every collection of the app.
 pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<Generated> {
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let password_hash = keel_server::routes::auth::hash_password(
-        &keel_server::config::AuthSection::default(),
-        DEMO_PASSWORD.to_string(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!(e.message))?;
+    let password_hash =
+        keel_server::auth::hash_password(&keel_server::config::AuthSection::default(), DEMO_PASSWORD.to_string())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     system::user_insert(
         db,
         system::NewUser {

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_server::AppState;
-use keel_server::extract::Params;
-use keel_server::import::{Counts, Mode};
-use keel_server::routes::bulk;
+use keel_server::http::extract::Params;
+use keel_server::import::{self, Counts, Mode};
 
 pub struct Request {
     pub collection: String,
@@ -57,7 +56,7 @@ pub async fn run(state: &AppState, request: Request) -> anyhow::Result<()> {
     }
     let params = Params(params.into_iter().collect());
     let options =
-        bulk::options(&params, &Default::default()).map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+        import::options(&params, &Default::default()).map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
     let read = Arc::new(AtomicU64::new(0));
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if stdin {
         (Box::new(std::io::stdin()), None)
@@ -99,8 +98,8 @@ pub async fn run(state: &AppState, request: Request) -> anyhow::Result<()> {
             counts.read, counts.written, counts.rejected
         ));
     };
-    let operator = keel_server::routes::export::operator();
-    let result = bulk::import_stream(
+    let operator = keel_server::records::export::operator();
+    let result = import::import_stream(
         state,
         &operator,
         request.org.as_deref(),

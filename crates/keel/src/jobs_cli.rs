@@ -220,8 +220,9 @@ pub async fn run(db: &Db, schema: &keel_query::Schema, action: JobsAction) -> Re
             for queue in &queues {
                 app.jobs.queue(queue).with_context(|| format!("no queue '{queue}'"))?;
             }
-            let token = keel_server::routes::auth::new_token("kw_");
-            let key = jobs::worker_key_create(db, &keel_server::extract::token_hash(&token), &name, &queues).await?;
+            let token = keel_server::auth::new_token("kw_");
+            let key =
+                jobs::worker_key_create(db, &keel_server::http::extract::token_hash(&token), &name, &queues).await?;
             println!("worker key {} ({}) for {}", key.name, key.id, queues.join(", "));
             println!("{token}");
         }

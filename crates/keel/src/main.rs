@@ -389,7 +389,7 @@ async fn main() -> Result<()> {
                 .map_err(|problems| anyhow::anyhow!("{} has problems:\n{}", file.display(), problems.join("\n")))?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&keel_server::openapi::document(&schema.app))?
+                serde_json::to_string_pretty(&keel_server::http::openapi::document(&schema.app))?
             );
             Ok(())
         }
@@ -456,7 +456,7 @@ async fn main() -> Result<()> {
                     params.push((key.to_string(), value));
                 }
             }
-            let result = keel_server::routes::export::export_to(
+            let result = keel_server::records::export::export_to(
                 &state,
                 org.as_deref(),
                 &collection,
@@ -504,11 +504,10 @@ async fn main() -> Result<()> {
                 let config = load_config(cli.config.as_ref(), overrides(&common))?;
                 let schema = read_schema(&config)?;
                 let db = keel_server::open_database(&config, &schema).await?;
-                let email =
-                    keel_server::routes::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
-                keel_server::routes::auth::check_password(&password, &email, config.auth.min_password_length)
+                let email = keel_server::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+                keel_server::auth::check_password(&password, &email, config.auth.min_password_length)
                     .map_err(|e| anyhow::anyhow!(e.message))?;
-                let hash = keel_server::routes::auth::hash_password(&config.auth, password)
+                let hash = keel_server::auth::hash_password(&config.auth, password)
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
                 let user = keel_store::system::user_insert(
@@ -557,7 +556,7 @@ async fn main() -> Result<()> {
         } => {
             let config = load_config(cli.config.as_ref(), overrides(&common))?;
             let app = read_schema(&config)?.app;
-            print!("{}", keel_server::alerts::prometheus_rules(&app.alerts, &app.name));
+            print!("{}", keel_server::ops::alerts::prometheus_rules(&app.alerts, &app.name));
             Ok(())
         }
         Command::Config {
@@ -568,9 +567,9 @@ async fn main() -> Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Docs { dir } => {
-            std::fs::write(dir.join("ERRORS.md"), keel_server::error::errors_markdown())?;
+            std::fs::write(dir.join("ERRORS.md"), keel_server::http::error::errors_markdown())?;
             std::fs::write(dir.join("CONFIG.md"), keel_server::config::config_markdown())?;
-            std::fs::write(dir.join("METRICS.md"), keel_server::catalogue::metrics_markdown())?;
+            std::fs::write(dir.join("METRICS.md"), keel_server::ops::catalogue::metrics_markdown())?;
             println!("wrote {0}/ERRORS.md, {0}/CONFIG.md and {0}/METRICS.md", dir.display());
             Ok(())
         }
@@ -578,7 +577,7 @@ async fn main() -> Result<()> {
 }
 
 async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
-    use keel_server::keys::FILE_LINKS;
+    use keel_server::auth::keys::FILE_LINKS;
     use keel_store::security;
     match action {
         KeysAction::List => {
@@ -605,7 +604,7 @@ async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
             Ok(())
         }
         KeysAction::Rotate => {
-            let key = keel_server::keys::rotate(db, FILE_LINKS).await?;
+            let key = keel_server::auth::keys::rotate(db, FILE_LINKS).await?;
             println!(
                 "added key {} for {FILE_LINKS}: instances sign with it within a minute; retire the old key after an hour",
                 key.id

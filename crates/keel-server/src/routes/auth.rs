@@ -1,23 +1,20 @@
 //! `/api/v1/auth`: sign-up, login, logout (one session or all), and `me`.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use base64::Engine;
 use chrono::{Duration, Utc};
 use keel_store::StoreError;
 use keel_store::security;
 use keel_store::system::{self, NewUser, Principal};
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, Auth, token_hash};
-use crate::state::AppState;
+use crate::auth::{check_password, hash_password, locked, normalize_email, start_session, verify_password};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, Auth};
+use crate::http::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,139 +26,6 @@ pub struct Credentials {
     /// Keep the session in a cookie (for browser pages) instead of answering the token.
     #[serde(default)]
     cookie: bool,
-}
-
-/// The answer while a login lock runs: when it ends, and whose it is.
-fn locked(key: &str, until: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> ApiError {
-    let seconds = ((until - now).num_milliseconds().max(1) as u64).div_ceil(1000);
-    let scope = key.split(':').next().unwrap_or("account");
-    let mut error = ApiError::new(
-        "login_locked",
-        format!("too many failed logins; try again in {seconds} s"),
-    )
-    .with_details(json!({ "scope": scope, "retry_after_seconds": seconds, "locked_until": until }));
-    error.retry_after = Some(seconds);
-    error
-}
-
-/// A new random token with a prefix telling sessions (`ks_`) from API keys (`kk_`).
-pub fn new_token(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
-/// The argon2id hasher for the configured cost.
-fn hasher(auth: &crate::config::AuthSection) -> Argon2<'static> {
-    let params = argon2::Params::new(auth.argon2_memory_kib, auth.argon2_iterations, 1, None).unwrap_or_default();
-    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-}
-
-/// Hashes a password with argon2id (deliberately slow: call it off the async workers).
-pub fn hash_password_blocking(auth: &crate::config::AuthSection, password: &str) -> ApiResult<String> {
-    let mut salt = [0u8; 16];
-    rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-    hasher(auth)
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(ApiError::internal)
-}
-
-/// Hashes a password with argon2id on a blocking thread.
-pub async fn hash_password(auth: &crate::config::AuthSection, password: String) -> ApiResult<String> {
-    let auth = auth.clone();
-    tokio::task::spawn_blocking(move || hash_password_blocking(&auth, &password))
-        .await
-        .map_err(ApiError::internal)?
-}
-
-/// Verifies a password; the hash carries its own parameters.
-async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
-/// Normalises and checks an email address.
-pub fn normalize_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid {
-        Ok(email)
-    } else {
-        Err(
-            ApiError::new("validation_failed", "the email address is not valid").with_details(
-                json!([{ "field": "email", "code": "invalid_email", "message": "not a valid email address" }]),
-            ),
-        )
-    }
-}
-
-/// The most common passwords of breach corpora (8 characters or more, lowercase, sorted):
-/// see `data/README.md`.
-const COMMON_PASSWORDS: &str = include_str!("../../data/common-passwords.txt");
-
-/// Whether a password is on the bundled list of common and breached passwords (any case).
-pub fn is_common_password(password: &str) -> bool {
-    let lower = password.to_lowercase();
-    let list = COMMON_PASSWORDS.as_bytes();
-    // Binary search over the sorted lines without building an index.
-    let (mut low, mut high) = (0usize, list.len());
-    while low < high {
-        let middle = (low + high) / 2;
-        let start = list[..middle].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let end = list[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(list.len(), |i| start + i);
-        match list[start..end].cmp(lower.as_bytes()) {
-            std::cmp::Ordering::Equal => return true,
-            std::cmp::Ordering::Less => low = end + 1,
-            std::cmp::Ordering::Greater => high = start,
-        }
-    }
-    false
-}
-
-/// The password policy: length bounds, not the email itself, not a common password.
-pub fn check_password(password: &str, email: &str, min_length: usize) -> ApiResult<()> {
-    let length = password.chars().count();
-    let problem = if length < min_length {
-        Some(format!("use at least {min_length} characters"))
-    } else if length > 256 {
-        Some("use at most 256 characters".to_string())
-    } else if password.eq_ignore_ascii_case(email)
-        || password.eq_ignore_ascii_case(email.split('@').next().unwrap_or(""))
-    {
-        Some("the password must not be your email".to_string())
-    } else if is_common_password(password) {
-        Some("this password is one of the most common ones in breached-password lists; choose another".to_string())
-    } else {
-        None
-    };
-    match problem {
-        Some(message) => Err(ApiError::new("weak_password", message)),
-        None => Ok(()),
-    }
-}
-
-async fn start_session(state: &AppState, user: uuid::Uuid) -> ApiResult<(String, chrono::DateTime<Utc>)> {
-    let token = new_token("ks_");
-    let expires_at = Utc::now() + Duration::hours(state.config.auth.session_ttl_hours as i64);
-    system::session_insert(&state.db, user, &token_hash(&token), expires_at).await?;
-    Ok((token, expires_at))
 }
 
 pub async fn signup(
@@ -214,10 +78,10 @@ fn session_answer(
         body["token"] = json!(token);
         return Json(body).into_response();
     }
-    body["csrf_token"] = json!(crate::browser::csrf_token(token));
+    body["csrf_token"] = json!(crate::auth::browser::csrf_token(token));
     let max_age = (expires_at - Utc::now()).num_seconds();
     let mut response = Json(body).into_response();
-    for value in crate::browser::session_cookies(token, max_age) {
+    for value in crate::auth::browser::session_cookies(token, max_age) {
         response.headers_mut().append(axum::http::header::SET_COOKIE, value);
     }
     response
@@ -225,7 +89,7 @@ fn session_answer(
 
 pub async fn login(
     State(state): State<AppState>,
-    client: Option<axum::Extension<crate::protect::ClientIp>>,
+    client: Option<axum::Extension<crate::http::extract::ClientIp>>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim().to_lowercase();
@@ -294,12 +158,12 @@ pub async fn logout(
     match principal {
         Principal::User { session, .. } => {
             system::session_revoke(&state.db, session).await?;
-            if let Some(hash) = crate::extract::request_token_hash(&headers) {
-                crate::extract::forget_tokens(&state, &[hash]).await;
+            if let Some(hash) = crate::http::extract::request_token_hash(&headers) {
+                crate::http::extract::forget_tokens(&state, &[hash]).await;
             }
             let mut response = StatusCode::NO_CONTENT.into_response();
-            if crate::browser::cookie(&headers, crate::browser::SESSION_COOKIE).is_some() {
-                for value in crate::browser::session_cookies("", 0) {
+            if crate::auth::browser::cookie(&headers, crate::auth::browser::SESSION_COOKIE).is_some() {
+                for value in crate::auth::browser::session_cookies("", 0) {
                     response.headers_mut().append(axum::http::header::SET_COOKIE, value);
                 }
             }
@@ -340,7 +204,7 @@ pub async fn change_password(
     check_password(&body.new_password, &user.email, state.config.auth.min_password_length)?;
     let password_hash = hash_password(&state.config.auth, body.new_password).await?;
     let revoked = system::user_set_password(&state.db, user.id, &password_hash).await?;
-    crate::extract::forget_tokens(&state, &revoked).await;
+    crate::http::extract::forget_tokens(&state, &revoked).await;
     let (token, expires_at) = start_session(&state, user.id).await?;
     let cookie = headers.get(axum::http::header::AUTHORIZATION).is_none();
     let body = json!({ "user": user, "revoked_sessions": revoked.len() });
@@ -352,7 +216,7 @@ pub async fn logout_all(State(state): State<AppState>, Auth(principal): Auth) ->
         Principal::User { user, .. } => {
             let hashes = system::session_token_hashes(&state.db, user.id).await?;
             let revoked = system::sessions_revoke_all(&state.db, user.id).await?;
-            crate::extract::forget_tokens(&state, &hashes).await;
+            crate::http::extract::forget_tokens(&state, &hashes).await;
             Ok(Json(json!({ "revoked_sessions": revoked })))
         }
         Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys have no sessions")),
@@ -375,28 +239,5 @@ pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
             ))
         }
         Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn common_passwords_are_refused_in_any_case() {
-        assert!(COMMON_PASSWORDS.lines().count() > 8_000);
-        let first = COMMON_PASSWORDS.lines().next().unwrap();
-        let last = COMMON_PASSWORDS.lines().last().unwrap();
-        for listed in [first, last, "password123", "PassWord123", "iloveyou2"] {
-            assert!(is_common_password(listed), "{listed}");
-        }
-        for fine in ["correct horse battery", "zzzzzzzzzzzzzzzzzzzzzzzz", "", "a"] {
-            assert!(!is_common_password(fine), "{fine}");
-        }
-        // Every line is found: the search handles every position.
-        assert!(COMMON_PASSWORDS.lines().all(is_common_password));
-        let refused = check_password("Password123", "ada@example.com", 8).unwrap_err();
-        assert_eq!(refused.code, "weak_password");
-        assert!(check_password("correct horse battery", "ada@example.com", 10).is_ok());
     }
 }

@@ -2,7 +2,6 @@
 
 pub mod auth;
 pub mod bulk;
-pub mod export;
 pub mod files;
 pub mod jobs;
 pub mod ops;

@@ -11,10 +11,12 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, Auth, Params, org_access, token_hash};
-use crate::routes::auth::new_token;
-use crate::state::AppState;
+use crate::auth::new_token;
+use crate::auth::{grantable, require_manager};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::page_limit;
+use crate::http::extract::{ApiJson, Auth, Params, org_access, token_hash};
+use crate::http::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,70 +103,6 @@ pub async fn list(
     }
 }
 
-pub fn page_limit(state: &AppState, raw: Option<&str>) -> ApiResult<u32> {
-    let limits = &state.config.limits;
-    match raw {
-        None => Ok(limits.default_page_size),
-        Some(text) => {
-            let value: u32 = text
-                .parse()
-                .map_err(|_| ApiError::new("invalid_query", "limit must be a positive integer"))?;
-            if value == 0 {
-                return Err(ApiError::new("invalid_query", "limit must be at least 1"));
-            }
-            if value > limits.max_page_size {
-                return Err(
-                    ApiError::new("limit_too_large", format!("limit is at most {}", limits.max_page_size))
-                        .with_details(json!({ "max": limits.max_page_size })),
-                );
-            }
-            Ok(value)
-        }
-    }
-}
-
-/// The caller's rank in the org (`None` for the superuser who is not a member).
-pub(crate) fn rank(state: &AppState, role: &Option<String>) -> Option<i64> {
-    role.as_deref().and_then(|r| state.schema.app.role_rank(r))
-}
-
-pub(crate) fn is_superuser(principal: &Principal) -> bool {
-    matches!(principal, Principal::User { user, .. } if user.superuser)
-}
-
-/// Managing members and keys takes the second-highest role (admin) or above.
-pub(crate) fn require_manager(state: &AppState, principal: &Principal, role: &Option<String>) -> ApiResult<()> {
-    let roles = &state.schema.app.roles;
-    let needed = state
-        .schema
-        .app
-        .role_rank(roles.get(1).unwrap_or(&roles[0]))
-        .unwrap_or(i64::MAX);
-    if is_superuser(principal) || rank(state, role).is_some_and(|r| r >= needed) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
-
-/// A role the caller may grant: a known role no higher than their own.
-fn grantable(state: &AppState, principal: &Principal, caller_role: &Option<String>, wanted: &str) -> ApiResult<()> {
-    let Some(wanted_rank) = state.schema.app.role_rank(wanted) else {
-        return Err(ApiError::new(
-            "invalid_role",
-            format!(
-                "unknown role '{wanted}'; roles are: {}",
-                state.schema.app.roles.join(", ")
-            ),
-        ));
-    };
-    if is_superuser(principal) || rank(state, caller_role).is_some_and(|r| r >= wanted_rank) {
-        Ok(())
-    } else {
-        Err(ApiError::new("invalid_role", "you cannot grant a role above your own"))
-    }
-}
-
 pub async fn members(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -212,7 +150,7 @@ pub async fn add_member(
             StoreError::Unique { .. } => ApiError::new("already_member", "the user is already a member"),
             other => other.into(),
         })?;
-    crate::extract::forget_membership(&state, user.id, &slug).await;
+    crate::http::extract::forget_membership(&state, user.id, &slug).await;
     let member = system::member(&state.db, org.id, user.id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -249,7 +187,7 @@ pub async fn update_member(
     )
     .await?
     {
-        MemberChange::Done => crate::extract::forget_membership(&state, user_id, &slug).await,
+        MemberChange::Done => crate::http::extract::forget_membership(&state, user_id, &slug).await,
         MemberChange::NotFound => return Err(ApiError::not_found()),
         MemberChange::LastOwner => {
             return Err(ApiError::new(
@@ -281,7 +219,7 @@ pub async fn remove_member(
     }
     match system::member_change(&state.db, org.id, user_id, None, state.schema.app.top_role()).await? {
         MemberChange::Done => {
-            crate::extract::forget_membership(&state, user_id, &slug).await;
+            crate::http::extract::forget_membership(&state, user_id, &slug).await;
             Ok(StatusCode::NO_CONTENT)
         }
         MemberChange::NotFound => Err(ApiError::not_found()),
@@ -357,7 +295,7 @@ pub async fn revoke_key(
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
     match system::api_key_revoke(&state.db, org.id, id).await? {
         Some(hash) => {
-            crate::extract::forget_tokens(&state, &[hash]).await;
+            crate::http::extract::forget_tokens(&state, &[hash]).await;
             Ok(StatusCode::NO_CONTENT)
         }
         None => Err(ApiError::not_found()),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use keel_server::backup::{BackupError, Backups, Progress, RestoreTarget};
-use keel_server::storage::Storage;
+use keel_server::files::storage::Storage;
 use keel_testkit::{Backend, TestApp, both, files_under, pg_url, test_config};
 use serde_json::json;
 

@@ -326,7 +326,7 @@ async fn file_access_follows_the_record_rules(backend: Backend) {
 }
 
 async fn signed_links_survive_key_rotation_until_the_key_retires(backend: Backend) {
-    use keel_server::keys::{self, FILE_LINKS};
+    use keel_server::auth::keys::{self, FILE_LINKS};
     let app = TestApp::spawn_with(backend, SPEC, |_| {}).await;
     let (_, owner) = app.signup("owner@example.com").await;
     app.org(&owner, "acme").await;

@@ -89,7 +89,8 @@ async fn metrics_are_catalogued_and_pass_promtool(backend: Backend) {
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut parts = line.split_whitespace().skip(2);
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-        let documented = keel_server::catalogue::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+        let documented =
+            keel_server::ops::catalogue::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
         assert_eq!(documented.kind, kind, "{name}");
         seen += 1;
     }
@@ -193,8 +194,8 @@ async fn readiness_reports_queue_lag(backend: Backend) {
 
 #[test]
 fn a_nearly_full_disk_fails_readiness() {
-    use keel_server::routes::ops::disk_status;
-    use keel_server::system::Disk;
+    use keel_server::ops::health::disk_status;
+    use keel_server::ops::system::Disk;
     let gib = 1u64 << 30;
     assert_eq!(
         disk_status(

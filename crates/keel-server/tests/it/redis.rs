@@ -251,7 +251,7 @@ both!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_are_shared_across_instances_and_fall_back_locally() {
     use keel_server::config::{RedisSection, Secret};
-    use keel_server::shared::{LocalLimits, Shared};
+    use keel_server::http::shared::{LocalLimits, Shared};
     let mut redis = RedisServer::start();
     let config = RedisSection {
         url: Some(Secret(redis.url())),

@@ -11,7 +11,7 @@ use chrono::Utc;
 use keel_store::Db;
 use keel_store::security::{self, Key};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The purpose of the keys that sign file links.
 pub const FILE_LINKS: &str = "file_links";

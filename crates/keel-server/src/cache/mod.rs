@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use keel_spec::App;
 use keel_store::system::Principal;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 struct Entry {
     headers: HeaderMap,
@@ -165,7 +165,7 @@ impl ResponseCache {
 
     /// The stamps of a collection in a scope, as they go into an entry's key: `None` when
     /// they cannot be known (Redis down).
-    async fn stamp(&self, shared: &crate::shared::Shared, collection: &str, scope: &str) -> Option<String> {
+    async fn stamp(&self, shared: &crate::http::shared::Shared, collection: &str, scope: &str) -> Option<String> {
         let keys = [format!("{collection}:*"), format!("{collection}:{scope}")];
         if shared.enabled() {
             if !self.flush(shared).await {
@@ -192,7 +192,7 @@ impl ResponseCache {
     }
 
     /// Retries the bumps Redis did not take; true when none is left.
-    async fn flush(&self, shared: &crate::shared::Shared) -> bool {
+    async fn flush(&self, shared: &crate::http::shared::Shared) -> bool {
         let pending: Vec<String> = self.pending.lock().expect("cache pending").iter().cloned().collect();
         if pending.is_empty() {
             return true;
@@ -210,7 +210,7 @@ impl ResponseCache {
 
     /// Bumps the stamps of every cached collection that a write to `collection` in `scope`
     /// (`None`: every scope) can change.
-    pub async fn bump(&self, shared: &crate::shared::Shared, collection: &str, scope: Option<&str>) {
+    pub async fn bump(&self, shared: &crate::http::shared::Shared, collection: &str, scope: Option<&str>) {
         let Some(affected) = self.affected.get(collection) else {
             return;
         };
@@ -222,12 +222,12 @@ impl ResponseCache {
     }
 
     /// Bumps every cached collection in an org (its memberships changed).
-    async fn bump_org(&self, shared: &crate::shared::Shared, slug: &str) {
+    async fn bump_org(&self, shared: &crate::http::shared::Shared, slug: &str) {
         let keys: Vec<String> = self.ttl.keys().map(|name| format!("{name}:{slug}")).collect();
         self.bump_keys(shared, keys).await;
     }
 
-    async fn bump_keys(&self, shared: &crate::shared::Shared, keys: Vec<String>) {
+    async fn bump_keys(&self, shared: &crate::http::shared::Shared, keys: Vec<String>) {
         if keys.is_empty() {
             return;
         }
@@ -314,9 +314,9 @@ pub async fn cache(State(state): State<AppState>, request: Request, next: Next) 
     if scope == "-" || method != Method::GET {
         return next.run(request).await;
     }
-    let principal = match request.extensions().get::<crate::protect::ResolvedPrincipal>() {
+    let principal = match request.extensions().get::<crate::http::extract::ResolvedPrincipal>() {
         Some(resolved) => Some(resolved.0.clone()),
-        None => crate::extract::principal_of(request.headers(), &state)
+        None => crate::http::extract::principal_of(request.headers(), &state)
             .await
             .ok()
             .flatten(),

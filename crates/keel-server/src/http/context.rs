@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use crate::error::{ApiError, ErrorCause};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ErrorCause};
+use crate::http::state::AppState;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -45,7 +45,7 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
-    let class = crate::protect::classify(
+    let class = classify(
         request.method(),
         request.extensions().get::<MatchedPath>().map(|p| p.as_str()),
         request.uri().path(),
@@ -55,7 +55,7 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
         .timeout(class, Duration::from_millis(state.config.server.request_timeout_ms));
     // The client, for read-your-writes (only when replicas exist).
     let client = if state.db.has_replicas() {
-        crate::extract::request_token_hash(request.headers())
+        crate::http::extract::request_token_hash(request.headers())
     } else {
         None
     };
@@ -100,7 +100,7 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
             .traffic
             .record(chrono::Utc::now(), status, elapsed.as_secs_f64());
     }
-    if let Some(code) = response.extensions().get::<crate::error::ErrorCode>() {
+    if let Some(code) = response.extensions().get::<crate::http::error::ErrorCode>() {
         // One series per error code (a fixed table): rate limits, blocks, timeouts, limits.
         state
             .metrics
@@ -113,7 +113,7 @@ pub async fn request_context(State(state): State<AppState>, request: Request, ne
     let db_ms = queries.total.as_secs_f64() * 1000.0;
     let unexpected = response
         .extensions()
-        .get::<crate::error::ErrorCode>()
+        .get::<crate::http::error::ErrorCode>()
         .is_some_and(|code| code.0 == "internal");
     if unexpected {
         state.metrics.counter("keel_unexpected_errors_total", &[], 1);
@@ -143,4 +143,69 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".to_string());
     ApiError::internal(format!("panic: {message}")).into_response()
+}
+
+/// A route class: which of the spec's `[rate_limits]` apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Api,
+    Auth,
+    Upload,
+    Status,
+}
+
+impl RouteClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Api => "api",
+            RouteClass::Auth => "auth",
+            RouteClass::Upload => "upload",
+            RouteClass::Status => "status",
+        }
+    }
+}
+
+/// The class of a request from its method and matched route template (`None` for routes that
+/// are not rate limited). A path under `/api/` that matched no route is `api`.
+pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<RouteClass> {
+    let Some(route) = route else {
+        return path.starts_with("/api/").then_some(RouteClass::Api);
+    };
+    let route = route.strip_prefix("/api/v1")?;
+    if route.starts_with("/workers/") {
+        return None;
+    }
+    Some(match (method, route) {
+        (&Method::POST, "/auth/login" | "/auth/signup") => RouteClass::Auth,
+        (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
+        (&Method::GET, "/jobs/{id}") => RouteClass::Status,
+        _ => RouteClass::Api,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    #[test]
+    fn routes_fall_into_classes() {
+        let class = |method: Method, route: &str| classify(&method, Some(route), route);
+        assert_eq!(class(Method::POST, "/api/v1/auth/login"), Some(RouteClass::Auth));
+        assert_eq!(class(Method::POST, "/api/v1/auth/logout"), Some(RouteClass::Api));
+        assert_eq!(
+            class(Method::POST, "/api/v1/orgs/{org}/{collection}/{id}/files/{field}"),
+            Some(RouteClass::Upload)
+        );
+        assert_eq!(
+            class(Method::POST, "/api/v1/global/{collection}/import"),
+            Some(RouteClass::Upload)
+        );
+        assert_eq!(class(Method::GET, "/api/v1/jobs/{id}"), Some(RouteClass::Status));
+        assert_eq!(class(Method::POST, "/api/v1/workers/claim"), None);
+        assert_eq!(class(Method::GET, "/health/ready"), None);
+        assert_eq!(classify(&Method::GET, None, "/api/v1/nothing"), Some(RouteClass::Api));
+        assert_eq!(classify(&Method::GET, None, "/favicon.ico"), None);
+    }
 }

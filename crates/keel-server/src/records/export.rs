@@ -17,10 +17,10 @@ use keel_store::records;
 use keel_store::system::Principal;
 use serde_json::Value;
 
-use crate::error::{ApiError, ApiResult};
-use crate::extract::Params;
-use crate::routes::records::{ensure_allowed, list_spec, resolve};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::Params;
+use crate::http::state::AppState;
+use crate::records::{ensure_allowed, list_spec, resolve};
 
 /// Records per statement (and so the most an export holds in memory).
 const PAGE: u32 = 1_000;

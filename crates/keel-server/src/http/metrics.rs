@@ -1,57 +1,8 @@
-//! Shared state handed to every handler: the checked schema, the database, config, metrics.
+//! The metrics registry: a Prometheus recorder owned by the app (no global recorder, so tests
+//! can run many apps), the job runtime's counters, and the latency buckets alerts share.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use keel_query::{Patterns, Schema};
-use keel_store::Db;
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-
-use crate::config::Config;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub inner: Arc<Inner>,
-}
-
-pub struct Inner {
-    pub schema: Arc<Schema>,
-    pub patterns: Arc<Patterns>,
-    pub db: Arc<Db>,
-    /// The job runtime (started by `App::run_until`, or by tests).
-    pub jobs: Arc<keel_jobs::Jobs>,
-    /// Where uploaded files live.
-    pub storage: Arc<crate::storage::Storage>,
-    /// The keys that sign file links, shared by every instance through the database.
-    pub keys: crate::keys::KeyRing,
-    /// Unexpected errors grouped by fingerprint (O6).
-    pub errors: Arc<crate::tracking::ErrorTracker>,
-    /// The alert rules and their states (O4).
-    pub alerts: Arc<crate::alerts::Alerts>,
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub shared: Arc<crate::shared::Shared>,
-    /// The response cache of collections that declare `cache` (C1–C3).
-    pub cache: Arc<crate::cache::ResponseCache>,
-    /// IP lists, rate limits and concurrency caps (S4, S5).
-    pub protection: crate::protect::Protection,
-    /// Clients that wrote recently, by token hash (read-your-writes without Redis).
-    pub recent_writers: crate::shared::RecentWriters,
-    /// Set on SIGTERM: readiness fails while requests are still served (see `App::run_until`).
-    pub draining: std::sync::atomic::AtomicBool,
-    pub started: Instant,
-    /// A hash of a random password at the configured cost, verified when a login names an
-    /// unknown email.
-    pub dummy_password_hash: String,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.inner
-    }
-}
 
 /// A Prometheus registry owned by the app (no global recorder, so tests can run many apps).
 pub struct Metrics {
@@ -106,74 +57,23 @@ impl keel_jobs::Observer for Metrics {
     }
 }
 
-/// The job runtime's observer: metrics, and the response cache's stamps after jobs that
-/// write records.
-pub struct ServerObserver {
-    pub metrics: Arc<Metrics>,
-    pub cache: Arc<crate::cache::ResponseCache>,
-    pub shared: Arc<crate::shared::Shared>,
-    pub schema: Arc<Schema>,
-}
-
-impl keel_jobs::Observer for ServerObserver {
-    fn claimed(&self, queue: &str, kind: &str, waited: std::time::Duration) {
-        self.metrics.claimed(queue, kind, waited);
-    }
-
-    fn finished(&self, queue: &str, kind: &str, outcome: keel_jobs::Outcome, ran: std::time::Duration) {
-        self.metrics.finished(queue, kind, outcome, ran);
-        // What the job may have written: an HTTP kind's `into` collection; imports and the
-        // cleanup (file retention) anything. Bumped when the job ends, whatever its outcome
-        // (a failed attempt may have committed batches).
-        let app = &self.schema.app;
-        let written: Vec<String> = match app.jobs.kind(kind).map(|k| &k.handler) {
-            Some(keel_spec::Handler::Http { into: Some(into), .. }) => vec![into.clone()],
-            // An import may write any collection.
-            _ if kind == keel_spec::IMPORT_KIND => app.collections.iter().map(|c| c.name.clone()).collect(),
-            // The cleanup writes records only to remove expired and orphaned files.
-            _ if kind == keel_spec::CLEANUP_KIND => app
-                .collections
-                .iter()
-                .filter(|c| c.has_files())
-                .map(|c| c.name.clone())
-                .collect(),
-            _ => vec![],
-        };
-        if !written.is_empty()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let (cache, shared) = (self.cache.clone(), self.shared.clone());
-            runtime.spawn(async move {
-                for collection in written {
-                    cache.bump(&shared, &collection, None).await;
-                }
-            });
-        }
-    }
-
-    fn enqueued(&self, queue: &str, kind: &str, count: u64) {
-        self.metrics.enqueued(queue, kind, count);
-    }
-
-    fn rescued(&self, queue: &str, count: u64) {
-        self.metrics.rescued(queue, count);
-    }
-}
-
 static METADATA: Metadata<'static> = Metadata::new("keel", metrics::Level::INFO, Some("keel"));
 
-/// Latency buckets in seconds, from 0.5 ms to 10 s (the alerts' windows use the same).
-const LATENCY_BUCKETS: &[f64] = crate::alerts::BUCKETS;
+/// The latency buckets of the request histogram (seconds), shared with `/metrics` so the
+/// in-process p95 and Prometheus's `histogram_quantile` agree.
+pub const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .expect("buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
         // Every metric's `# HELP` line, from the catalogue (O2).
-        for metric in crate::catalogue::METRICS
+        for metric in crate::ops::catalogue::METRICS
             .iter()
             .filter(|m| !m.name.starts_with("process_"))
         {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use redis::Client;
 use redis::aio::ConnectionManager;
 
-use crate::config::RedisSection;
+use crate::http::settings::RedisSection;
 
 pub struct Shared {
     redis: Option<Redis>,

@@ -12,85 +12,29 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use keel_spec::{Rate, RateClass, RateLimitsSpec};
 use keel_store::system::Principal;
 
-use crate::error::ApiError;
-use crate::shared::{LocalLimits, RateDecision, RateKey};
-use crate::state::AppState;
+use crate::http::context::{RouteClass, classify};
+use crate::http::error::ApiError;
+use crate::http::extract::{ClientIp, ResolvedPrincipal};
+use crate::http::settings::parse_cidrs;
+use crate::http::shared::{LocalLimits, RateDecision, RateKey};
+use crate::http::state::AppState;
 
-/// Parses CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses (`192.0.2.7`).
-pub fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>, String> {
-    list.iter()
-        .map(|text| {
-            let text = text.trim();
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map(|net| net.trunc())
-                .map_err(|_| format!("'{text}' is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
-        })
-        .collect()
-}
-
-/// A route class: which of the spec's `[rate_limits]` apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteClass {
-    Api,
-    Auth,
-    Upload,
-    Status,
-}
-
-impl RouteClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteClass::Api => "api",
-            RouteClass::Auth => "auth",
-            RouteClass::Upload => "upload",
-            RouteClass::Status => "status",
-        }
-    }
-
-    fn limits(self, spec: &RateLimitsSpec) -> &RateClass {
-        match self {
-            RouteClass::Api => &spec.api,
-            RouteClass::Auth => &spec.auth,
-            RouteClass::Upload => &spec.upload,
-            RouteClass::Status => &spec.status,
-        }
+/// The spec's limits of a route class.
+fn class_limits(class: RouteClass, spec: &RateLimitsSpec) -> &RateClass {
+    match class {
+        RouteClass::Api => &spec.api,
+        RouteClass::Auth => &spec.auth,
+        RouteClass::Upload => &spec.upload,
+        RouteClass::Status => &spec.status,
     }
 }
-
-/// The class of a request from its method and matched route template (`None` for routes that
-/// are not rate limited). A path under `/api/` that matched no route is `api`.
-pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<RouteClass> {
-    let Some(route) = route else {
-        return path.starts_with("/api/").then_some(RouteClass::Api);
-    };
-    let route = route.strip_prefix("/api/v1")?;
-    if route.starts_with("/workers/") {
-        return None;
-    }
-    Some(match (method, route) {
-        (&Method::POST, "/auth/login" | "/auth/signup") => RouteClass::Auth,
-        (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
-        (&Method::GET, "/jobs/{id}") => RouteClass::Status,
-        _ => RouteClass::Api,
-    })
-}
-
-/// The client's address as Keel sees it, for handlers (log-in backoff) and logs.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub Option<IpAddr>);
-
-/// The caller, resolved once by the protection layer for per-user limits and reused by the
-/// `Auth` extractor.
-#[derive(Clone)]
-pub struct ResolvedPrincipal(pub Principal);
 
 /// The protection settings in use, built once from the config and the spec.
 pub struct Protection {
@@ -171,7 +115,7 @@ impl Protection {
 
     fn needs_principal(&self, class: RouteClass) -> bool {
         let wants = |c: &RateClass| !c.per_user.is_empty() || !c.per_org.is_empty() || c.concurrent_per_user.is_some();
-        wants(&self.spec.api) || wants(class.limits(&self.spec))
+        wants(&self.spec.api) || wants(class_limits(class, &self.spec))
     }
 
     /// The limits a request counts against: its class's and, for the other classes, `api`'s.
@@ -179,7 +123,7 @@ impl Protection {
         let mut keys = vec![];
         let ip = ip.map(ip_key);
         let mut add = |class: RouteClass| {
-            let limits = class.limits(&self.spec);
+            let limits = class_limits(class, &self.spec);
             let scopes = [
                 ("ip", ip.as_deref(), &limits.per_ip),
                 ("user", caller, &limits.per_user),
@@ -256,7 +200,7 @@ pub async fn protect(State(state): State<AppState>, mut request: Request, next: 
     };
     let principal = if protection.needs_principal(class) {
         // A bad token is the handler's to refuse (401); for limits the caller is anonymous.
-        crate::extract::principal_of(request.headers(), &state)
+        crate::http::extract::principal_of(request.headers(), &state)
             .await
             .ok()
             .flatten()
@@ -294,7 +238,7 @@ pub async fn protect(State(state): State<AppState>, mut request: Request, next: 
     if let Some(principal) = principal.clone() {
         request.extensions_mut().insert(ResolvedPrincipal(principal));
     }
-    let cap = class.limits(&protection.spec).concurrent_per_user;
+    let cap = class_limits(class, &protection.spec).concurrent_per_user;
     let slot = match (cap, &caller) {
         (Some(cap), Some(caller)) => {
             let lease = protection.timeout(
@@ -393,22 +337,6 @@ mod tests {
 
     #[test]
     fn routes_fall_into_classes() {
-        let class = |method: Method, route: &str| classify(&method, Some(route), route);
-        assert_eq!(class(Method::POST, "/api/v1/auth/login"), Some(RouteClass::Auth));
-        assert_eq!(class(Method::POST, "/api/v1/auth/logout"), Some(RouteClass::Api));
-        assert_eq!(
-            class(Method::POST, "/api/v1/orgs/{org}/{collection}/{id}/files/{field}"),
-            Some(RouteClass::Upload)
-        );
-        assert_eq!(
-            class(Method::POST, "/api/v1/global/{collection}/import"),
-            Some(RouteClass::Upload)
-        );
-        assert_eq!(class(Method::GET, "/api/v1/jobs/{id}"), Some(RouteClass::Status));
-        assert_eq!(class(Method::POST, "/api/v1/workers/claim"), None);
-        assert_eq!(class(Method::GET, "/health/ready"), None);
-        assert_eq!(classify(&Method::GET, None, "/api/v1/nothing"), Some(RouteClass::Api));
-        assert_eq!(classify(&Method::GET, None, "/favicon.ico"), None);
         assert_eq!(
             org_of(Some("/api/v1/orgs/{org}/{collection}"), "/api/v1/orgs/acme/tasks"),
             Some("acme")

@@ -12,15 +12,11 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::http::metrics::BUCKETS;
 use chrono::{DateTime, Utc};
 use keel_spec::AlertRule;
 use serde::Serialize;
 
-/// The latency buckets of the request histogram (seconds), shared with `/metrics` so the
-/// in-process p95 and Prometheus's `histogram_quantile` agree.
-pub const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 const SLOT_MS: i64 = 1_000;
 /// One hour of 1-second slots: the longest window a rule may use.
 const SLOTS: usize = 3_600;
@@ -377,13 +373,16 @@ pub async fn evaluate(state: &crate::AppState) {
     let now = Utc::now();
     let leader = state.jobs.is_leader();
     let pool = state.db.pool_state();
-    let disk = crate::system::disk(&state.config.app.data_dir).map(|d| d.used_ratio());
-    let memory = match (crate::system::resident_memory(), crate::system::memory_limit()) {
+    let disk = crate::ops::system::disk(&state.config.app.data_dir).map(|d| d.used_ratio());
+    let memory = match (
+        crate::ops::system::resident_memory(),
+        crate::ops::system::memory_limit(),
+    ) {
         (Some(rss), Some(limit)) if limit > 0 => Some(rss as f64 / limit as f64),
         _ => None,
     };
     let queue_lag = if leader {
-        tokio::time::timeout(Duration::from_secs(2), crate::routes::jobs::queue_stats(state))
+        tokio::time::timeout(Duration::from_secs(2), crate::jobs::queue_stats(state))
             .await
             .ok()
             .and_then(Result::ok)

@@ -2,17 +2,19 @@
 //! JSON bodies, query strings, the caller (from the bearer token) and the org of the path.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use keel_store::system::{self, Org, Principal};
 use serde::de::DeserializeOwned;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::state::AppState;
 
 /// A JSON body. Malformed JSON, a wrong content type or an oversized body are 4xx with codes.
 pub struct ApiJson<T>(pub T);
@@ -135,7 +137,7 @@ pub struct Auth(pub Principal);
 pub struct MaybeAuth(pub Option<Principal>);
 
 async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
-    if let Some(resolved) = parts.extensions.get::<crate::protect::ResolvedPrincipal>() {
+    if let Some(resolved) = parts.extensions.get::<ResolvedPrincipal>() {
         return Ok(Some(resolved.0.clone()));
     }
     principal_of(&parts.headers, state).await
@@ -154,7 +156,7 @@ pub async fn principal_of(headers: &axum::http::HeaderMap, state: &AppState) -> 
                 .ok_or_else(|| ApiError::new("unauthenticated", "the Authorization header must be 'Bearer <token>'"))?
         }
         // A cookie session (Keel's own pages); `browser::guard` has checked a write's CSRF token.
-        None => match crate::browser::cookie(headers, crate::browser::SESSION_COOKIE) {
+        None => match cookie(headers, SESSION_COOKIE) {
             Some(token) if token.starts_with("ks_") && token.len() <= 256 => token,
             _ => return Ok(None),
         },
@@ -244,7 +246,7 @@ pub fn request_token_hash(headers: &axum::http::HeaderMap) -> Option<String> {
                 .or_else(|| value.strip_prefix("bearer "))?
                 .trim()
         }
-        None => crate::browser::cookie(headers, crate::browser::SESSION_COOKIE)?,
+        None => cookie(headers, SESSION_COOKIE)?,
     };
     (!token.is_empty()).then(|| token_hash(token))
 }
@@ -331,4 +333,53 @@ pub async fn org_access(
             Ok((org, Some(key.role.clone())))
         }
     }
+}
+
+/// The page size a request asks for (`limit`), within `limits.default_page_size` and
+/// `limits.max_page_size`.
+pub fn page_limit(state: &AppState, raw: Option<&str>) -> ApiResult<u32> {
+    let limits = &state.config.limits;
+    match raw {
+        None => Ok(limits.default_page_size),
+        Some(text) => {
+            let value: u32 = text
+                .parse()
+                .map_err(|_| ApiError::new("invalid_query", "limit must be a positive integer"))?;
+            if value == 0 {
+                return Err(ApiError::new("invalid_query", "limit must be at least 1"));
+            }
+            if value > limits.max_page_size {
+                return Err(
+                    ApiError::new("limit_too_large", format!("limit is at most {}", limits.max_page_size))
+                        .with_details(json!({ "max": limits.max_page_size })),
+                );
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// The client's address as Keel sees it, for handlers (log-in backoff) and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// The caller, resolved once by the protection layer for per-user limits and reused by the
+/// `Auth` extractor.
+#[derive(Clone)]
+pub struct ResolvedPrincipal(pub Principal);
+
+/// The session cookie (set by `auth::browser`, read by the `Auth` extractor).
+pub const SESSION_COOKIE: &str = "keel_session";
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
+        .filter(|value| !value.is_empty())
 }

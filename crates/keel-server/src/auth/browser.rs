@@ -18,38 +18,14 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
-/// The session cookie and the readable cookie holding its CSRF token.
-pub const SESSION_COOKIE: &str = "keel_session";
+pub use crate::http::extract::{SESSION_COOKIE, cookie};
+
+/// The readable cookie holding the session's CSRF token.
 pub const CSRF_COOKIE: &str = "keel_csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
-
-/// Checks `server.cors_origins`: exact origins (`https://app.example.com`), or `*` outside
-/// production.
-pub fn check_origins(origins: &[String], production: bool) -> Result<(), String> {
-    for origin in origins {
-        if origin == "*" {
-            if production {
-                return Err("'*' (any origin) is refused in production; list the origins".into());
-            }
-            continue;
-        }
-        let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
-            && !origin.ends_with('/')
-            && origin.split("://").nth(1).is_some_and(|rest| {
-                !rest.is_empty() && !rest.contains('/') && !rest.contains('*') && !rest.contains(' ')
-            })
-            && HeaderValue::from_str(origin).is_ok();
-        if !valid {
-            return Err(format!(
-                "'{origin}' is not an origin (scheme://host[:port], no path, e.g. https://app.example.com)"
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// The CORS layer for `server.cors_origins`, or none (no cross-origin access) when empty.
 pub fn cors(config: &crate::Config) -> Option<CorsLayer> {
@@ -104,19 +80,6 @@ pub fn constant_time_eq(given: &str, expected: &str) -> bool {
             .zip(expected.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-}
-
-/// A cookie's value from the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
-        .filter(|value| !value.is_empty())
 }
 
 /// `Set-Cookie` values that start a cookie session (the session itself, unreadable by
@@ -221,6 +184,7 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::settings::check_origins;
 
     #[test]
     fn origins_are_checked() {

@@ -1,0 +1,16 @@
+//! Accounts and sessions: passwords, tokens, org roles, browser sessions (cookies, CSRF,
+//! CORS, security headers) and the key ring that signs links; with the `[auth]` settings.
+
+pub mod browser;
+pub mod keys;
+pub mod password;
+pub mod roles;
+pub mod session;
+pub mod settings;
+
+pub(crate) use password::verify_password;
+pub use password::{check_password, hash_password, hash_password_blocking, is_common_password, normalize_email};
+pub(crate) use roles::grantable;
+pub use roles::{is_superuser, rank, require_manager};
+pub(crate) use session::locked;
+pub use session::{new_token, start_session};

@@ -1,0 +1,9 @@
+//! Operations: health checks and the gauges of a scrape, the metrics catalogue, alerts, error
+//! tracking, system figures (disk, process), with the `[errors]` and `[alerts]` settings.
+
+pub mod alerts;
+pub mod catalogue;
+pub mod health;
+pub mod settings;
+pub mod system;
+pub mod tracking;
