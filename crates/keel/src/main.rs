@@ -569,7 +569,7 @@ async fn main() -> Result<()> {
         Command::Docs { dir } => {
             std::fs::write(dir.join("ERRORS.md"), keel_server::http::error::errors_markdown())?;
             std::fs::write(dir.join("CONFIG.md"), keel_server::config::config_markdown())?;
-            std::fs::write(dir.join("METRICS.md"), keel_server::ops::catalogue::metrics_markdown())?;
+            std::fs::write(dir.join("METRICS.md"), keel_server::http::catalogue::metrics_markdown())?;
             println!("wrote {0}/ERRORS.md, {0}/CONFIG.md and {0}/METRICS.md", dir.display());
             Ok(())
         }

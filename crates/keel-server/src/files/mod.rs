@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Params;
 use crate::http::state::AppState;
-use crate::records::{Target, resolve_write, triggered};
+use crate::records::access::{Target, resolve_write, triggered};
 
 /// Bytes looked at to tell a file's type.
 mod cleanup;

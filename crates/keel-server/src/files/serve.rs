@@ -17,7 +17,7 @@ use super::{file_field, file_id_of, files_of, locked_record, object_key, parse_i
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Params;
 use crate::http::state::AppState;
-use crate::records::{ensure_allowed, resolve, resolve_write, triggered};
+use crate::records::access::{ensure_allowed, resolve, resolve_write, triggered};
 
 /// `attachment; filename="…"; filename*=UTF-8''…` for any name.
 fn disposition(name: &str) -> String {

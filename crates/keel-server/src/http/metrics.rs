@@ -73,7 +73,7 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         // Every metric's `# HELP` line, from the catalogue (O2).
-        for metric in crate::ops::catalogue::METRICS
+        for metric in crate::http::catalogue::METRICS
             .iter()
             .filter(|m| !m.name.starts_with("process_"))
         {

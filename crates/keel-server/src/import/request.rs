@@ -19,7 +19,7 @@ use crate::http::state::AppState;
 use crate::import::{
     self, Background, BodyTooLarge, ChannelReader, Destination, Format, Limits, Mode, Options, Report,
 };
-use crate::records::{resolve_write, triggered};
+use crate::records::access::{resolve_write, triggered};
 
 /// Feeds a request body to a [`ChannelReader`], failing past `limit` bytes.
 fn body_reader(body: Body, limit: u64) -> ChannelReader {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{is_superuser, require_manager};
+use crate::auth::roles::{is_superuser, require_manager};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Params, org_access};
 use crate::http::state::AppState;

@@ -1,8 +1,7 @@
-//! Operations: health checks and the gauges of a scrape, the metrics catalogue, alerts, error
+//! Operations: health checks and the gauges of a scrape, alerts, error
 //! tracking, system figures (disk, process), with the `[errors]` and `[alerts]` settings.
 
 pub mod alerts;
-pub mod catalogue;
 pub mod health;
 pub mod settings;
 pub mod system;

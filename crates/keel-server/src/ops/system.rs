@@ -113,7 +113,7 @@ pub fn process_metrics(out: &mut String) {
         return;
     };
     let mut metric = |name: &str, kind: &str, value: f64| {
-        let help = crate::ops::catalogue::find(name).map_or("", |m| m.help);
+        let help = crate::http::catalogue::find(name).map_or("", |m| m.help);
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
     };
     metric("process_cpu_seconds_total", "counter", process.cpu_seconds);

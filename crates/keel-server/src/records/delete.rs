@@ -53,7 +53,7 @@ pub async fn delete_many(
     let (deleted, object_keys) =
         records::delete_many(&state.db, &scope, &selection, state.config.limits.bulk_delete_chunk)
             .await
-            .map_err(|e| crate::records::record_error(target.collection, e))?;
+            .map_err(|e| crate::records::access::record_error(target.collection, e))?;
     state.storage.delete_after_commit(&state.db, &object_keys).await;
     triggered(state, &target.collection.triggers.on_delete, deleted);
     Ok((StatusCode::OK, axum::Json(json!({ "deleted": deleted }))).into_response())

@@ -17,7 +17,7 @@ fn errors_md_is_generated_from_the_code_table() {
 #[test]
 fn metrics_md_lists_every_metric() {
     assert!(
-        repo_file("docs/METRICS.md") == keel_server::ops::catalogue::metrics_markdown(),
+        repo_file("docs/METRICS.md") == keel_server::http::catalogue::metrics_markdown(),
         "docs/METRICS.md is stale: run `cargo run -p keel -- docs`"
     );
 }

@@ -90,7 +90,7 @@ async fn metrics_are_catalogued_and_pass_promtool(backend: Backend) {
         let mut parts = line.split_whitespace().skip(2);
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
         let documented =
-            keel_server::ops::catalogue::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+            keel_server::http::catalogue::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
         assert_eq!(documented.kind, kind, "{name}");
         seen += 1;
     }
