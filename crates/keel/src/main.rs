@@ -3,17 +3,11 @@
 
 mod backup_cli;
 mod bench;
-mod bench_backup;
-mod bench_import;
-mod bench_jobs;
-mod bench_limits;
-mod bench_upload;
 mod demo;
 mod examples;
 mod http_client;
 mod import_cli;
 mod jobs_cli;
-mod scaleout;
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@ use keel_server::import::{self, Mode};
 use keel_store::Db;
 use uuid::Uuid;
 
+use super::harness::AnonSampler;
 use crate::demo::{self, GenOptions};
 use crate::examples;
 
@@ -61,7 +62,7 @@ async fn setup(dir: &Path, database_url: &Option<String>, name: &str) -> Result<
     config.app.data_dir = data_dir;
     config.app.migrate_on_start = true;
     if let Some(url) = database_url {
-        crate::bench::fresh_pg_schema(&mut config, url, &format!("keel_bench_{name}")).await?;
+        super::harness::fresh_pg_schema(&mut config, url, &format!("keel_bench_{name}")).await?;
     }
     let db = keel_server::open_database(&config, &schema).await?;
     let options = GenOptions {
@@ -331,48 +332,6 @@ pub(crate) fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The process's anonymous resident memory (heap, not file pages mapped by SQLite), in MiB.
-pub(crate) fn anon_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("RssAnon:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Samples the anonymous resident memory every 10 ms until dropped; `peak` is the largest seen.
-pub(crate) struct AnonSampler {
-    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AnonSampler {
-    pub(crate) fn start() -> AnonSampler {
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seen = peak.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let kib = (anon_rss_mib() * 1024.0) as u64;
-                seen.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        });
-        AnonSampler { peak, task }
-    }
-
-    /// The peak in MiB, and stops sampling.
-    pub(crate) fn stop(self) -> f64 {
-        self.task.abort();
-        self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
-    }
-}
-
 /// Resets the peak resident set to the current one (Linux `clear_refs`), so the peak after
 /// the import is the import's.
 fn reset_peak_rss() {
@@ -396,7 +355,7 @@ async fn import_file(slug: &str, state: &keel_server::AppState, path: &Path) -> 
 }
 
 pub async fn run(args: ImportArgs) -> Result<()> {
-    let dir: PathBuf = crate::bench::tempdir()?;
+    let dir: PathBuf = super::harness::tempdir()?;
     let backend = if args.database_url.is_some() {
         "PostgreSQL"
     } else {

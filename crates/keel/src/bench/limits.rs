@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use keel_server::config::{RedisSection, Secret};
 use keel_server::http::shared::{LocalLimits, RateKey, Shared};
 
-use crate::bench::{Summary, demo_login, load, load_tasks, serve, tempdir};
+use super::harness::{Summary, demo_login, load, load_tasks, serve, tempdir};
 use crate::examples;
 
 #[derive(clap::Args)]

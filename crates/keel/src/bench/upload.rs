@@ -51,7 +51,7 @@ pub struct UploadArgs {
 }
 
 pub async fn run(args: UploadArgs) -> Result<()> {
-    let dir = crate::bench::tempdir()?;
+    let dir = super::harness::tempdir()?;
     let schema = keel_server::load_schema(SPEC).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     let spec_path = dir.join("keel.toml");
     std::fs::write(&spec_path, SPEC)?;
@@ -69,7 +69,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
         config.files.s3_prefix = format!("keel-bench-{}", uuid::Uuid::now_v7());
     }
     if let Some(url) = &args.database_url {
-        crate::bench::fresh_pg_schema(&mut config, url, "keel_bench_upload").await?;
+        super::harness::fresh_pg_schema(&mut config, url, "keel_bench_upload").await?;
     }
     let db = keel_server::open_database(&config, &schema).await?;
     let state = keel_server::state(config, schema, db);
@@ -96,8 +96,8 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     headers.insert("content-type", "application/octet-stream".parse()?);
     headers.insert("content-length", size.to_string().parse()?);
     let params = Params(HashMap::from([("name".to_string(), "big.bin".to_string())]));
-    let before = crate::bench_import::anon_rss_mib();
-    let sampler = crate::bench_import::AnonSampler::start();
+    let before = super::harness::anon_rss_mib();
+    let sampler = super::harness::AnonSampler::start();
     let started = Instant::now();
     let response = keel_server::files::upload(
         &state,
@@ -124,7 +124,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     );
     let file = answer["file"]["id"].as_str().context("a file id")?.to_string();
 
-    let sampler = crate::bench_import::AnonSampler::start();
+    let sampler = super::harness::AnonSampler::start();
     let started = Instant::now();
     let response = keel_server::files::download(&state, &operator, Some("bench"), "blobs", &id, "data", &file)
         .await

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-use crate::bench::{free_port, load, tempdir, wait_ready};
+use super::harness::{free_port, load, tempdir, wait_ready};
 use crate::demo::DEMO_PASSWORD;
 use crate::examples;
 use crate::http_client::Connection;
@@ -116,7 +116,7 @@ async fn proxy(backends: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Result<Socke
     Ok(address)
 }
 
-fn row(summary: &crate::bench::Summary, name: &str, cpu_ms: Option<f64>) -> String {
+fn row(summary: &super::harness::Summary, name: &str, cpu_ms: Option<f64>) -> String {
     let ms = |q: f64| summary.histogram.value_at_quantile(q) as f64 / 1000.0;
     let cpu = cpu_ms.map(|c| format!("{c:.3}")).unwrap_or_else(|| "–".into());
     format!(
@@ -165,7 +165,7 @@ pub async fn run(
     config.database.schema = Some(SCHEMA.into());
     let db = keel_server::open_database(&config, &schema).await?;
     eprintln!("bench scaleout: loading {rows} tasks");
-    crate::bench::load_tasks(&db, &schema, rows).await?;
+    super::harness::load_tasks(&db, &schema, rows).await?;
     let mut tx = db.begin().await?;
     tx.execute_script("ANALYZE").await?;
     tx.commit().await?;

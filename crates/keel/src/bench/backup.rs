@@ -48,7 +48,7 @@ impl HeapSampler {
         let thread = std::thread::spawn(move || {
             let mut peak = 0f64;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(crate::bench_import::anon_rss_mib());
+                peak = peak.max(super::harness::anon_rss_mib());
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             peak
@@ -68,7 +68,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 pub async fn run(args: BackupArgs) -> Result<()> {
-    let dir = crate::bench::tempdir()?;
+    let dir = super::harness::tempdir()?;
     let spec = examples::spec("fleet-compliance").expect("fleet example");
     let schema = keel_server::load_schema(spec).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
     let mut config = keel_server::Config::default();
@@ -79,7 +79,7 @@ pub async fn run(args: BackupArgs) -> Result<()> {
     config.app.migrate_on_start = true;
     config.backup.key = Some(keel_server::config::Secret(keel_server::backup::generate_identity().0));
     if let Some(url) = &args.database_url {
-        crate::bench::fresh_pg_schema(&mut config, url, "keel_bench_backup").await?;
+        super::harness::fresh_pg_schema(&mut config, url, "keel_bench_backup").await?;
     }
     let db = keel_server::open_database(&config, &schema).await?;
     let started = Instant::now();
@@ -119,7 +119,7 @@ pub async fn run(args: BackupArgs) -> Result<()> {
         "SQLite"
     };
 
-    let before = crate::bench_import::anon_rss_mib();
+    let before = super::harness::anon_rss_mib();
     let (mut backup_peak, mut restore_peak) = (0f64, 0f64);
     let mut backup_seconds = vec![];
     let mut restore_seconds = vec![];
