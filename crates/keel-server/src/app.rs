@@ -194,7 +194,8 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     let patterns = Arc::new(Patterns::new(&schema.app.collections));
     // `Config::validate` builds the same store, so a config that reached here builds.
     let storage = Arc::new(
-        files::storage::Storage::from_config(&config).expect("files.s3_* settings are checked by Config::validate"),
+        files::storage::Storage::new(&config.files, &config.app.data_dir)
+            .expect("files.s3_* settings are checked by Config::validate"),
     );
     let cache = Arc::new(cache::ResponseCache::new(&schema.app, &config));
     let observer = Arc::new(ServerObserver {

@@ -82,7 +82,7 @@ pub async fn backup(context: BackupContext, action: BackupAction) -> Result<()> 
                 };
             }
             let db = context.db().await?;
-            let storage = Arc::new(Storage::from_config(&context.config)?);
+            let storage = Arc::new(Storage::new(&context.config.files, &context.config.app.data_dir)?);
             let report = backups.run(&db, storage, "manual").await?;
             eprintln!(
                 "keel: backup {} ({} bytes, {} tables, {} rows, {} files) in {:.1} s; {} pruned",
@@ -161,7 +161,7 @@ pub fn keygen() -> Result<()> {
 pub async fn restore(context: BackupContext, name: String, force: bool, quiet: bool) -> Result<()> {
     let backups = context.backups()?;
     let name = context.name(&backups, &name).await?;
-    let storage = Arc::new(Storage::from_config(&context.config)?);
+    let storage = Arc::new(Storage::new(&context.config.files, &context.config.app.data_dir)?);
     let target = RestoreTarget::of(&context.config);
     let (bar, progress) = progress_bar(quiet, "restoring");
     let report = backups.restore(&name, &target, storage, force, progress).await;

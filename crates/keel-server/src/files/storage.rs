@@ -10,6 +10,8 @@ use futures_util::stream::BoxStream;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
 
+use super::settings::FilesSection;
+
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     /// Prepended to every key (the directory, for the local store).
@@ -33,15 +35,15 @@ impl Storage {
         }
     }
 
-    /// The store `[files]` configures.
-    pub fn from_config(config: &crate::config::Config) -> Result<Storage, StorageError> {
-        match config.files.backend.as_str() {
-            "s3" => Storage::s3(&config.files),
+    /// The store `[files]` configures (a relative `files.dir` is under `data_dir`).
+    pub fn new(files: &FilesSection, data_dir: &Path) -> Result<Storage, StorageError> {
+        match files.backend.as_str() {
+            "s3" => Storage::s3(files),
             _ => {
-                let dir = if config.files.dir.is_absolute() {
-                    config.files.dir.clone()
+                let dir = if files.dir.is_absolute() {
+                    files.dir.clone()
                 } else {
-                    config.app.data_dir.join(&config.files.dir)
+                    data_dir.join(&files.dir)
                 };
                 Ok(Storage::local(&dir))
             }
@@ -49,7 +51,7 @@ impl Storage {
     }
 
     /// Files in an S3-compatible bucket.
-    pub fn s3(files: &crate::config::FilesSection) -> Result<Storage, StorageError> {
+    pub fn s3(files: &FilesSection) -> Result<Storage, StorageError> {
         Ok(Storage {
             store: s3_store(files, files.s3_bucket.as_deref().unwrap_or_default())?,
             prefix: files.s3_prefix.trim_matches('/').to_string(),
@@ -176,7 +178,7 @@ fn file_stream(
 
 /// A client for an S3-compatible bucket with the endpoint, region and credentials of
 /// `[files]` (backups use it with their own bucket).
-pub fn s3_store(files: &crate::config::FilesSection, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+pub fn s3_store(files: &FilesSection, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let mut builder = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(files.s3_region.clone())

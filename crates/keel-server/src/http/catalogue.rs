@@ -305,7 +305,7 @@ pub fn find(name: &str) -> Option<&'static MetricDoc> {
 /// `docs/METRICS.md`, generated from [`METRICS`].
 pub fn metrics_markdown() -> String {
     let mut out = String::from(
-        "# Metrics\n\n`GET /metrics` serves these in the Prometheus text format (every metric has its `# HELP`).\nThis file is generated from `crates/keel-server/src/catalogue.rs` by `keel docs`; a test fails when it is stale or when `/metrics` shows a metric missing here.\nMetrics are per instance, as Prometheus expects, except the `keel_jobs_depth`, `keel_jobs_oldest_available_seconds` and `keel_backup_last_*` gauges, which every instance reads from the shared database.\nLabels are bounded: `route` is the matched template (`/api/v1/orgs/{org}/{collection}`), never a raw path; collections, queues, kinds and classes come from the spec; `code` from docs/ERRORS.md.\n\n| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n",
+        "# Metrics\n\n`GET /metrics` serves these in the Prometheus text format (every metric has its `# HELP`).\nThis file is generated from `crates/keel-server/src/http/catalogue.rs` by `keel docs`; a test fails when it is stale or when `/metrics` shows a metric missing here.\nMetrics are per instance, as Prometheus expects, except the `keel_jobs_depth`, `keel_jobs_oldest_available_seconds` and `keel_backup_last_*` gauges, which every instance reads from the shared database.\nLabels are bounded: `route` is the matched template (`/api/v1/orgs/{org}/{collection}`), never a raw path; collections, queues, kinds and classes come from the spec; `code` from docs/ERRORS.md.\n\n| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n",
     );
     for metric in METRICS {
         let labels = if metric.labels.is_empty() {

@@ -10,16 +10,9 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use crate::http::error::{ApiError, ErrorCause};
+use crate::http::request_id::REQUEST_ID;
+pub use crate::http::request_id::current_request_id;
 use crate::http::state::AppState;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being served on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(|id| id.clone()).ok()
-}
 
 fn valid_request_id(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;

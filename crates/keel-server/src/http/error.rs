@@ -297,7 +297,7 @@ impl IntoResponse for ApiError {
             "error": {
                 "code": self.code,
                 "message": if self.code == "internal" { "internal error".to_string() } else { self.message.clone() },
-                "request_id": crate::http::context::current_request_id(),
+                "request_id": crate::http::request_id::current_request_id(),
                 "details": self.details,
             }
         });

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod request_id;
 pub mod settings;
 pub mod shared;
 pub mod state;

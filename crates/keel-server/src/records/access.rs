@@ -12,9 +12,9 @@ use keel_store::system::Principal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::http::context::current_request_id;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{CallerInfo, org_access};
+use crate::http::request_id::current_request_id;
 use crate::http::state::AppState;
 
 /// A request's collection, scope and caller, resolved once.

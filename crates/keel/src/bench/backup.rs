@@ -93,7 +93,7 @@ pub async fn run(args: BackupArgs) -> Result<()> {
         activity_target: (75_000.0 * args.scale).round() as u64,
     };
     demo::generate(&db, &schema, &options).await?;
-    let storage = Arc::new(Storage::from_config(&config)?);
+    let storage = Arc::new(Storage::new(&config.files, &config.app.data_dir)?);
     let file_bytes = write_files(&db, &storage, args.files, args.file_kib).await?;
     let rows = |table: &str| {
         let sql = db.portable(&format!("SELECT count(*) FROM {table}"), vec![]);
