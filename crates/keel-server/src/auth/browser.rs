@@ -72,14 +72,10 @@ pub fn csrf_token(session_token: &str) -> String {
     digest.iter().take(24).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compares two secrets in time that depends on their length only.
+/// Compares two secrets in time that depends on their length only (`subtle`).
 pub fn constant_time_eq(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// `Set-Cookie` values that start a cookie session (the session itself, unreadable by
@@ -185,6 +181,15 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use crate::http::settings::check_origins;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq("abc123", "abc123"));
+        assert!(!constant_time_eq("abc123", "abc124"));
+        assert!(!constant_time_eq("abc12", "abc123"));
+        assert!(!constant_time_eq("", "a"));
+        assert!(constant_time_eq("", ""));
+    }
 
     #[test]
     fn origins_are_checked() {
