@@ -112,13 +112,7 @@ pub fn sniff(head: &[u8], claimed: Option<&str>) -> String {
     };
     let printable = !head.contains(&0);
     if text && printable {
-        let claimed = claimed
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let claimed = crate::http::extract::media_type(claimed.unwrap_or(""));
         let textual = claimed.starts_with("text/")
             || matches!(
                 claimed.as_str(),

@@ -383,3 +383,9 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.trim_matches('"'))
         .filter(|value| !value.is_empty())
 }
+
+/// The media type of a `Content-Type` value, lowercase and without parameters
+/// (`Text/CSV; charset=utf-8` is `text/csv`).
+pub fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}

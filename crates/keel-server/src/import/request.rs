@@ -49,15 +49,12 @@ fn body_reader(body: Body, limit: u64) -> ChannelReader {
 
 /// Reads the import's options from the query string and the content type.
 pub fn options(params: &Params, headers: &HeaderMap) -> ApiResult<Options> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = crate::http::extract::media_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
     let format = match params.get("format") {
         Some("csv") => Format::Csv,
         Some("ndjson") => Format::Ndjson,
