@@ -223,7 +223,9 @@ impl Backups {
         let section = &config.backup;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match section.backend.as_str() {
             "s3" => (
-                crate::files::storage::s3_store(&config.files, section.s3_bucket.as_deref().unwrap_or_default())?,
+                config
+                    .files
+                    .s3_store(section.s3_bucket.as_deref().unwrap_or_default())?,
                 section.s3_prefix.trim_matches('/').to_string(),
             ),
             _ => {

@@ -1,6 +1,9 @@
 //! `[files]`: where uploaded files are stored.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +49,7 @@ impl FilesSection {
         match self.backend.as_str() {
             "local" => {}
             "s3" if self.s3_bucket.as_deref().is_some_and(|b| !b.is_empty()) => {
-                if let Err(error) = super::storage::Storage::s3(self) {
+                if let Err(error) = self.s3_store(self.s3_bucket.as_deref().unwrap_or_default()) {
                     return invalid("files", format!("the S3 settings are not usable: {error}"));
                 }
             }
@@ -54,6 +57,31 @@ impl FilesSection {
             _ => return invalid("files.backend", "must be local or s3"),
         }
         Ok(())
+    }
+
+    /// A client for an S3-compatible bucket with the endpoint, region and credentials of
+    /// `[files]` (backups use it with their own bucket).
+    pub fn s3_store(&self, bucket: &str) -> object_store::Result<Arc<dyn ObjectStore>> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(self.s3_region.clone())
+            .with_allow_http(self.s3_allow_http)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(self.s3_allow_http)
+                    .with_connect_timeout(std::time::Duration::from_secs(5))
+                    .with_timeout(std::time::Duration::from_secs(300)),
+            );
+        if let Some(endpoint) = &self.s3_endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        if let Some(key) = &self.s3_access_key_id {
+            builder = builder.with_access_key_id(key.clone());
+        }
+        if let Some(secret) = &self.s3_secret_access_key {
+            builder = builder.with_secret_access_key(secret.0.clone());
+        }
+        Ok(Arc::new(builder.build()?))
     }
 }
 

@@ -53,7 +53,7 @@ impl Storage {
     /// Files in an S3-compatible bucket.
     pub fn s3(files: &FilesSection) -> Result<Storage, StorageError> {
         Ok(Storage {
-            store: s3_store(files, files.s3_bucket.as_deref().unwrap_or_default())?,
+            store: files.s3_store(files.s3_bucket.as_deref().unwrap_or_default())?,
             prefix: files.s3_prefix.trim_matches('/').to_string(),
         })
     }
@@ -174,29 +174,4 @@ fn file_stream(
         }
     })
     .boxed()
-}
-
-/// A client for an S3-compatible bucket with the endpoint, region and credentials of
-/// `[files]` (backups use it with their own bucket).
-pub fn s3_store(files: &FilesSection, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    let mut builder = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region(files.s3_region.clone())
-        .with_allow_http(files.s3_allow_http)
-        .with_client_options(
-            object_store::ClientOptions::new()
-                .with_allow_http(files.s3_allow_http)
-                .with_connect_timeout(std::time::Duration::from_secs(5))
-                .with_timeout(std::time::Duration::from_secs(300)),
-        );
-    if let Some(endpoint) = &files.s3_endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    if let Some(key) = &files.s3_access_key_id {
-        builder = builder.with_access_key_id(key.clone());
-    }
-    if let Some(secret) = &files.s3_secret_access_key {
-        builder = builder.with_secret_access_key(secret.0.clone());
-    }
-    Ok(Arc::new(builder.build()?))
 }
