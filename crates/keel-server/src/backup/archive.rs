@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::files::storage::Storage;
 use crate::hex;
 
-use super::*;
+use super::{BackupError, FORMAT, MANIFEST_MAX_BYTES, Manifest, Progress};
 
 pub(super) async fn hash_file(path: &Path) -> Result<(u64, String), BackupError> {
     let path = path.to_path_buf();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::files::storage::Storage;
 
-use super::*;
+use super::{BackupError, Backups};
 
 /// The scheduled `keel_backup` job: a backup, then retention. A run that finds another
 /// backup running retries later; a missing key fails at once (and the backup alert fires).

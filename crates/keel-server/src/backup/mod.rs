@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::files::storage::Storage;
 
-use archive::*;
+use archive::{BlockingWrite, hash_file, write_archive};
 pub use job::job_handler;
 pub use retention::Retention;
 

@@ -9,7 +9,8 @@ use object_store::ObjectStore;
 
 use crate::files::storage::Storage;
 
-use super::*;
+use super::archive::{BlockingRead, open_archive, read_archive, read_manifest};
+use super::{BackupError, Backups, Manifest, Progress, RestoreReport, RestoreTarget, scratch_beside, with_database};
 
 impl Backups {
     /// Restores a backup into `target` (which must hold no tables unless `force`), its files

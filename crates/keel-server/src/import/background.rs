@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::*;
+use super::{ChannelReader, Counts, Destination, Limits, Options, run};
 
 /// A background import, as its job's payload: the spooled upload, and the caller as it was
 /// when the upload was accepted.

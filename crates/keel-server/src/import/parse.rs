@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::*;
+use super::read::{CsvReader, LineReader, Raw, RawRow};
+use super::{Chunk, Format, Limits, Options, Prepared, RowError};
 use crate::http::error::ApiError;
-use read::{CsvReader, LineReader, Raw, RawRow};
 
 /// Turns the raw rows of the file into validated rows (the blocking half).
 pub(super) struct Parser<'a> {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::parse::clip;
-use super::*;
+use super::{Chunk, Counts, Destination, Limits, Mode, Prepared, Report, RowError};
 use crate::http::error::ApiError;
 
 /// The async half: resolves relations and writes batches.
