@@ -112,7 +112,7 @@ pub fn sniff(head: &[u8], claimed: Option<&str>) -> String {
     };
     let printable = !head.contains(&0);
     if text && printable {
-        let claimed = crate::http::extract::media_type(claimed.unwrap_or(""));
+        let claimed = crate::http::extract::media_type(claimed.unwrap_or("")).to_ascii_lowercase();
         let textual = claimed.starts_with("text/")
             || matches!(
                 claimed.as_str(),

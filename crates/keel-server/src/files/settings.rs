@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-
 use serde::{Deserialize, Serialize};
 
 use crate::http::settings::{Checked, Secret, invalid};

@@ -28,10 +28,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let is_json = content_type
-            .split(';')
-            .next()
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        let is_json = media_type(content_type).eq_ignore_ascii_case("application/json");
         if !is_json {
             return Err(ApiError::new(
                 "unsupported_media_type",
@@ -384,8 +381,8 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
-/// The media type of a `Content-Type` value, lowercase and without parameters
-/// (`Text/CSV; charset=utf-8` is `text/csv`).
-pub fn media_type(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+/// The media type of a `Content-Type` value without its parameters, as sent
+/// (`Text/CSV; charset=utf-8` is `Text/CSV`); media types compare case-insensitively.
+pub fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
 }

@@ -54,7 +54,8 @@ pub fn options(params: &Params, headers: &HeaderMap) -> ApiResult<Options> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
-    );
+    )
+    .to_ascii_lowercase();
     let format = match params.get("format") {
         Some("csv") => Format::Csv,
         Some("ndjson") => Format::Ndjson,
