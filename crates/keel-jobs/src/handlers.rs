@@ -9,7 +9,7 @@ use keel_spec::Handler;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{HandlerFuture, JobContext, JobFailure};
+use crate::context::{HandlerFuture, JobContext, JobFailure};
 
 pub mod email;
 mod http;

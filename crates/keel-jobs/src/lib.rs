@@ -5,10 +5,14 @@
 //!
 //! The queue's SQL lives in `keel_store::jobs`; this crate decides when to run it.
 
+mod context;
 pub mod cron;
 pub mod handlers;
 pub mod policy;
 mod runtime;
 pub mod template;
 
-pub use runtime::{HandlerFn, JobContext, JobFailure, Jobs, JobsConfig, Observer, Outcome, SmtpConfig, SmtpTls};
+pub use context::{
+    HandlerFn, HandlerFuture, JobContext, JobFailure, JobsConfig, Observer, Outcome, SmtpConfig, SmtpTls,
+};
+pub use runtime::Jobs;

@@ -127,7 +127,7 @@ impl App {
         let serving = tokio::spawn(async move { server.await });
         let maintenance = spawn_maintenance(self.state.clone());
         let error_flusher = spawn_error_flusher(self.state.clone());
-        let alerting = ops::alerts::spawn(self.state.clone());
+        let alerting = ops::alerting::spawn(self.state.clone());
         self.state.jobs.start();
         let result = tokio::select! {
             result = serving => result.map_err(std::io::Error::other)?,

@@ -115,10 +115,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(crate::http::context::panic_response))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::cache))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::protect::protect,
+            crate::cache::layer::cache,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::protect::layer::protect,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

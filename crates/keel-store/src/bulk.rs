@@ -11,8 +11,7 @@ use keel_query::{Dialect, SqlValue};
 use crate::db::Tx;
 use crate::error::StoreError;
 
-/// The rows of a batch that failed, by index in the batch, with why.
-pub type RowFailures = Vec<(usize, StoreError)>;
+pub use crate::error::RowFailures;
 
 /// Inserts `rows` (each in the order of `columns`) into `table`. Returns the rows a
 /// constraint rejected; every other row is written.

@@ -60,7 +60,7 @@ impl Db {
             Location::Postgres { url, schema, replicas } => {
                 let mut db = PgDb::connect(url, schema.as_deref(), pool).await?;
                 if !replicas.is_empty() {
-                    db.set_replicas(crate::replicas::Replicas::connect(replicas, schema.as_deref(), pool)?);
+                    db.set_replicas(crate::postgres::Replicas::connect(replicas, schema.as_deref(), pool)?);
                 }
                 Ok(Db::Postgres(db))
             }
@@ -167,7 +167,7 @@ impl Db {
     }
 
     /// The read replicas and their state, if any.
-    pub fn replica_states(&self) -> Vec<crate::replicas::ReplicaState> {
+    pub fn replica_states(&self) -> Vec<crate::postgres::ReplicaState> {
         match self {
             Db::Postgres(db) => db.replicas().map(|r| r.states()).unwrap_or_default(),
             Db::Sqlite(_) => vec![],

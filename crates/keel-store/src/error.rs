@@ -91,3 +91,6 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+/// The rows of a batch that failed, by index in the batch, with why.
+pub type RowFailures = Vec<(usize, StoreError)>;

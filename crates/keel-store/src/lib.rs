@@ -14,7 +14,6 @@ pub mod observe;
 pub mod partitions;
 pub mod postgres;
 pub mod records;
-pub mod replicas;
 pub mod security;
 pub mod sqlite;
 pub mod system;

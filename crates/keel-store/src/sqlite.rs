@@ -555,7 +555,7 @@ impl SqliteTx {
         table_columns: &str,
         columns: usize,
         rows: &[Vec<SqlValue>],
-    ) -> Result<crate::bulk::RowFailures, StoreError> {
+    ) -> Result<crate::error::RowFailures, StoreError> {
         self.statements.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let connection = self.connection_ref();
         let timeout = self.timeout;
@@ -633,7 +633,7 @@ impl SqliteTx {
         &mut self,
         statement: &str,
         rows: &[Vec<SqlValue>],
-    ) -> Result<crate::bulk::RowFailures, StoreError> {
+    ) -> Result<crate::error::RowFailures, StoreError> {
         self.statements.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let connection = self.connection_ref();
         let timeout = self.timeout;

@@ -7,7 +7,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 
 use super::template_root;
-use crate::runtime::{JobContext, JobFailure, SmtpTls};
+use crate::context::{JobContext, JobFailure, SmtpTls};
 use crate::template::render;
 
 /// The most recipients one email job may address.
@@ -81,7 +81,7 @@ pub async fn run(
 }
 
 fn transport(
-    smtp: &crate::runtime::SmtpConfig,
+    smtp: &crate::context::SmtpConfig,
     timeout: std::time::Duration,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let transport = match smtp.tls {
@@ -101,7 +101,7 @@ fn transport(
 
 /// A plain-text email outside any job (alert notifications).
 pub async fn send_plain(
-    smtp: &crate::runtime::SmtpConfig,
+    smtp: &crate::context::SmtpConfig,
     to: &[String],
     subject: &str,
     text: &str,

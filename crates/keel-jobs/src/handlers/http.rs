@@ -9,7 +9,7 @@ use keel_store::records::{self, Actor, Change, RecordError, WriteScope};
 use serde_json::Value;
 
 use super::template_root;
-use crate::runtime::{JobContext, JobFailure};
+use crate::context::{JobContext, JobFailure};
 use crate::template::render;
 
 /// The largest answer read, and the most records one answer may write.

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
+pub mod route_class;
 pub mod settings;
 pub mod shared;
 pub mod state;

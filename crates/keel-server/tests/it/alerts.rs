@@ -165,7 +165,7 @@ async fn alerts_fire_and_resolve_through_the_app(backend: Backend) {
     let by_name = |name: &str| state.alerts.states().into_iter().find(|r| r.name == name).unwrap();
 
     // Every request is slower than 0 ms: the latency alert fires at once.
-    keel_server::ops::alerts::evaluate(&state).await;
+    keel_server::ops::alerting::evaluate(&state).await;
     assert_eq!(by_name("api_latency").state, "firing", "{:?}", by_name("api_latency"));
     assert_eq!(by_name("error_rate").state, "inactive", "too few requests to judge");
 
@@ -199,7 +199,7 @@ async fn alerts_fire_and_resolve_through_the_app(backend: Backend) {
     keel_store::jobs::job_enqueue(app.db(), &job).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    keel_server::ops::alerts::evaluate(&state).await;
+    keel_server::ops::alerting::evaluate(&state).await;
     for name in ["error_rate", "backup", "queue_lag", "api_latency"] {
         assert_eq!(by_name(name).state, "firing", "{name}: {:?}", by_name(name));
     }
@@ -232,7 +232,7 @@ async fn alerts_fire_and_resolve_through_the_app(backend: Backend) {
         assert_eq!(app.get("/api/v1/orgs/acme/notes", &admin).await.status, 200);
     }
     // The latency window still holds those requests (any request is over 0 ms).
-    keel_server::ops::alerts::evaluate(&state).await;
+    keel_server::ops::alerting::evaluate(&state).await;
     for name in ["error_rate", "backup", "queue_lag"] {
         assert_eq!(by_name(name).state, "inactive", "{name}: {:?}", by_name(name));
     }
