@@ -58,6 +58,8 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub from: String,
+    /// Log emails instead of sending them (`smtp.log_only`).
+    pub log_only: bool,
 }
 
 impl std::fmt::Debug for SmtpConfig {

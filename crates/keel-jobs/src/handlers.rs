@@ -34,6 +34,9 @@ pub fn run(handler: Handler, context: JobContext) -> HandlerFuture {
             Handler::Backup => Err(JobFailure::permanent(
                 "the backup handler is registered by the server; this instance has none",
             )),
+            Handler::AccountEmail => Err(JobFailure::permanent(
+                "the account-email handler is registered by the server; this instance has none",
+            )),
             Handler::Http {
                 url,
                 method,
@@ -208,7 +211,11 @@ async fn cleanup(context: &JobContext) -> Result<Option<Value>, JobFailure> {
     let spooled = keel_store::uploads::upload_prune(&context.db, Duration::from_secs(24 * 3600))
         .await
         .map_err(|e| JobFailure::retry(format!("pruning uploads failed: {e}")))?;
+    // Account-flow links that expired unused.
+    let tokens = keel_store::accounts::tokens_prune(&context.db, chrono::Utc::now())
+        .await
+        .map_err(|e| JobFailure::retry(format!("pruning account tokens failed: {e}")))?;
     Ok(Some(
-        serde_json::json!({ "deleted": deleted, "upload_chunks": spooled }),
+        serde_json::json!({ "deleted": deleted, "upload_chunks": spooled, "account_tokens": tokens }),
     ))
 }

@@ -43,7 +43,8 @@ fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-fn escape_into(out: &mut String, text: &str) {
+/// Appends `text` with HTML's special characters escaped (for text and quoted attributes).
+pub fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),

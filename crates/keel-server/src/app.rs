@@ -70,6 +70,8 @@ impl App {
             message: e.to_string(),
         })?;
         let schema = load_schema(&source).map_err(StartError::Spec)?;
+        // A broken email template in the spec's folder stops the start, not the first email.
+        auth::mail::Templates::load(config.app.spec.parent()).map_err(|e| StartError::Spec(vec![e]))?;
         let db = open_database(&config, &schema).await?;
         App::with_parts(config, schema, db).await
     }
@@ -212,6 +214,14 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             backup::job_handler(config.clone(), schema.app.clone(), storage.clone(), metrics.clone()),
         );
     }
+    let templates = auth::mail::Templates::load(config.app.spec.parent()).unwrap_or_else(|error| {
+        tracing::error!(%error, "an account-email template does not parse; the built-in ones are used");
+        auth::mail::Templates::load(None).expect("the built-in templates parse")
+    });
+    jobs.register(
+        keel_spec::ACCOUNT_EMAIL_KIND,
+        auth::mail::job_handler(config.clone(), Arc::new(templates)),
+    );
     jobs.register(
         keel_spec::IMPORT_KIND,
         import::job_handler(import::Limits::of(&config.limits)),

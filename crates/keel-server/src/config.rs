@@ -148,7 +148,7 @@ impl Config {
             .validate()
             .and_then(|()| self.server.validate(self.app.environment == "production"))
             .and_then(|()| self.database.validate())
-            .and_then(|()| self.auth.validate())
+            .and_then(|()| self.auth.validate(self.smtp.sends()))
             .and_then(|()| self.limits.validate())
             .and_then(|()| self.redis.validate())
             .and_then(|()| self.jobs.validate())

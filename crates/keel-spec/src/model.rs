@@ -342,6 +342,10 @@ pub enum Handler {
     /// Takes a backup and applies retention (the built-in `keel_backup` kind; the server
     /// provides it).
     Backup,
+    /// Sends an account email: a verification or email-change link, a password reset (the
+    /// built-in `keel_account_email` kind; the server provides it and mints the link's token
+    /// when it sends, so no token is ever stored in a payload).
+    AccountEmail,
 }
 
 impl Handler {
@@ -355,6 +359,7 @@ impl Handler {
             Handler::Cleanup => "cleanup",
             Handler::Import => "import",
             Handler::Backup => "backup",
+            Handler::AccountEmail => "account_email",
         }
     }
 }
@@ -711,6 +716,9 @@ pub const CLEANUP_KIND: &str = "keel_cleanup";
 pub const IMPORT_KIND: &str = "keel_import";
 pub const BULK_QUEUE: &str = "keel_bulk";
 
+/// The built-in job that sends account emails (verification, email change, password reset).
+pub const ACCOUNT_EMAIL_KIND: &str = "keel_account_email";
+
 /// The built-in job that takes a scheduled backup (with `[backup]`), on the bulk queue.
 pub const BACKUP_KIND: &str = "keel_backup";
 
@@ -765,6 +773,22 @@ impl App {
                     catch_up: false,
                     payload: serde_json::Value::Object(Default::default()),
                 }),
+            });
+        }
+        if self.jobs.kind(ACCOUNT_EMAIL_KIND).is_none() {
+            self.jobs.kinds.push(JobKind {
+                name: ACCOUNT_EMAIL_KIND.to_string(),
+                queue: "default".to_string(),
+                handler: Handler::AccountEmail,
+                attempts: 6,
+                backoff_ms: 5_000,
+                max_backoff_ms: 300_000,
+                timeout_ms: 60_000,
+                // Someone is waiting for this email.
+                priority: 100,
+                concurrency_key: None,
+                enqueue_role: None,
+                cron: None,
             });
         }
         if self.jobs.kind(CLEANUP_KIND).is_none() {

@@ -1,6 +1,7 @@
 //! The store boundary: one `Db` handle over SQLite or PostgreSQL, the migration planner, and
 //! the record and system-table operations both backends share.
 
+pub mod accounts;
 pub mod backups;
 pub mod bulk;
 pub mod cell;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::cell::{Cell, Row};
-use crate::db::Db;
+use crate::db::{Db, Tx};
 use crate::error::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -17,6 +17,10 @@ pub struct User {
     pub name: Option<String>,
     pub superuser: bool,
     pub created_at: DateTime<Utc>,
+    /// When the user proved they own `email` (a verification link, a password reset), or
+    /// `None`; accounts an operator creates count as verified.
+    #[serde(default)]
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,7 +79,9 @@ fn bad_row(what: &str) -> StoreError {
     StoreError::Other(format!("unexpected {what} row shape"))
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.name, u.superuser, u.created_at";
+const USER_COLUMNS: &str = "u.id, u.email, u.name, u.superuser, u.created_at, u.email_verified_at";
+/// How many cells `USER_COLUMNS` takes: what a query selects after them starts here.
+const USER_WIDTH: usize = 6;
 
 fn user_from(cells: &[Cell]) -> Result<User, StoreError> {
     Ok(User {
@@ -84,6 +90,7 @@ fn user_from(cells: &[Cell]) -> Result<User, StoreError> {
         name: cells[2].text().map(str::to_string),
         superuser: cells[3].bool().unwrap_or(false),
         created_at: cells[4].datetime().ok_or_else(|| bad_row("user"))?,
+        email_verified_at: cells[5].datetime(),
     })
 }
 
@@ -115,34 +122,53 @@ pub struct NewUser<'a> {
     pub name: Option<&'a str>,
     pub password_hash: &'a str,
     pub superuser: bool,
+    /// Whether the address counts as verified from the start (accounts an operator creates).
+    pub email_verified: bool,
 }
 
 pub async fn user_insert(db: &Db, new: NewUser<'_>) -> Result<User, StoreError> {
+    let mut tx = db.begin().await?;
+    let user = user_insert_in(&mut tx, new).await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// Inserts a user inside the caller's transaction (sign-up writes its verification job in
+/// the same one).
+pub async fn user_insert_in(tx: &mut Tx, new: NewUser<'_>) -> Result<User, StoreError> {
     let id = Uuid::now_v7();
     let at = now();
-    let name = new
-        .name
-        .map(|n| SqlValue::Text(n.to_string()))
-        .unwrap_or(SqlValue::Null);
-    let mut tx = db.begin().await?;
-    let sql = match name {
-        SqlValue::Null => tx.portable(
-            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at) VALUES ($1, $2, NULL, $3, $4, $5, $5)",
-            vec![SqlValue::Uuid(id), SqlValue::Text(new.email.to_string()), SqlValue::Text(new.password_hash.to_string()), SqlValue::Bool(new.superuser), SqlValue::Datetime(at)],
-        ),
-        name => tx.portable(
-            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at) VALUES ($1, $2, $6, $3, $4, $5, $5)",
-            vec![SqlValue::Uuid(id), SqlValue::Text(new.email.to_string()), SqlValue::Text(new.password_hash.to_string()), SqlValue::Bool(new.superuser), SqlValue::Datetime(at), name],
-        ),
+    let mut params = vec![
+        SqlValue::Uuid(id),
+        SqlValue::Text(new.email.to_string()),
+        SqlValue::Text(new.password_hash.to_string()),
+        SqlValue::Bool(new.superuser),
+        SqlValue::Datetime(at),
+    ];
+    // A NULL is written as a literal: a bound NULL has no type PostgreSQL can use.
+    let mut optional = |value: Option<SqlValue>| match value {
+        Some(value) => {
+            params.push(value);
+            format!("${}", params.len())
+        }
+        None => "NULL".to_string(),
     };
+    let name = optional(new.name.map(|n| SqlValue::Text(n.to_string())));
+    let verified = optional(new.email_verified.then_some(SqlValue::Datetime(at)));
+    let sql = tx.portable(
+        &format!(
+            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at, email_verified_at) VALUES ($1, $2, {name}, $3, $4, $5, $5, {verified})"
+        ),
+        params,
+    );
     tx.execute(&sql).await?;
-    tx.commit().await?;
     Ok(User {
         id,
         email: new.email.to_string(),
         name: new.name.map(str::to_string),
         superuser: new.superuser,
         created_at: at,
+        email_verified_at: new.email_verified.then_some(at),
     })
 }
 
@@ -167,7 +193,7 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
         None => Ok(None),
         Some(row) => {
             let user = user_from(&row)?;
-            let hash = row[5].text().unwrap_or_default().to_string();
+            let hash = row[USER_WIDTH].text().unwrap_or_default().to_string();
             Ok(Some((user, hash)))
         }
     }
@@ -177,6 +203,14 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, String)
 /// returns the revoked sessions' token hashes (to drop from caches).
 pub async fn user_set_password(db: &Db, id: Uuid, password_hash: &str) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin().await?;
+    let hashes = user_set_password_in(&mut tx, id, password_hash).await?;
+    tx.commit().await?;
+    Ok(hashes)
+}
+
+/// [`user_set_password`] inside the caller's transaction. Any password change also ends
+/// every password-reset link of the user's that is still open.
+pub async fn user_set_password_in(tx: &mut Tx, id: Uuid, password_hash: &str) -> Result<Vec<String>, StoreError> {
     let at = now();
     tx.execute(&tx.portable(
         "UPDATE keel_users SET password_hash = $1, updated_at = $2 WHERE id = $3",
@@ -187,7 +221,8 @@ pub async fn user_set_password(db: &Db, id: Uuid, password_hash: &str) -> Result
         ],
     ))
     .await?;
-    let hashes = tx
+    crate::accounts::tokens_drop_in(tx, id, crate::accounts::Purpose::Reset).await?;
+    Ok(tx
         .query(&tx.portable(
             "UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING token_hash",
             vec![SqlValue::Datetime(at), SqlValue::Uuid(id)],
@@ -195,9 +230,7 @@ pub async fn user_set_password(db: &Db, id: Uuid, password_hash: &str) -> Result
         .await?
         .into_iter()
         .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
-        .collect();
-    tx.commit().await?;
-    Ok(hashes)
+        .collect())
 }
 
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
@@ -260,8 +293,8 @@ async fn token_lookup(db: &Db, token_hash: &str, primary: bool) -> Result<Option
     );
     if let Some(row) = read(&session).await? {
         let user = user_from(&row)?;
-        let session = row[5].uuid().ok_or_else(|| bad_row("session"))?;
-        let expires_at = row[6].datetime().ok_or_else(|| bad_row("session"))?;
+        let session = row[USER_WIDTH].uuid().ok_or_else(|| bad_row("session"))?;
+        let expires_at = row[USER_WIDTH + 1].datetime().ok_or_else(|| bad_row("session"))?;
         return Ok(Some(Principal::User {
             user,
             session,
@@ -413,8 +446,8 @@ pub async fn orgs_all(db: &Db, after_slug: Option<&str>, limit: u32) -> Result<V
 fn member_from(row: &Row) -> Result<Member, StoreError> {
     Ok(Member {
         user: user_from(row)?,
-        role: row[5].text().unwrap_or_default().to_string(),
-        joined_at: row[6].datetime().ok_or_else(|| bad_row("member"))?,
+        role: row[USER_WIDTH].text().unwrap_or_default().to_string(),
+        joined_at: row[USER_WIDTH + 1].datetime().ok_or_else(|| bad_row("member"))?,
     })
 }
 

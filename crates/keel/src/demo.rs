@@ -320,6 +320,7 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
             name: Some("Demo Admin"),
             password_hash: &password_hash,
             superuser: true,
+            email_verified: true,
         },
     )
     .await
@@ -337,6 +338,7 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
                 name: Some(&format!("Owner of {slug}")),
                 password_hash: &password_hash,
                 superuser: false,
+                email_verified: true,
             },
         )
         .await?;
@@ -368,6 +370,7 @@ pub async fn generate(db: &Db, schema: &Schema, options: &GenOptions) -> Result<
                     name: Some(&format!("{} {}", pick(&mut rng, FIRST), pick(&mut rng, LAST))),
                     password_hash: &password_hash,
                     superuser: false,
+                    email_verified: true,
                 },
             )
             .await?;
@@ -636,6 +639,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         config.backup.key_file = Some(key_file);
     }
+    // Account emails (verification, reset links): without an SMTP server the demo writes
+    // them to its log, so the links can be followed from the terminal. The HOA example
+    // (seed 002: residents join their community) requires verified addresses.
+    if !config.smtp.sends() {
+        config.smtp.log_only = true;
+    }
+    if args.app == "hoa" {
+        config.auth.require_verified_email = true;
+    }
+    config
+        .auth
+        .public_url
+        .get_or_insert_with(|| format!("http://127.0.0.1:{}", args.port));
     let schema =
         keel_server::load_schema(source).map_err(|p| anyhow::anyhow!("example spec problems:\n{}", p.join("\n")))?;
     let db = keel_server::open_database(&config, &schema).await?;
@@ -702,6 +718,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/orgs/{first_org}/{collection}?limit=5'");
     println!("  curl -s {base}/api/v1/openapi.json | head -c 300");
+    if config.smtp.log_only {
+        println!("  account emails (verification, password reset) are written to this log, not sent");
+    }
+    if config.auth.require_verified_email {
+        println!("  new sign-ups must verify their address (auth.require_verified_email) before using the API");
+    }
     println!();
     if !args.serve {
         return Ok(());

@@ -7,7 +7,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 
 use super::template_root;
-use crate::context::{JobContext, JobFailure, SmtpTls};
+use crate::context::{JobContext, JobFailure, SmtpConfig, SmtpTls};
 use crate::template::render;
 
 /// The most recipients one email job may address.
@@ -26,10 +26,6 @@ pub async fn run(
         .as_ref()
         .ok_or_else(|| JobFailure::retry("no SMTP server is configured (set smtp.host)"))?;
     let root = template_root(context, &[to, subject, text, html.unwrap_or_default()]).await?;
-    let from: Mailbox = smtp
-        .from
-        .parse()
-        .map_err(|e| JobFailure::permanent(format!("smtp.from '{}' is not an address: {e}", smtp.from)))?;
     let recipients: Vec<String> = render(to, &root, false)
         .split(',')
         .map(|address| address.trim().to_string())
@@ -41,49 +37,86 @@ pub async fn run(
     if recipients.len() > MAX_RECIPIENTS {
         return Err(JobFailure::permanent(format!("at most {MAX_RECIPIENTS} recipients")));
     }
+    let subject = render(subject, &root, false);
+    let plain = render(text, &root, false);
+    let html = html.map(|html| render(html, &root, true));
+    let sent = send(
+        smtp,
+        context.config.http_timeout,
+        &Email {
+            to: &recipients,
+            subject: &subject,
+            text: &plain,
+            html: html.as_deref(),
+            message_id: &format!("<keel-job-{}@keel>", context.id),
+        },
+    )
+    .await?;
+    Ok(Some(serde_json::json!({
+        "to": recipients,
+        "smtp": sent,
+    })))
+}
+
+/// A rendered email.
+pub struct Email<'a> {
+    pub to: &'a [String],
+    pub subject: &'a str,
+    pub text: &'a str,
+    /// An HTML alternative to the text.
+    pub html: Option<&'a str>,
+    /// The `Message-ID`; a retried job sends the same one, so receivers can drop duplicates.
+    pub message_id: &'a str,
+}
+
+/// Sends an email over SMTP; answers the server's reply code. A refusal the server calls
+/// permanent (5xx) is a permanent failure, anything else is worth retrying.
+pub async fn send(smtp: &SmtpConfig, timeout: std::time::Duration, email: &Email<'_>) -> Result<String, JobFailure> {
+    if smtp.log_only {
+        tracing::info!(
+            to = %email.to.join(", "),
+            subject = email.subject,
+            text = email.text,
+            "email written to the log instead of sent (smtp.log_only)"
+        );
+        return Ok("logged".into());
+    }
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| JobFailure::permanent(format!("smtp.from '{}' is not an address: {e}", smtp.from)))?;
     let mut builder = Message::builder()
         .from(from)
-        .subject(render(subject, &root, false))
-        .header(lettre::message::header::MessageId::from(format!(
-            "<keel-job-{}@keel>",
-            context.id
-        )));
-    for address in &recipients {
+        .subject(email.subject)
+        .header(lettre::message::header::MessageId::from(email.message_id.to_string()));
+    for address in email.to {
         let mailbox: Mailbox = address
             .parse()
             .map_err(|e| JobFailure::permanent(format!("'{address}' is not an address: {e}")))?;
         builder = builder.to(mailbox);
     }
-    let plain = render(text, &root, false);
-    let message = match html {
+    let message = match email.html {
         Some(html) => builder.multipart(
             MultiPart::alternative()
-                .singlepart(SinglePart::plain(plain))
-                .singlepart(SinglePart::html(render(html, &root, true))),
+                .singlepart(SinglePart::plain(email.text.to_string()))
+                .singlepart(SinglePart::html(html.to_string())),
         ),
-        None => builder.header(ContentType::TEXT_PLAIN).body(plain),
+        None => builder.header(ContentType::TEXT_PLAIN).body(email.text.to_string()),
     }
     .map_err(|e| JobFailure::permanent(format!("the email cannot be built: {e}")))?;
-
-    let transport = transport(smtp, context.config.http_timeout).map_err(JobFailure::retry)?;
+    let transport = transport(smtp, timeout).map_err(JobFailure::retry)?;
     let response = transport.send(message).await.map_err(|error| {
-        let message = format!("sending to {} failed: {error}", recipients.join(", "));
+        let message = format!("sending to {} failed: {error}", email.to.join(", "));
         if error.is_permanent() {
             JobFailure::permanent(message)
         } else {
             JobFailure::retry(message)
         }
     })?;
-    Ok(Some(serde_json::json!({
-        "to": recipients,
-        "smtp": response.code().to_string(),
-    })))
+    Ok(response.code().to_string())
 }
 
-fn transport(
-    smtp: &crate::context::SmtpConfig,
-    timeout: std::time::Duration,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+fn transport(smtp: &SmtpConfig, timeout: std::time::Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let transport = match smtp.tls {
         SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
         SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
@@ -100,12 +133,11 @@ fn transport(
 }
 
 /// A plain-text email outside any job (alert notifications).
-pub async fn send_plain(
-    smtp: &crate::context::SmtpConfig,
-    to: &[String],
-    subject: &str,
-    text: &str,
-) -> Result<(), String> {
+pub async fn send_plain(smtp: &SmtpConfig, to: &[String], subject: &str, text: &str) -> Result<(), String> {
+    if smtp.log_only {
+        tracing::info!(to = %to.join(", "), subject, text, "email written to the log instead of sent (smtp.log_only)");
+        return Ok(());
+    }
     let from: Mailbox = smtp
         .from
         .parse()

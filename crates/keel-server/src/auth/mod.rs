@@ -1,8 +1,12 @@
 //! Accounts and sessions: passwords, tokens, org roles, browser sessions (cookies, CSRF,
-//! CORS, security headers) and the key ring that signs links; with the `[auth]` settings.
+//! CORS, security headers), the key ring that signs links, and the account flows with their
+//! emails and pages (verification, email change, password reset); with the `[auth]` settings.
 
 pub mod browser;
+pub mod flows;
 pub mod keys;
+pub mod mail;
+pub mod pages;
 pub mod password;
 pub mod roles;
 pub mod session;

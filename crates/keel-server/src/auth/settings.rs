@@ -1,4 +1,5 @@
-//! `[auth]`: sign-up, sessions, the password policy and hashing cost, login lockouts.
+//! `[auth]`: sign-up, sessions, the password policy and hashing cost, login lockouts, and
+//! the account emails (verification, email change, password reset).
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,22 @@ pub struct AuthSection {
     pub lockout_max_seconds: u64,
     /// Failures older than this are forgotten.
     pub lockout_window_seconds: u64,
+    /// Users whose address is not verified get 403 `email_not_verified` outside `/auth/`.
+    pub require_verified_email: bool,
+    /// How long a verification (or email-change) link works.
+    pub verify_ttl_minutes: u64,
+    /// How long a password-reset link works.
+    pub reset_ttl_minutes: u64,
+    /// Account emails of one kind one address gets per hour; more requests are accepted and
+    /// dropped (the answer does not change, so it tells nothing).
+    pub account_emails_per_hour: u32,
+    /// Where users reach this server (links in emails); `http://{server.host}:{server.port}`
+    /// when unset.
+    pub public_url: Option<String>,
+    /// The link of a verification email, `{token}` replaced; Keel's own page when unset.
+    pub verify_url: Option<String>,
+    /// The link of a password-reset email, `{token}` replaced; Keel's own page when unset.
+    pub reset_url: Option<String>,
 }
 
 impl Default for AuthSection {
@@ -39,12 +56,26 @@ impl Default for AuthSection {
             lockout_seconds: 60,
             lockout_max_seconds: 3_600,
             lockout_window_seconds: 900,
+            require_verified_email: false,
+            verify_ttl_minutes: 24 * 60,
+            reset_ttl_minutes: 30,
+            account_emails_per_hour: 5,
+            public_url: None,
+            verify_url: None,
+            reset_url: None,
         }
     }
 }
 
 impl AuthSection {
-    pub fn validate(&self) -> Checked {
+    /// `sends_email`: whether `smtp.host` is set (verification needs a way to send links).
+    pub fn validate(&self, sends_email: bool) -> Checked {
+        if self.require_verified_email && !sends_email {
+            return invalid(
+                "auth.require_verified_email",
+                "needs smtp.host (or smtp.log_only): without email no one could verify an address",
+            );
+        }
         if self.argon2_memory_kib < 64 || self.argon2_iterations == 0 {
             return invalid(
                 "auth.argon2_memory_kib",
@@ -62,6 +93,30 @@ impl AuthSection {
         }
         if self.min_password_length < 8 {
             return invalid("auth.min_password_length", "must be at least 8");
+        }
+        if !(1..=30 * 24 * 60).contains(&self.verify_ttl_minutes) {
+            return invalid("auth.verify_ttl_minutes", "must be 1 minute to 30 days");
+        }
+        if !(1..=24 * 60).contains(&self.reset_ttl_minutes) {
+            return invalid("auth.reset_ttl_minutes", "must be 1 minute to 24 hours");
+        }
+        if self.account_emails_per_hour == 0 {
+            return invalid("auth.account_emails_per_hour", "must be at least 1");
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("auth.public_url", "must start with http:// or https://");
+        }
+        for (key, url) in [
+            ("auth.verify_url", &self.verify_url),
+            ("auth.reset_url", &self.reset_url),
+        ] {
+            if let Some(url) = url
+                && (!url.contains("{token}") || !(url.starts_with("http://") || url.starts_with("https://")))
+            {
+                return invalid(key, "must be an http(s) URL containing {token}");
+            }
         }
         Ok(())
     }
@@ -90,5 +145,33 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "auth.lockout_window_seconds",
         "Failures older than this (with no lock running) are forgotten; a successful login forgets the account's.",
+    ),
+    (
+        "auth.require_verified_email",
+        "Users who have not verified their address get 403 `email_not_verified` on every route outside `/api/v1/auth/`.",
+    ),
+    (
+        "auth.verify_ttl_minutes",
+        "How long a verification or email-change link works (1 minute to 30 days).",
+    ),
+    (
+        "auth.reset_ttl_minutes",
+        "How long a password-reset link works (1 minute to 24 hours).",
+    ),
+    (
+        "auth.account_emails_per_hour",
+        "Account emails of one kind one address gets per hour; further requests get the same 202 and send nothing.",
+    ),
+    (
+        "auth.public_url",
+        "Where users reach this server, for the links in emails; `http://{server.host}:{server.port}` when unset.",
+    ),
+    (
+        "auth.verify_url",
+        "The verification link, with `{token}` in it (your app's page); Keel's own page at `/_/auth/verify` when unset.",
+    ),
+    (
+        "auth.reset_url",
+        "The password-reset link, with `{token}` in it (your app's page); Keel's own page at `/_/auth/reset` when unset.",
     ),
 ];

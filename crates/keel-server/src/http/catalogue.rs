@@ -200,6 +200,18 @@ pub const METRICS: &[MetricDoc] = &[
         "Logins refused because the account or the address is locked.",
     ),
     m(
+        "keel_account_emails_total",
+        "counter",
+        &["purpose", "result"],
+        "Account emails asked for (verify, change_email, reset): `queued`, or `throttled` by `auth.account_emails_per_hour`.",
+    ),
+    m(
+        "keel_account_tokens_used_total",
+        "counter",
+        &["purpose"],
+        "Verification, email-change and reset links used successfully.",
+    ),
+    m(
         "keel_backup_runs_total",
         "counter",
         &["result"],

@@ -67,8 +67,23 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ),
     ("unauthenticated", 401, "No valid session token or API key was sent."),
     ("invalid_credentials", 401, "The email or password is wrong."),
+    (
+        "invalid_token",
+        400,
+        "The verification or reset token is unknown, used, expired, or for something else; ask for a new link.",
+    ),
     ("forbidden", 403, "The caller may not do this (role or access rule)."),
     ("signup_closed", 403, "Self sign-up is disabled on this server."),
+    (
+        "email_not_verified",
+        403,
+        "`auth.require_verified_email` is on and the caller has not verified their address (`POST /api/v1/auth/verify/request`).",
+    ),
+    (
+        "email_unavailable",
+        403,
+        "The server sends no email (`smtp.host` is not set), so this flow is not available.",
+    ),
     (
         "not_found",
         404,

@@ -134,10 +134,32 @@ pub struct Auth(pub Principal);
 pub struct MaybeAuth(pub Option<Principal>);
 
 async fn principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
-    if let Some(resolved) = parts.extensions.get::<ResolvedPrincipal>() {
-        return Ok(Some(resolved.0.clone()));
+    let principal = match parts.extensions.get::<ResolvedPrincipal>() {
+        Some(resolved) => Some(resolved.0.clone()),
+        None => principal_of(&parts.headers, state).await?,
+    };
+    if let Some(Principal::User { user, .. }) = &principal
+        && user.email_verified_at.is_none()
+        && !user.superuser
+        && state.config.auth.require_verified_email
+        && !under_auth(parts)
+    {
+        return Err(ApiError::new(
+            "email_not_verified",
+            "verify your email address first: open the link we sent, or ask for a new one with POST /api/v1/auth/verify/request",
+        ));
     }
-    principal_of(&parts.headers, state).await
+    Ok(principal)
+}
+
+/// Whether the request is for `/api/v1/auth/…` (a nested router sees its path without the
+/// prefix, so the original URI decides).
+fn under_auth(parts: &Parts) -> bool {
+    let path = match parts.extensions.get::<axum::extract::OriginalUri>() {
+        Some(original) => original.0.path(),
+        None => parts.uri.path(),
+    };
+    path.starts_with("/api/v1/auth/")
 }
 
 /// The caller named by a request's `Authorization` header: `None` without one, an error when

@@ -418,7 +418,8 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         json!({ "type": "object", "required": ["id", "email", "created_at"], "properties": {
             "id": { "type": "string", "format": "uuid" }, "email": { "type": "string" },
             "name": { "type": ["string", "null"] }, "superuser": { "type": "boolean" },
-            "created_at": { "type": "string", "format": "date-time" } } }),
+            "created_at": { "type": "string", "format": "date-time" },
+            "email_verified_at": { "type": ["string", "null"], "format": "date-time", "description": "when the user proved they own `email`; null until then" } } }),
     );
     schemas.insert(
         "Org".into(),
@@ -452,6 +453,35 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         json!({ "post": { "operationId": "logout", "tags": ["auth"], "responses": empty(&[400, 401]) } }),
     );
     paths.insert("/api/v1/auth/logout-all".into(), json!({ "post": { "operationId": "logout_all", "tags": ["auth"], "responses": ok("200", "sessions revoked", &[400, 401]) } }));
+    let accepted = |errors: &[u16]| {
+        let mut responses = error_responses(errors);
+        responses.insert("202".into(), json!({ "description": "accepted: the same answer whatever the address (an email follows if it can)", "content": { "application/json": { "schema": {
+            "type": "object", "required": ["status", "message"], "properties": { "status": { "type": "string", "enum": ["accepted"] }, "message": { "type": "string" } } } } } }));
+        responses
+    };
+    let token = json!({ "type": "string", "maxLength": 64, "description": "the token of the emailed link" });
+    paths.insert("/api/v1/auth/email".into(), json!({ "post": { "operationId": "change_email", "tags": ["auth"],
+        "description": "Sends a confirmation link to the new address; the account moves there when it is opened (`/auth/verify/confirm`).",
+        "requestBody": body(json!({ "type": "object", "required": ["email", "password"], "additionalProperties": false, "properties": {
+            "email": { "type": "string", "maxLength": 254 }, "password": { "type": "string", "maxLength": 1024 } } })),
+        "responses": accepted(&[400, 401, 403, 415, 429]) } }));
+    let mut verify_request = accepted(&[400, 401, 403, 429]);
+    verify_request.insert("200".into(), json!({ "description": "the address is verified already", "content": { "application/json": { "schema": { "type": "object" } } } }));
+    paths.insert("/api/v1/auth/verify/request".into(), json!({ "post": { "operationId": "request_verification", "tags": ["auth"],
+        "description": "Sends a new verification link to the caller's address (at most `auth.account_emails_per_hour`).",
+        "responses": Value::Object(verify_request) } }));
+    paths.insert("/api/v1/auth/verify/confirm".into(), json!({ "post": { "operationId": "confirm_email", "tags": ["auth"], "security": public,
+        "description": "Uses a verification or email-change token (single use).",
+        "requestBody": body(json!({ "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": token } })),
+        "responses": ok("200", "the user, verified", &[400, 409, 415, 429]) } }));
+    paths.insert("/api/v1/auth/password-reset/request".into(), json!({ "post": { "operationId": "request_password_reset", "tags": ["auth"], "security": public,
+        "requestBody": body(json!({ "type": "object", "required": ["email"], "additionalProperties": false, "properties": { "email": { "type": "string", "maxLength": 254 } } })),
+        "responses": accepted(&[400, 403, 415, 429]) } }));
+    paths.insert("/api/v1/auth/password-reset/confirm".into(), json!({ "post": { "operationId": "confirm_password_reset", "tags": ["auth"], "security": public,
+        "description": "Sets a new password with a reset token (single use) and ends every session of the account.",
+        "requestBody": body(json!({ "type": "object", "required": ["token", "password"], "additionalProperties": false, "properties": {
+            "token": token, "password": { "type": "string", "maxLength": 256 } } })),
+        "responses": ok("200", "the user and how many sessions ended", &[400, 415, 429]) } }));
     paths.insert("/api/v1/auth/me".into(), json!({ "get": { "operationId": "me", "tags": ["auth"], "responses": ok("200", "the caller and memberships", &[401]) } }));
     let org = path_parameter("org", json!({ "type": "string" }));
     let page = vec![

@@ -34,7 +34,16 @@ pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<Rout
         return None;
     }
     Some(match (method, route) {
-        (&Method::POST, "/auth/login" | "/auth/signup") => RouteClass::Auth,
+        (
+            &Method::POST,
+            "/auth/login"
+            | "/auth/signup"
+            | "/auth/email"
+            | "/auth/verify/request"
+            | "/auth/verify/confirm"
+            | "/auth/password-reset/request"
+            | "/auth/password-reset/confirm",
+        ) => RouteClass::Auth,
         (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
         (&Method::GET, "/jobs/{id}") => RouteClass::Status,
         _ => RouteClass::Api,

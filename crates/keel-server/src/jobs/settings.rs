@@ -48,6 +48,8 @@ pub struct SmtpSection {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub from: String,
+    /// Write emails to the log instead of sending them (demos, local development).
+    pub log_only: bool,
 }
 
 impl Default for SmtpSection {
@@ -59,6 +61,7 @@ impl Default for SmtpSection {
             username: None,
             password: None,
             from: "keel@localhost".into(),
+            log_only: false,
         }
     }
 }
@@ -90,8 +93,8 @@ impl JobsSection {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             leader: self.leader,
             http_timeout: Duration::from_secs(self.http_timeout_seconds),
-            smtp: smtp.host.as_ref().map(|host| keel_jobs::SmtpConfig {
-                host: host.clone(),
+            smtp: smtp.sends().then(|| keel_jobs::SmtpConfig {
+                host: smtp.host.clone().unwrap_or_default(),
                 port: smtp.port,
                 tls: match smtp.tls.as_str() {
                     "none" => keel_jobs::SmtpTls::None,
@@ -101,12 +104,18 @@ impl JobsSection {
                 username: smtp.username.clone(),
                 password: smtp.password.as_ref().map(|p| p.0.clone()),
                 from: smtp.from.clone(),
+                log_only: smtp.log_only,
             }),
         }
     }
 }
 
 impl SmtpSection {
+    /// Whether email goes anywhere: to a server, or to the log.
+    pub fn sends(&self) -> bool {
+        self.host.is_some() || self.log_only
+    }
+
     pub fn validate(&self) -> Checked {
         if !["none", "starttls", "tls"].contains(&self.tls.as_str()) {
             return invalid("smtp.tls", "must be one of: none, starttls, tls");
@@ -159,4 +168,8 @@ pub const SMTP_KEYS: &[(&str, &str)] = &[
     ("smtp.username", "SMTP login, if the server needs one."),
     ("smtp.password", "SMTP password."),
     ("smtp.from", "The sender address of email jobs."),
+    (
+        "smtp.log_only",
+        "Write every email (with its links) to the log at info level instead of sending it, for demos and local development; `smtp.host` is then not needed. Never in production: the log then holds reset links.",
+    ),
 ];

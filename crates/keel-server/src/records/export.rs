@@ -153,6 +153,7 @@ pub fn operator() -> Principal {
             name: None,
             superuser: true,
             created_at: chrono::Utc::now(),
+            email_verified_at: None,
         },
         session: uuid::Uuid::nil(),
         expires_at: chrono::Utc::now() + chrono::Duration::hours(24),

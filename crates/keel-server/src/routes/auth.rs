@@ -1,17 +1,17 @@
-//! `/api/v1/auth`: sign-up, login, logout (one session or all), and `me`.
+//! `/api/v1/auth`: sign-up, login, logout (one session or all), `me`, verification, email
+//! changes and password resets; and the pages behind the emails' links (`/_/auth/…`).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{Duration, Utc};
-use keel_store::StoreError;
 use keel_store::security;
-use keel_store::system::{self, NewUser, Principal};
+use keel_store::system::{self, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{check_password, hash_password, locked, normalize_email, start_session, verify_password};
+use crate::auth::{check_password, flows, hash_password, locked, pages, start_session, verify_password};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Auth};
 use crate::http::state::AppState;
@@ -32,35 +32,15 @@ pub async fn signup(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
-    if !state.config.auth.signup {
-        return Err(ApiError::new(
-            "signup_closed",
-            "sign-up is closed; ask an administrator for an account",
-        ));
-    }
-    let email = normalize_email(&body.email)?;
-    check_password(&body.password, &email, state.config.auth.min_password_length)?;
-    if body.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::new("validation_failed", "the name is too long")
-            .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
-    }
-    let password_hash = hash_password(&state.config.auth, body.password).await?;
-    let user = system::user_insert(
-        &state.db,
-        NewUser {
-            email: &email,
-            name: body.name.as_deref(),
-            password_hash: &password_hash,
-            superuser: false,
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        StoreError::Unique { .. } => ApiError::new("email_taken", "an account with this email exists"),
-        other => other.into(),
-    })?;
+    let cookie = body.cookie;
+    let sign_up = flows::SignUp {
+        email: body.email,
+        password: body.password,
+        name: body.name,
+    };
+    let user = flows::sign_up(&state, sign_up).await?;
     let (token, expires_at) = start_session(&state, user.id).await?;
-    let mut response = session_answer(json!({ "user": user }), &token, expires_at, body.cookie);
+    let mut response = session_answer(json!({ "user": user }), &token, expires_at, cookie);
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
 }
@@ -240,4 +220,135 @@ pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
         }
         Principal::ApiKey(key) => Ok(Json(json!({ "api_key": key }))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailBody {
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetConfirm {
+    token: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChange {
+    email: String,
+    password: String,
+}
+
+fn user_of(principal: Principal) -> ApiResult<system::User> {
+    match principal {
+        Principal::User { user, .. } => Ok(user),
+        Principal::ApiKey(_) => Err(ApiError::new("bad_request", "API keys have no email address")),
+    }
+}
+
+/// `POST /api/v1/auth/verify/request`
+pub async fn verify_request(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    let body = flows::request_verification(&state, &user).await?;
+    let status = if body["status"] == "accepted" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)))
+}
+
+/// `POST /api/v1/auth/verify/confirm`
+pub async fn verify_confirm(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = flows::confirm_email(&state, &body.token).await?;
+    Ok(Json(json!({ "user": user })))
+}
+
+/// `POST /api/v1/auth/email`
+pub async fn email_change(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<EmailChange>,
+) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    let answer = flows::change_email(&state, &user, &body.email, body.password).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `POST /api/v1/auth/password-reset/request`
+pub async fn reset_request(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EmailBody>,
+) -> ApiResult<impl IntoResponse> {
+    let answer = flows::request_reset(&state, &body.email).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `POST /api/v1/auth/password-reset/confirm`
+pub async fn reset_confirm(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ResetConfirm>,
+) -> ApiResult<impl IntoResponse> {
+    let (user, revoked) = flows::confirm_reset(&state, &body.token, body.password).await?;
+    Ok(Json(json!({ "user": user, "revoked_sessions": revoked })))
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Deserialize)]
+pub struct PageForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `GET /_/auth/verify`
+pub async fn verify_page(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
+) -> axum::response::Response {
+    pages::verify_form(&state, &query.token)
+}
+
+/// `POST /_/auth/verify`
+pub async fn verify_submit(
+    State(state): State<AppState>,
+    axum::extract::Form(form): axum::extract::Form<PageForm>,
+) -> axum::response::Response {
+    pages::verify(&state, &form.token).await
+}
+
+/// `GET /_/auth/reset`
+pub async fn reset_page(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
+) -> axum::response::Response {
+    pages::reset_form(&state, &query.token, None)
+}
+
+/// `POST /_/auth/reset`
+pub async fn reset_submit(
+    State(state): State<AppState>,
+    axum::extract::Form(form): axum::extract::Form<PageForm>,
+) -> axum::response::Response {
+    pages::reset(&state, &form.token, form.password, &form.confirm).await
 }

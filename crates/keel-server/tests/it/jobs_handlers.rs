@@ -270,10 +270,14 @@ async fn email_goes_through_a_real_smtp_server(backend: Backend) {
     let id = jobs_of(&app, &owner, "confirmation").await[0]["id"].as_i64().unwrap();
     let done = app.wait_job(id, JobState::Completed, 15).await;
     assert_eq!(done.result.unwrap()["to"], json!(["ann@example.com"]));
-    let messages = smtp.messages();
+    // The owner's sign-up sent its verification email too; this test is about the other one.
+    let messages: Vec<String> = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains("To: ann@example.com"))
+        .collect();
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
-    assert!(message.contains("To: ann@example.com"), "{message}");
     assert!(message.contains("Subject: Reservation: Pool <Saturday>"), "{message}");
     assert!(
         message.contains("Pool &lt;Saturday&gt;"),

@@ -1,5 +1,6 @@
 //! HTTP integration tests: every test runs on SQLite and on PostgreSQL (`both!`).
 
+mod account_email;
 mod accounts;
 mod alerts;
 mod auth;

@@ -6,7 +6,7 @@ use super::Step;
 use super::ddl::types;
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 6;
+pub const SYSTEM_VERSION: i64 = 7;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -65,6 +65,15 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         steps.push(Step {
             description: "full-text search without a copy of the text (system version 6)".into(),
             statements: vec!["UPDATE keel_system SET version = 6 WHERE id = 1".to_string()],
+            destructive: false,
+        });
+    }
+    if from < 7 {
+        let mut statements = vec!["UPDATE keel_system SET version = 7 WHERE id = 1".to_string()];
+        statements.extend(crate::accounts::tables(dialect));
+        steps.push(Step {
+            description: "verified addresses and the account-flow tokens (system version 7)".into(),
+            statements,
             destructive: false,
         });
     }
