@@ -1,5 +1,6 @@
 //! Account flows (system version 7): the single-use tokens behind email verification, email
-//! changes and password resets, and each user's verified address.
+//! changes and password resets, each user's verified address, and where each session came
+//! from.
 //!
 //! A token is stored only as its SHA-256 hash. Using one deletes it in the transaction that
 //! does what it allows, so it works once even when two instances race for it; an expired
@@ -47,6 +48,10 @@ pub fn tables(dialect: Dialect) -> Vec<String> {
         ),
         "CREATE INDEX keel_account_tokens_user ON keel_account_tokens (user_id, purpose)".to_string(),
         "CREATE INDEX keel_account_tokens_expiry ON keel_account_tokens (expires_at)".to_string(),
+        // Where a session came from and when it was last used (A6: the session list).
+        format!("ALTER TABLE keel_sessions ADD COLUMN last_seen_at {ts}"),
+        "ALTER TABLE keel_sessions ADD COLUMN ip TEXT".to_string(),
+        "ALTER TABLE keel_sessions ADD COLUMN user_agent TEXT".to_string(),
     ]
 }
 

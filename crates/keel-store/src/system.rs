@@ -57,6 +57,9 @@ pub enum Principal {
         user: User,
         session: Uuid,
         expires_at: DateTime<Utc>,
+        /// When the session was last marked as used (at most every few minutes).
+        #[serde(default)]
+        seen_at: Option<DateTime<Utc>>,
     },
     ApiKey(ApiKey),
 }
@@ -245,27 +248,128 @@ pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bo
     Ok(n == 1)
 }
 
+/// Where a new session comes from (shown in the session list).
+#[derive(Debug, Clone, Default)]
+pub struct SessionOrigin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 pub async fn session_insert(
     db: &Db,
     user: Uuid,
     token_hash: &str,
     expires_at: DateTime<Utc>,
+    origin: &SessionOrigin,
 ) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
+    let at = now();
+    let text = |value: &Option<String>| value.clone().map(SqlValue::Text).unwrap_or(SqlValue::Null);
+    let mut params = vec![
+        SqlValue::Uuid(id),
+        SqlValue::Text(token_hash.to_string()),
+        SqlValue::Uuid(user),
+        SqlValue::Datetime(at),
+        SqlValue::Datetime(truncate_micros(expires_at)),
+    ];
+    // A NULL is written as a literal: a bound NULL has no type PostgreSQL can use.
+    let mut optional = |value: SqlValue| match value {
+        SqlValue::Null => "NULL".to_string(),
+        value => {
+            params.push(value);
+            format!("${}", params.len())
+        }
+    };
+    let ip = optional(text(&origin.ip));
+    let agent = optional(text(&origin.user_agent));
     let mut tx = db.begin().await?;
     tx.execute(&tx.portable(
-        "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            SqlValue::Uuid(id),
-            SqlValue::Text(token_hash.to_string()),
-            SqlValue::Uuid(user),
-            SqlValue::Datetime(now()),
-            SqlValue::Datetime(truncate_micros(expires_at)),
-        ],
+        &format!(
+            "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $4, {ip}, {agent})"
+        ),
+        params,
     ))
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// A live session as its user sees it in the session list.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The user's live sessions (not revoked, not expired), most recently used first.
+pub async fn sessions_of_user(db: &Db, user: Uuid, limit: u32) -> Result<Vec<SessionInfo>, StoreError> {
+    let sql = db.portable(
+        &format!(
+            "SELECT id, created_at, last_seen_at, expires_at, ip, user_agent FROM keel_sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY COALESCE(last_seen_at, created_at) DESC, id DESC LIMIT {limit}"
+        ),
+        vec![SqlValue::Uuid(user), SqlValue::Datetime(now())],
+    );
+    db.query_primary(&sql)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(SessionInfo {
+                id: row[0].uuid().ok_or_else(|| bad_row("session"))?,
+                created_at: row[1].datetime().ok_or_else(|| bad_row("session"))?,
+                last_seen_at: row[2].datetime(),
+                expires_at: row[3].datetime().ok_or_else(|| bad_row("session"))?,
+                ip: row[4].text().map(str::to_string),
+                user_agent: row[5].text().map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Marks a session as used now.
+pub async fn session_seen(db: &Db, session: Uuid) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable(
+        "UPDATE keel_sessions SET last_seen_at = $1 WHERE id = $2",
+        vec![SqlValue::Datetime(now()), SqlValue::Uuid(session)],
+    ))
+    .await?;
+    tx.commit().await
+}
+
+/// Revokes the user's sessions: one (`only`), or all but one (`except`); returns the revoked
+/// sessions' token hashes (to drop from caches). Another user's session is never touched.
+pub async fn sessions_revoke(
+    db: &Db,
+    user: Uuid,
+    only: Option<Uuid>,
+    except: Option<Uuid>,
+) -> Result<Vec<String>, StoreError> {
+    let mut params = vec![SqlValue::Datetime(now()), SqlValue::Uuid(user)];
+    let mut filter = String::new();
+    if let Some(only) = only {
+        params.push(SqlValue::Uuid(only));
+        filter.push_str(&format!(" AND id = ${}", params.len()));
+    }
+    if let Some(except) = except {
+        params.push(SqlValue::Uuid(except));
+        filter.push_str(&format!(" AND id <> ${}", params.len()));
+    }
+    let mut tx = db.begin().await?;
+    let hashes = tx
+        .query(&tx.portable(
+            &format!("UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL{filter} RETURNING token_hash"),
+            params,
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
+        .collect();
+    tx.commit().await?;
+    Ok(hashes)
 }
 
 /// The principal behind a token hash: a live session, else a live API key. A token a
@@ -288,7 +392,7 @@ async fn token_lookup(db: &Db, token_hash: &str, primary: bool) -> Result<Option
     };
     let at = SqlValue::Datetime(now());
     let session = db.portable(
-        &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
+        &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at, s.last_seen_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
         vec![SqlValue::Text(token_hash.to_string()), at.clone()],
     );
     if let Some(row) = read(&session).await? {
@@ -299,6 +403,7 @@ async fn token_lookup(db: &Db, token_hash: &str, primary: bool) -> Result<Option
             user,
             session,
             expires_at,
+            seen_at: row[USER_WIDTH + 2].datetime(),
         }));
     }
     let key = db.portable(

@@ -17,4 +17,4 @@ pub use password::{check_password, hash_password, hash_password_blocking, is_com
 pub(crate) use roles::grantable;
 pub use roles::{is_superuser, rank, require_manager};
 pub(crate) use session::locked;
-pub use session::{new_token, start_session};
+pub use session::{Origin, new_token, start_session};

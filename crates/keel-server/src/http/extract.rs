@@ -162,6 +162,11 @@ fn under_auth(parts: &Parts) -> bool {
     path.starts_with("/api/v1/auth/")
 }
 
+/// How stale a session's `last_seen_at` may get before a request marks it again: the session
+/// list is that precise, and a busy session costs one write per this interval, not one per
+/// request.
+const SESSION_SEEN_EVERY: chrono::Duration = chrono::Duration::minutes(5);
+
 /// The caller named by a request's `Authorization` header: `None` without one, an error when
 /// the token is malformed, unknown, expired or revoked.
 pub async fn principal_of(headers: &axum::http::HeaderMap, state: &AppState) -> Result<Option<Principal>, ApiError> {
@@ -199,6 +204,17 @@ pub async fn principal_of(headers: &axum::http::HeaderMap, state: &AppState) -> 
             "the token is unknown, expired or revoked",
         ));
     };
+    if let Principal::User { session, seen_at, .. } = &principal
+        && seen_at.is_none_or(|at| now - at > SESSION_SEEN_EVERY)
+    {
+        // Off the request's path: the answer does not wait for the write.
+        let (db, session) = (state.db.clone(), *session);
+        tokio::spawn(async move {
+            if let Err(error) = system::session_seen(&db, session).await {
+                tracing::warn!(%error, "could not mark a session as used");
+            }
+        });
+    }
     if state.shared.enabled() {
         state
             .metrics

@@ -452,6 +452,20 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "/api/v1/auth/logout".into(),
         json!({ "post": { "operationId": "logout", "tags": ["auth"], "responses": empty(&[400, 401]) } }),
     );
+    paths.insert("/api/v1/auth/sessions".into(), json!({ "get": { "operationId": "list_sessions", "tags": ["auth"],
+        "description": "The caller's live sessions (at most 200, most recently used first): id, created_at, last_seen_at (updated at most every 5 minutes), expires_at, ip, user_agent, current.",
+        "responses": ok("200", "the sessions", &[400, 401]) } }));
+    paths.insert(
+        "/api/v1/auth/sessions/revoke-others".into(),
+        json!({ "post": { "operationId": "revoke_other_sessions", "tags": ["auth"],
+        "responses": ok("200", "every other session of the caller is revoked", &[400, 401]) } }),
+    );
+    paths.insert(
+        "/api/v1/auth/sessions/{id}".into(),
+        json!({ "delete": { "operationId": "revoke_session", "tags": ["auth"],
+        "parameters": [path_parameter("id", json!({ "type": "string" }))],
+        "responses": empty(&[400, 401, 404]) } }),
+    );
     paths.insert("/api/v1/auth/logout-all".into(), json!({ "post": { "operationId": "logout_all", "tags": ["auth"], "responses": ok("200", "sessions revoked", &[400, 401]) } }));
     let accepted = |errors: &[u16]| {
         let mut responses = error_responses(errors);

@@ -157,6 +157,7 @@ pub fn operator() -> Principal {
         },
         session: uuid::Uuid::nil(),
         expires_at: chrono::Utc::now() + chrono::Duration::hours(24),
+        seen_at: None,
     }
 }
 

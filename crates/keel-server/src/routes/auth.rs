@@ -11,7 +11,9 @@ use keel_store::system::{self, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{check_password, flows, hash_password, locked, pages, start_session, verify_password};
+use crate::auth::{
+    Origin, check_password, flows, hash_password, locked, pages, session, start_session, verify_password,
+};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Auth};
 use crate::http::state::AppState;
@@ -30,6 +32,7 @@ pub struct Credentials {
 
 pub async fn signup(
     State(state): State<AppState>,
+    Origin(origin): Origin,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let cookie = body.cookie;
@@ -39,7 +42,7 @@ pub async fn signup(
         name: body.name,
     };
     let user = flows::sign_up(&state, sign_up).await?;
-    let (token, expires_at) = start_session(&state, user.id).await?;
+    let (token, expires_at) = start_session(&state, user.id, &origin).await?;
     let mut response = session_answer(json!({ "user": user }), &token, expires_at, cookie);
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
@@ -70,6 +73,7 @@ fn session_answer(
 pub async fn login(
     State(state): State<AppState>,
     client: Option<axum::Extension<crate::http::extract::ClientIp>>,
+    Origin(origin): Origin,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim().to_lowercase();
@@ -126,7 +130,7 @@ pub async fn login(
         return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
     };
     security::login_clear(&state.db, &keys[0].0).await?;
-    let (token, expires_at) = start_session(&state, user.id).await?;
+    let (token, expires_at) = start_session(&state, user.id, &origin).await?;
     Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
 }
 
@@ -169,6 +173,7 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    Origin(origin): Origin,
     Auth(principal): Auth,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> ApiResult<axum::response::Response> {
@@ -185,7 +190,7 @@ pub async fn change_password(
     let password_hash = hash_password(&state.config.auth, body.new_password).await?;
     let revoked = system::user_set_password(&state.db, user.id, &password_hash).await?;
     crate::http::extract::forget_tokens(&state, &revoked).await;
-    let (token, expires_at) = start_session(&state, user.id).await?;
+    let (token, expires_at) = start_session(&state, user.id, &origin).await?;
     let cookie = headers.get(axum::http::header::AUTHORIZATION).is_none();
     let body = json!({ "user": user, "revoked_sessions": revoked.len() });
     Ok(session_answer(body, &token, expires_at, cookie))
@@ -351,4 +356,29 @@ pub async fn reset_submit(
     axum::extract::Form(form): axum::extract::Form<PageForm>,
 ) -> axum::response::Response {
     pages::reset(&state, &form.token, form.password, &form.confirm).await
+}
+
+/// `GET /api/v1/auth/sessions`
+pub async fn sessions(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    Ok(Json(session::list(&state, &principal).await?))
+}
+
+/// `DELETE /api/v1/auth/sessions/{id}`
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
+    session::revoke(&state, &principal, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/auth/sessions/revoke-others`
+pub async fn revoke_other_sessions(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> ApiResult<impl IntoResponse> {
+    let revoked = session::revoke_others(&state, &principal).await?;
+    Ok(Json(json!({ "revoked_sessions": revoked })))
 }

@@ -157,7 +157,74 @@ async fn a_password_change_rotates_every_session(backend: Backend) {
     );
 }
 
+/// A6: the session list shows where each session came from; one or all others can be ended.
+async fn sessions_are_listed_and_revoked(backend: Backend) {
+    let app = app(backend).await;
+    let (_, first) = app.signup("sam@example.com").await;
+    let login_as = |peer: &'static str, agent: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .request_with(
+                    "POST",
+                    "/api/v1/auth/login",
+                    vec![("x-test-peer".into(), peer.into()), ("user-agent".into(), agent.into())],
+                    Some(json!({"email": "sam@example.com", "password": "correct horse battery"}).to_string()),
+                )
+                .await;
+            assert_eq!(response.status, 200, "{}", response.text);
+            response.body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let phone = login_as("10.0.0.2", "Phone/1.0").await;
+    let laptop = login_as("10.0.0.3", "Laptop/2.0").await;
+    let list = app.get("/api/v1/auth/sessions", &laptop).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let items = list.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 3);
+    let current: Vec<_> = items.iter().filter(|s| s["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0]["user_agent"], "Laptop/2.0");
+    assert_eq!(current[0]["ip"], "10.0.0.3");
+    assert!(current[0]["last_seen_at"].is_string() && current[0]["expires_at"].is_string());
+    let phone_id = items.iter().find(|s| s["user_agent"] == "Phone/1.0").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Another user cannot end Sam's sessions, and sees none of them.
+    let (_, other) = app.signup("tom@example.com").await;
+    let theirs = app.delete(&format!("/api/v1/auth/sessions/{phone_id}"), &other).await;
+    assert_eq!(theirs.status, 404);
+    assert_eq!(
+        app.get("/api/v1/auth/sessions", &other).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(app.delete("/api/v1/auth/sessions/not-a-uuid", &other).await.status, 404);
+    assert_eq!(app.get("/api/v1/auth/me", &phone).await.status, 200);
+
+    let ended = app.delete(&format!("/api/v1/auth/sessions/{phone_id}"), &laptop).await;
+    assert_eq!(ended.status, 204, "{}", ended.text);
+    assert_eq!(app.get("/api/v1/auth/me", &phone).await.status, 401);
+    let again = app.delete(&format!("/api/v1/auth/sessions/{phone_id}"), &laptop).await;
+    assert_eq!(again.status, 404, "an ended session is gone");
+
+    let others = app
+        .request("POST", "/api/v1/auth/sessions/revoke-others", Some(&laptop), None)
+        .await;
+    assert_eq!(others.status, 200, "{}", others.text);
+    assert_eq!(others.body["revoked_sessions"], 1);
+    assert_eq!(app.get("/api/v1/auth/me", &first).await.status, 401);
+    assert_eq!(app.get("/api/v1/auth/me", &laptop).await.status, 200);
+    let left = app.get("/api/v1/auth/sessions", &laptop).await;
+    assert_eq!(left.body["items"].as_array().unwrap().len(), 1);
+}
+
 both!(
+    sessions_are_listed_and_revoked,
     common_passwords_are_refused,
     repeated_failures_lock_the_account_with_backoff,
     repeated_failures_lock_the_address,
