@@ -34,6 +34,13 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(orgs::update_member).delete(orgs::remove_member),
         )
         .route("/orgs/{org}/api_keys", get(orgs::list_keys).post(orgs::create_key))
+        .route("/orgs/{org}/invitations", get(orgs::invitations).post(orgs::invite))
+        .route(
+            "/orgs/{org}/invitations/{id}",
+            axum::routing::delete(orgs::revoke_invitation),
+        )
+        .route("/orgs/{org}/invitations/{id}/resend", post(orgs::resend_invitation))
+        .route("/invitations/accept", post(auth::accept_invitation))
         .route("/orgs/{org}/api_keys/{id}", axum::routing::delete(orgs::revoke_key))
         .route("/orgs/{org}/jobs", get(jobs::org_list).post(jobs::org_enqueue))
         .route("/jobs/{id}", get(jobs::status))
@@ -118,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/_/auth/verify", get(auth::verify_page).post(auth::verify_submit))
         .route("/_/auth/reset", get(auth::reset_page).post(auth::reset_submit))
+        .route(
+            "/_/auth/invitation",
+            get(auth::invitation_page).post(auth::invitation_submit),
+        )
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

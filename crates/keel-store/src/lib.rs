@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod errors;
 pub mod files;
+pub mod invitations;
 pub mod jobs;
 pub mod migrate;
 pub mod observe;

@@ -581,6 +581,12 @@ pub async fn member(db: &Db, org: Uuid, user: Uuid) -> Result<Option<Member>, St
 
 pub async fn member_insert(db: &Db, org: Uuid, user: Uuid, role: &str) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
+    member_insert_in(&mut tx, org, user, role).await?;
+    tx.commit().await
+}
+
+/// [`member_insert`] inside the caller's transaction (accepting an invitation).
+pub async fn member_insert_in(tx: &mut Tx, org: Uuid, user: Uuid, role: &str) -> Result<(), StoreError> {
     tx.execute(&tx.portable(
         "INSERT INTO keel_memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
         vec![
@@ -591,7 +597,7 @@ pub async fn member_insert(db: &Db, org: Uuid, user: Uuid, role: &str) -> Result
         ],
     ))
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Outcome of a change that must keep at least one member with the top role.

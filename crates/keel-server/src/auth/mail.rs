@@ -9,8 +9,9 @@
 //!
 //! The texts are built in and can be replaced from the spec's folder: `emails/<name>.txt`
 //! (a `Subject: …` line, a blank line, the text) and optionally `emails/<name>.html`, where
-//! `<name>` is `verify_email`, `change_email` or `reset_password`. Templates see `app`,
-//! `email`, `name`, `link` and `expires_minutes`.
+//! `<name>` is `verify_email`, `change_email`, `reset_password` or `invitation`. Templates
+//! see `app`, `email`, `name`, `link`, `expires_minutes` and `expires_hours`; an invitation
+//! also `org`, `role` and `inviter`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -77,9 +78,10 @@ pub struct Templates {
     verify: Template,
     change_email: Template,
     reset: Template,
+    invitation: Template,
 }
 
-const BUILT_IN: [(&str, &str, &str); 3] = [
+const BUILT_IN: [(&str, &str, &str); 4] = [
     (
         "verify_email",
         include_str!("emails/verify_email.txt"),
@@ -94,6 +96,11 @@ const BUILT_IN: [(&str, &str, &str); 3] = [
         "reset_password",
         include_str!("emails/reset_password.txt"),
         include_str!("emails/reset_password.html"),
+    ),
+    (
+        "invitation",
+        include_str!("emails/invitation.txt"),
+        include_str!("emails/invitation.html"),
     ),
 ];
 
@@ -121,9 +128,10 @@ impl Templates {
         }
         let mut loaded = loaded.into_iter();
         Ok(Templates {
-            verify: loaded.next().expect("three"),
-            change_email: loaded.next().expect("three"),
-            reset: loaded.next().expect("three"),
+            verify: loaded.next().expect("four"),
+            change_email: loaded.next().expect("four"),
+            reset: loaded.next().expect("four"),
+            invitation: loaded.next().expect("four"),
         })
     }
 
@@ -144,7 +152,16 @@ struct Payload {
     /// whoever asked does not learn whether it has one.
     user: Option<Uuid>,
     email: String,
+    /// An invitation's id (purpose `invite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invitation: Option<Uuid>,
 }
+
+/// The purpose name of invitation emails, beside the account purposes.
+const INVITE: &str = "invite";
+
+/// The prefix of invitation tokens.
+pub const INVITATION_PREFIX: &str = "ki_";
 
 fn purpose_named(name: &str) -> Option<Purpose> {
     [Purpose::Verify, Purpose::ChangeEmail, Purpose::Reset]
@@ -162,19 +179,40 @@ pub async fn queue_in(
     user: Option<Uuid>,
     email: &str,
 ) -> Result<(), StoreError> {
+    let payload = Payload {
+        purpose: purpose.as_str().to_string(),
+        user,
+        email: email.to_string(),
+        invitation: None,
+    };
+    insert(tx, state, payload, format!("account:{}:{}", purpose.as_str(), email)).await
+}
+
+/// Inserts the job that sends (or sends again) an invitation's email, inside the caller's
+/// transaction; the job gives the invitation its link.
+pub async fn queue_invitation_in(
+    tx: &mut Tx,
+    state: &AppState,
+    invitation: &keel_store::invitations::Invitation,
+) -> Result<(), StoreError> {
+    let payload = Payload {
+        purpose: INVITE.to_string(),
+        user: invitation.invited_by,
+        email: invitation.email.clone(),
+        invitation: Some(invitation.id),
+    };
+    insert(tx, state, payload, format!("account:{INVITE}:{}", invitation.id)).await
+}
+
+async fn insert(tx: &mut Tx, state: &AppState, payload: Payload, unique_key: String) -> Result<(), StoreError> {
     let kind = state
         .schema
         .app
         .jobs
         .kind(keel_spec::ACCOUNT_EMAIL_KIND)
         .expect("the account-email kind is built in");
-    let payload = Payload {
-        purpose: purpose.as_str().to_string(),
-        user,
-        email: email.to_string(),
-    };
-    let mut job = NewJob::of_kind(kind, json!(payload), None, user);
-    job.unique_key = Some(format!("account:{}:{}", purpose.as_str(), email));
+    let mut job = NewJob::of_kind(kind, json!(payload), None, None);
+    job.unique_key = Some(unique_key);
     keel_store::jobs::job_insert(tx, &job).await?;
     Ok(())
 }
@@ -182,14 +220,23 @@ pub async fn queue_in(
 /// Whether `email` may get another email of `purpose` this hour
 /// (`auth.account_emails_per_hour`). Counted in the database, so every instance agrees.
 pub async fn within_budget(state: &AppState, purpose: Purpose, email: &str) -> Result<bool, StoreError> {
-    let key = format!("mail:{}:{email}", purpose.as_str());
+    within_budget_of(state, purpose.as_str(), email).await
+}
+
+/// [`within_budget`] for invitations (their own budget per address).
+pub async fn invitation_within_budget(state: &AppState, email: &str) -> Result<bool, StoreError> {
+    within_budget_of(state, INVITE, email).await
+}
+
+async fn within_budget_of(state: &AppState, purpose: &str, email: &str) -> Result<bool, StoreError> {
+    let key = format!("mail:{purpose}:{email}");
     let now = chrono::Utc::now();
     let sent = keel_store::security::login_failure(&state.db, &key, now, chrono::Duration::hours(1)).await?;
     let allowed = sent <= i64::from(state.config.auth.account_emails_per_hour);
     state.metrics.counter(
         "keel_account_emails_total",
         &[
-            ("purpose", purpose.as_str().to_string()),
+            ("purpose", purpose.to_string()),
             ("result", if allowed { "queued" } else { "throttled" }.to_string()),
         ],
         1,
@@ -199,16 +246,20 @@ pub async fn within_budget(state: &AppState, purpose: Purpose, email: &str) -> R
 
 /// Where the link of an email of `purpose` points, with its token.
 pub fn link(config: &Config, purpose: Purpose, token: &str) -> String {
+    let (own, page) = match purpose {
+        Purpose::Reset => (&config.auth.reset_url, "reset"),
+        _ => (&config.auth.verify_url, "verify"),
+    };
+    link_to(config, own, page, token)
+}
+
+fn link_to(config: &Config, own: &Option<String>, page: &str, token: &str) -> String {
     let base = config
         .auth
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
     let base = base.trim_end_matches('/');
-    let (own, page) = match purpose {
-        Purpose::Reset => (&config.auth.reset_url, "reset"),
-        _ => (&config.auth.verify_url, "verify"),
-    };
     match own {
         Some(url) => url.replace("{token}", token),
         None => format!("{base}/_/auth/{page}?token={token}"),
@@ -228,13 +279,12 @@ async fn run_job(
 ) -> Result<Option<Value>, JobFailure> {
     let payload: Payload = serde_json::from_str(&context.payload)
         .map_err(|e| JobFailure::permanent(format!("the account email's payload is malformed: {e}")))?;
+    if payload.purpose == INVITE {
+        return run_invitation(&context, &config, &templates, &payload).await;
+    }
     let purpose =
         purpose_named(&payload.purpose).ok_or_else(|| JobFailure::permanent("unknown account-email purpose"))?;
-    let smtp = context
-        .config
-        .smtp
-        .as_ref()
-        .ok_or_else(|| JobFailure::retry("no SMTP server is configured (set smtp.host)"))?;
+    smtp_of(&context)?;
     let store = |e: StoreError| JobFailure::retry(format!("the store failed: {e}"));
     let skip = |reason: &str| Ok(Some(json!({ "sent": false, "reason": reason })));
     // Who the email is for, as the account is now (it may have changed since the request).
@@ -290,22 +340,93 @@ async fn run_job(
         "name": user.name.clone().unwrap_or_default(),
         "link": link(&config, purpose, &token),
         "expires_minutes": minutes,
+        "expires_hours": minutes / 60,
     });
-    let template = templates.of(purpose);
-    let to = [payload.email.clone()];
+    deliver(&context, templates.of(purpose), &root, &payload.email).await
+}
+
+/// The SMTP settings, or a retryable failure: the email waits until a server is configured.
+fn smtp_of(context: &JobContext) -> Result<&keel_jobs::SmtpConfig, JobFailure> {
+    context
+        .config
+        .smtp
+        .as_ref()
+        .ok_or_else(|| JobFailure::retry("no SMTP server is configured (set smtp.host)"))
+}
+
+/// Renders a template over `root` and sends it to `to`; a retried job sends a new message id
+/// per attempt (each attempt's link is new).
+async fn deliver(
+    context: &JobContext,
+    template: &Template,
+    root: &Value,
+    to: &str,
+) -> Result<Option<Value>, JobFailure> {
+    let recipients = [to.to_string()];
     let smtp_code = send(
-        smtp,
+        smtp_of(context)?,
         context.config.http_timeout,
         &Email {
-            to: &to,
-            subject: &render(&template.subject, &root, false),
-            text: &render(&template.text, &root, false),
-            html: template.html.as_ref().map(|h| render(h, &root, true)).as_deref(),
+            to: &recipients,
+            subject: &render(&template.subject, root, false),
+            text: &render(&template.text, root, false),
+            html: template.html.as_ref().map(|h| render(h, root, true)).as_deref(),
             message_id: &format!("<keel-job-{}-{}@keel>", context.id, context.attempt),
         },
     )
     .await?;
-    Ok(Some(json!({ "sent": true, "to": payload.email, "smtp": smtp_code })))
+    Ok(Some(json!({ "sent": true, "to": to, "smtp": smtp_code })))
+}
+
+/// Sends an invitation's email with a new link (which replaces any earlier one).
+async fn run_invitation(
+    context: &JobContext,
+    config: &Config,
+    templates: &Templates,
+    payload: &Payload,
+) -> Result<Option<Value>, JobFailure> {
+    smtp_of(context)?;
+    let store = |e: StoreError| JobFailure::retry(format!("the store failed: {e}"));
+    let id = payload
+        .invitation
+        .ok_or_else(|| JobFailure::permanent("an invitation email names its invitation"))?;
+    let token = new_token(INVITATION_PREFIX);
+    let hours = config.auth.invitation_ttl_hours;
+    let ttl = chrono::Duration::hours(hours as i64);
+    if !keel_store::invitations::invitation_set_token(&context.db, id, &token_hash(&token), ttl)
+        .await
+        .map_err(store)?
+    {
+        return Ok(Some(
+            json!({ "sent": false, "reason": "the invitation is no longer open" }),
+        ));
+    }
+    let invitation = keel_store::invitations::invitation_by_token(&context.db, &token_hash(&token))
+        .await
+        .map_err(store)?
+        .ok_or_else(|| JobFailure::retry("the invitation changed while its email was prepared"))?;
+    let org = system::org_by_id(&context.db, invitation.org)
+        .await
+        .map_err(store)?
+        .ok_or_else(|| JobFailure::permanent("the org no longer exists"))?;
+    let inviter = match invitation.invited_by {
+        Some(id) => system::user_by_id(&context.db, id).await.map_err(store)?,
+        None => None,
+    }
+    .map(|u| u.name.unwrap_or(u.email))
+    .unwrap_or_else(|| "An administrator".to_string());
+    let root = json!({
+        "app": context.schema.app.name,
+        "email": invitation.email,
+        "name": "",
+        "org": org.name,
+        "role": invitation.role,
+        "inviter": inviter,
+        "link": link_to(config, &config.auth.invitation_url, "invitation", &token),
+        "expires_minutes": hours * 60,
+        "expires_hours": hours,
+    });
+    deliver(context, &templates.invitation, &root, &invitation.email).await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod flows;
+pub mod invitations;
 pub mod keys;
 pub mod mail;
 pub mod pages;

@@ -119,6 +119,87 @@ pub async fn reset(state: &AppState, token: &str, password: String, confirm: &st
     }
 }
 
+/// `GET /_/auth/invitation?token=…`: what the invitation is, and one password field: the
+/// password of the invited address's account, or the new account's (the link is for the
+/// address's owner, so saying which it is tells nothing to anyone else).
+pub async fn invitation_form(state: &AppState, token: &str, problem: Option<&str>) -> Response {
+    let (invitation, org) = match super::invitations::peek(state, token).await {
+        Ok(found) => found,
+        Err(error) => return failure(state, "This invitation does not work", &error),
+    };
+    let exists = matches!(
+        keel_store::system::user_by_email(&state.db, &invitation.email).await,
+        Ok(Some(_))
+    );
+    let problem = problem
+        .map(|p| format!("<p class=\"error\">{}</p>", escape(p)))
+        .unwrap_or_default();
+    let (label, action, autocomplete) = if exists {
+        ("Your password", "Sign in and join", "current-password")
+    } else {
+        (
+            "Choose a password for your new account",
+            "Create my account and join",
+            "new-password",
+        )
+    };
+    let body = format!(
+        "<p>You are invited to join <strong>{org}</strong> as <strong>{role}</strong> with <strong>{email}</strong>.</p>{problem}<form method=\"post\" action=\"/_/auth/invitation\"><input type=\"hidden\" name=\"token\" value=\"{token}\"><label>{label}<input type=\"password\" name=\"password\" autocomplete=\"{autocomplete}\" required></label><button type=\"submit\">{action}</button></form>",
+        org = escape(&org.name),
+        role = escape(&invitation.role),
+        email = escape(&invitation.email),
+        token = escape(token),
+    );
+    let status = if problem.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    page(status, &state.schema.app.name, "Join an org", &body)
+}
+
+/// `POST /_/auth/invitation`: signs in (or signs up) the invited address and accepts.
+pub async fn invitation(state: &AppState, token: &str, password: String) -> Response {
+    let (invitation, _) = match super::invitations::peek(state, token).await {
+        Ok(found) => found,
+        Err(error) => return failure(state, "This invitation does not work", &error),
+    };
+    let accepted = match keel_store::system::user_by_email(&state.db, &invitation.email).await {
+        Ok(Some((user, hash))) => {
+            if password.len() > 1024 || !super::verify_password(password, hash).await {
+                return invitation_form(state, token, Some("the password is wrong")).await;
+            }
+            let principal = keel_store::system::Principal::User {
+                user,
+                session: uuid::Uuid::nil(),
+                expires_at: chrono::Utc::now(),
+                seen_at: None,
+            };
+            super::invitations::accept(state, &principal, token).await
+        }
+        Ok(None) => super::invitations::sign_up(state, token, None, password, None).await,
+        Err(error) => Err(error.into()),
+    };
+    match accepted {
+        Ok(accepted) => {
+            // The page signs nobody in: the app's own sign-in does, with the password.
+            page(
+                StatusCode::OK,
+                &state.schema.app.name,
+                "You joined",
+                &format!(
+                    "<p><strong>{}</strong> is now a member of <strong>{}</strong> as {}. Sign in to the app with this address and password.</p>",
+                    escape(&accepted.user.email),
+                    escape(&accepted.org.name),
+                    escape(&accepted.role)
+                ),
+            )
+        }
+        Err(error) if error.code == "weak_password" => invitation_form(state, token, Some(&error.message)).await,
+        Err(error) => failure(state, "This invitation does not work", &error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -41,6 +41,10 @@ pub struct AuthSection {
     pub verify_url: Option<String>,
     /// The link of a password-reset email, `{token}` replaced; Keel's own page when unset.
     pub reset_url: Option<String>,
+    /// How long an org invitation works.
+    pub invitation_ttl_hours: u64,
+    /// The link of an invitation email, `{token}` replaced; Keel's own page when unset.
+    pub invitation_url: Option<String>,
 }
 
 impl Default for AuthSection {
@@ -63,6 +67,8 @@ impl Default for AuthSection {
             public_url: None,
             verify_url: None,
             reset_url: None,
+            invitation_ttl_hours: 7 * 24,
+            invitation_url: None,
         }
     }
 }
@@ -108,9 +114,13 @@ impl AuthSection {
         {
             return invalid("auth.public_url", "must start with http:// or https://");
         }
+        if !(1..=90 * 24).contains(&self.invitation_ttl_hours) {
+            return invalid("auth.invitation_ttl_hours", "must be 1 hour to 90 days");
+        }
         for (key, url) in [
             ("auth.verify_url", &self.verify_url),
             ("auth.reset_url", &self.reset_url),
+            ("auth.invitation_url", &self.invitation_url),
         ] {
             if let Some(url) = url
                 && (!url.contains("{token}") || !(url.starts_with("http://") || url.starts_with("https://")))
@@ -173,5 +183,13 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "auth.reset_url",
         "The password-reset link, with `{token}` in it (your app's page); Keel's own page at `/_/auth/reset` when unset.",
+    ),
+    (
+        "auth.invitation_ttl_hours",
+        "How long an org invitation works (1 hour to 90 days).",
+    ),
+    (
+        "auth.invitation_url",
+        "The invitation link, with `{token}` in it (your app's page); Keel's own page at `/_/auth/invitation` when unset.",
     ),
 ];

@@ -80,6 +80,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "`auth.require_verified_email` is on and the caller has not verified their address (`POST /api/v1/auth/verify/request`).",
     ),
     (
+        "invitation_for_another_address",
+        403,
+        "The invitation is for another email address than the caller's account.",
+    ),
+    (
         "email_unavailable",
         403,
         "The server sends no email (`smtp.host` is not set), so this flow is not available.",
@@ -110,6 +115,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("email_taken", 409, "A user with this email exists."),
     ("slug_taken", 409, "An org with this slug exists."),
     ("already_member", 409, "The user is already a member of the org."),
+    (
+        "invitation_pending",
+        409,
+        "The address has an open invitation to this org; resend or revoke it.",
+    ),
     (
         "last_owner",
         409,

@@ -440,7 +440,8 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
     };
     let credentials = json!({ "type": "object", "required": ["email", "password"], "additionalProperties": false, "properties": {
         "email": { "type": "string", "maxLength": 254 }, "password": { "type": "string", "maxLength": 256 }, "name": { "type": "string", "maxLength": 200 },
-        "cookie": { "type": "boolean", "description": "keep the session in an HttpOnly cookie and answer its csrf_token instead of the token" } } });
+        "cookie": { "type": "boolean", "description": "keep the session in an HttpOnly cookie and answer its csrf_token instead of the token" },
+        "invitation": { "type": "string", "maxLength": 64, "description": "sign-up only: an invitation's token; the account joins its org (open even when auth.signup is false)" } } });
     let public = json!([]);
     paths.insert("/api/v1/auth/signup".into(), json!({ "post": { "operationId": "signup", "tags": ["auth"], "security": public, "requestBody": body(credentials.clone()), "responses": ok("201", "the user and a session token", &[400, 403, 409, 415, 429]) } }));
     paths.insert("/api/v1/auth/password".into(), json!({ "post": { "operationId": "change_password", "tags": ["auth"],
@@ -528,6 +529,25 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "patch": { "operationId": "update_member", "tags": ["orgs"], "parameters": [org.clone(), user.clone()], "requestBody": body(json!({ "type": "object", "required": ["role"], "additionalProperties": false, "properties": { "role": roles.clone() } })),
             "responses": ok("200", "the member", &[400, 401, 403, 404, 409, 415]) },
         "delete": { "operationId": "remove_member", "tags": ["orgs"], "parameters": [org.clone(), user], "responses": empty(&[401, 403, 404, 409]) }
+    }));
+    paths.insert("/api/v1/orgs/{org}/invitations".into(), json!({
+        "get": { "operationId": "list_invitations", "tags": ["orgs"], "parameters": [org.clone()], "responses": ok("200", "the open invitations (at most 500, newest first)", &[401, 403, 404]) },
+        "post": { "operationId": "invite", "tags": ["orgs"], "parameters": [org.clone()],
+            "description": "Invites an address with a role no higher than the caller's; the email with its link is sent by a job.",
+            "requestBody": body(json!({ "type": "object", "required": ["email", "role"], "additionalProperties": false, "properties": { "email": { "type": "string", "maxLength": 254 }, "role": roles.clone() } })),
+            "responses": ok("201", "the invitation (its token is only in the email)", &[400, 401, 403, 404, 409, 415]) }
+    }));
+    let invitation = path_parameter("id", json!({ "type": "string" }));
+    paths.insert("/api/v1/orgs/{org}/invitations/{id}".into(), json!({
+        "delete": { "operationId": "revoke_invitation", "tags": ["orgs"], "parameters": [org.clone(), invitation.clone()], "responses": empty(&[401, 403, 404]) }
+    }));
+    paths.insert("/api/v1/orgs/{org}/invitations/{id}/resend".into(), json!({
+        "post": { "operationId": "resend_invitation", "tags": ["orgs"], "parameters": [org.clone(), invitation], "responses": ok("202", "a new link is on its way (the old one stops working)", &[401, 403, 404]) }
+    }));
+    paths.insert("/api/v1/invitations/accept".into(), json!({
+        "post": { "operationId": "accept_invitation", "tags": ["orgs"],
+            "requestBody": body(json!({ "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": { "type": "string", "maxLength": 64 } } })),
+            "responses": ok("200", "the user, the org and the role", &[400, 401, 403, 409, 415, 429]) }
     }));
     paths.insert("/api/v1/orgs/{org}/api_keys".into(), json!({
         "get": { "operationId": "list_api_keys", "tags": ["orgs"], "parameters": [org.clone()], "responses": ok("200", "the org's API keys", &[401, 403, 404]) },

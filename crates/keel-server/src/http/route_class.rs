@@ -42,7 +42,8 @@ pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<Rout
             | "/auth/verify/request"
             | "/auth/verify/confirm"
             | "/auth/password-reset/request"
-            | "/auth/password-reset/confirm",
+            | "/auth/password-reset/confirm"
+            | "/invitations/accept",
         ) => RouteClass::Auth,
         (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
         (&Method::GET, "/jobs/{id}") => RouteClass::Status,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{
-    Origin, check_password, flows, hash_password, locked, pages, session, start_session, verify_password,
+    Origin, check_password, flows, hash_password, invitations, locked, pages, session, start_session, verify_password,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Auth};
@@ -28,6 +28,9 @@ pub struct Credentials {
     /// Keep the session in a cookie (for browser pages) instead of answering the token.
     #[serde(default)]
     cookie: bool,
+    /// Sign up with an invitation's token (sign-up only): the account joins its org.
+    #[serde(default)]
+    invitation: Option<String>,
 }
 
 pub async fn signup(
@@ -36,6 +39,15 @@ pub async fn signup(
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
     let cookie = body.cookie;
+    if let Some(token) = &body.invitation {
+        let accepted =
+            invitations::sign_up(&state, token, Some(&body.email), body.password, body.name.as_deref()).await?;
+        let (token, expires_at) = start_session(&state, accepted.user.id, &origin).await?;
+        let answer = json!({ "user": accepted.user, "org": accepted.org, "role": accepted.role });
+        let mut response = session_answer(answer, &token, expires_at, cookie);
+        *response.status_mut() = StatusCode::CREATED;
+        return Ok(response);
+    }
     let sign_up = flows::SignUp {
         email: body.email,
         password: body.password,
@@ -76,6 +88,12 @@ pub async fn login(
     Origin(origin): Origin,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
+    if body.invitation.is_some() {
+        return Err(ApiError::new(
+            "bad_request",
+            "'invitation' is for sign-up; signed in, accept it with POST /api/v1/invitations/accept",
+        ));
+    }
     let email = body.email.trim().to_lowercase();
     if email.len() > 254 || body.password.len() > 1024 {
         return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
@@ -381,4 +399,32 @@ pub async fn revoke_other_sessions(
 ) -> ApiResult<impl IntoResponse> {
     let revoked = session::revoke_others(&state, &principal).await?;
     Ok(Json(json!({ "revoked_sessions": revoked })))
+}
+
+/// `POST /api/v1/invitations/accept`
+pub async fn accept_invitation(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> ApiResult<impl IntoResponse> {
+    let accepted = invitations::accept(&state, &principal, &body.token).await?;
+    Ok(Json(
+        json!({ "user": accepted.user, "org": accepted.org, "role": accepted.role }),
+    ))
+}
+
+/// `GET /_/auth/invitation`
+pub async fn invitation_page(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
+) -> axum::response::Response {
+    pages::invitation_form(&state, &query.token, None).await
+}
+
+/// `POST /_/auth/invitation`
+pub async fn invitation_submit(
+    State(state): State<AppState>,
+    axum::extract::Form(form): axum::extract::Form<PageForm>,
+) -> axum::response::Response {
+    pages::invitation(&state, &form.token, form.password).await
 }

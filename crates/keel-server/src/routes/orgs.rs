@@ -301,3 +301,51 @@ pub async fn revoke_key(
         None => Err(ApiError::not_found()),
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvitation {
+    email: String,
+    role: String,
+}
+
+/// `POST /api/v1/orgs/{org}/invitations`
+pub async fn invite(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<NewInvitation>,
+) -> ApiResult<impl IntoResponse> {
+    let invitation = crate::auth::invitations::invite(&state, &principal, &slug, &body.email, &body.role).await?;
+    Ok((StatusCode::CREATED, Json(json!(invitation))))
+}
+
+/// `GET /api/v1/orgs/{org}/invitations`
+pub async fn invitations(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let items = crate::auth::invitations::list(&state, &principal, &slug).await?;
+    Ok(Json(json!({ "items": items, "next": null })))
+}
+
+/// `DELETE /api/v1/orgs/{org}/invitations/{id}`
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    crate::auth::invitations::revoke(&state, &principal, &slug, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/orgs/{org}/invitations/{id}/resend`
+pub async fn resend_invitation(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let invitation = crate::auth::invitations::resend(&state, &principal, &slug, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!(invitation))))
+}

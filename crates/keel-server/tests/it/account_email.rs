@@ -510,6 +510,252 @@ async fn a_reset_request_works_alike_for_known_and_unknown_addresses(backend: Ba
     assert_eq!(costs[2], costs[3], "a repeat, known and unknown");
 }
 
+/// A3: invitations by email, with a role no higher than the inviter's, accepted once by the
+/// address's owner (signed in, or signing up with the invitation), revocable and resendable.
+async fn invitations_join_an_org_once(backend: Backend) {
+    let smtp = SmtpSink::start();
+    let app = app(backend, &smtp, |c| c.auth.signup = false).await;
+    // Sign-up is closed: these accounts are made the way an operator would.
+    let make = |email: &'static str| {
+        let app = &app;
+        async move {
+            let hash = keel_server::auth::hash_password(&app.state.config.auth, "correct horse battery".into())
+                .await
+                .unwrap();
+            keel_store::system::user_insert(
+                app.db(),
+                keel_store::system::NewUser {
+                    email,
+                    name: None,
+                    password_hash: &hash,
+                    superuser: false,
+                    email_verified: true,
+                },
+            )
+            .await
+            .unwrap();
+            login(app, email, "correct horse battery").await.body["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let owner = make("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let admin = make("admin@example.com").await;
+    let member = make("member@example.com").await;
+    for (email, role) in [("admin@example.com", "admin"), ("member@example.com", "member")] {
+        let added = app
+            .post(
+                "/api/v1/orgs/acme/members",
+                &owner,
+                json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(added.status, 201, "{}", added.text);
+    }
+    let invite = |token: &str, email: &str, role: &str| {
+        let (app, token, body) = (&app, token.to_string(), json!({"email": email, "role": role}));
+        async move { app.post("/api/v1/orgs/acme/invitations", &token, body).await }
+    };
+    assert_eq!(invite(&member, "x@example.com", "viewer").await.code(), "forbidden");
+    assert_eq!(
+        invite(&admin, "x@example.com", "owner").await.code(),
+        "invalid_role",
+        "above the inviter's role"
+    );
+    assert_eq!(
+        invite(&owner, "member@example.com", "viewer").await.code(),
+        "already_member"
+    );
+    let sent = invite(&admin, "New@Example.com", "member").await;
+    assert_eq!(sent.status, 201, "{}", sent.text);
+    assert_eq!(sent.body["email"], "new@example.com");
+    assert_eq!(
+        invite(&owner, "new@example.com", "viewer").await.code(),
+        "invitation_pending"
+    );
+    let listed = app.get("/api/v1/orgs/acme/invitations", &admin).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/v1/orgs/acme/invitations", &member).await.code(),
+        "forbidden"
+    );
+
+    settled(&app).await;
+    let mail = mail_to(&smtp, "new@example.com");
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0].contains("admin@example.com invited you to acme on testapp"),
+        "{}",
+        mail[0]
+    );
+    let token = token_in(&mail[0], "ki_");
+    let page = app
+        .request("GET", &format!("/_/auth/invitation?token={token}"), None, None)
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("Create my account and join"), "{}", page.text);
+    // Sign-up with the invitation works though sign-up is closed, for the invited address only.
+    let wrong = post(
+        &app,
+        "/api/v1/auth/signup",
+        None,
+        json!({"email": "other@example.com", "password": "a fine new phrase", "invitation": token}),
+    )
+    .await;
+    assert_eq!(wrong.code(), "invitation_for_another_address");
+    let joined = post(
+        &app,
+        "/api/v1/auth/signup",
+        None,
+        json!({"email": "new@example.com", "password": "a fine new phrase", "invitation": token}),
+    )
+    .await;
+    assert_eq!(joined.status, 201, "{}", joined.text);
+    assert_eq!(joined.body["role"], "member");
+    assert!(
+        joined.body["user"]["email_verified_at"].is_string(),
+        "the link proved the address"
+    );
+    let newcomer = joined.body["token"].as_str().unwrap().to_string();
+    assert_eq!(app.get("/api/v1/orgs/acme/projects", &newcomer).await.status, 200);
+    let again = post(
+        &app,
+        "/api/v1/invitations/accept",
+        Some(&newcomer),
+        json!({"token": token}),
+    )
+    .await;
+    assert_eq!(again.code(), "invalid_token", "single use");
+    assert!(
+        app.get("/api/v1/orgs/acme/invitations", &admin).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // An existing account accepts while signed in; another account cannot use its link.
+    let old = make("old@example.com").await;
+    invite(&owner, "old@example.com", "viewer").await;
+    settled(&app).await;
+    let token = token_in(&mail_to(&smtp, "old@example.com")[0], "ki_");
+    let not_theirs = post(
+        &app,
+        "/api/v1/invitations/accept",
+        Some(&member),
+        json!({"token": token}),
+    )
+    .await;
+    assert_eq!(not_theirs.code(), "invitation_for_another_address");
+    let accepted = post(&app, "/api/v1/invitations/accept", Some(&old), json!({"token": token})).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    assert_eq!(accepted.body["org"]["slug"], "acme");
+    assert_eq!(app.get("/api/v1/orgs/acme/projects", &old).await.status, 200);
+
+    // Revoked and resent links stop working; the newest one works.
+    let gone = invite(&owner, "gone@example.com", "viewer").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let twice = invite(&owner, "twice@example.com", "viewer").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app).await;
+    let gone_token = token_in(&mail_to(&smtp, "gone@example.com")[0], "ki_");
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/invitations/{gone}"), &admin)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        app.delete(&format!("/api/v1/orgs/acme/invitations/{gone}"), &admin)
+            .await
+            .status,
+        404
+    );
+    let signup = |email: &str, token: &str| {
+        let body = json!({"email": email, "password": "a fine new phrase", "invitation": token});
+        post(&app, "/api/v1/auth/signup", None, body)
+    };
+    assert_eq!(signup("gone@example.com", &gone_token).await.code(), "invalid_token");
+    let first = token_in(&mail_to(&smtp, "twice@example.com")[0], "ki_");
+    let resent = app
+        .request(
+            "POST",
+            &format!("/api/v1/orgs/acme/invitations/{twice}/resend"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(resent.status, 202, "{}", resent.text);
+    settled(&app).await;
+    let links: Vec<String> = mail_to(&smtp, "twice@example.com")
+        .iter()
+        .map(|m| token_in(m, "ki_"))
+        .collect();
+    assert_eq!(links.len(), 2);
+    let second = links.into_iter().find(|t| t != &first).unwrap();
+    assert_eq!(signup("twice@example.com", &first).await.code(), "invalid_token");
+    assert_eq!(signup("twice@example.com", &second).await.status, 201);
+
+    // Every step is in the org's activity log.
+    let log = app
+        .get(
+            "/api/v1/orgs/acme/activity?filter=collection%20%3D%20%22invitations%22&limit=100",
+            &owner,
+        )
+        .await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let actions: Vec<&str> = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.iter().filter(|a| **a == "create").count(), 4, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| **a == "update").count(), 3, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| **a == "delete").count(), 1, "{actions:?}");
+}
+
+/// An invitation past its expiry is refused.
+async fn an_expired_invitation_is_refused(backend: Backend) {
+    let smtp = SmtpSink::start();
+    let app = app(backend, &smtp, |_| {}).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    app.post(
+        "/api/v1/orgs/acme/invitations",
+        &owner,
+        json!({"email": "late@example.com", "role": "viewer"}),
+    )
+    .await;
+    settled(&app).await;
+    let token = token_in(&mail_to(&smtp, "late@example.com")[0], "ki_");
+    let db = app.db();
+    let past = db.portable(
+        "UPDATE keel_invitations SET expires_at = $1",
+        vec![keel_query::SqlValue::Datetime(
+            chrono::Utc::now() - chrono::Duration::minutes(1),
+        )],
+    );
+    db.write(&past).await.unwrap();
+    let page = app
+        .request("GET", &format!("/_/auth/invitation?token={token}"), None, None)
+        .await;
+    assert_eq!(page.status, 400);
+    let late = post(
+        &app,
+        "/api/v1/auth/signup",
+        None,
+        json!({"email": "late@example.com", "password": "a fine new phrase", "invitation": token}),
+    )
+    .await;
+    assert_eq!(late.code(), "invalid_token");
+}
+
 #[test]
 fn requiring_verification_needs_a_way_to_send_email() {
     let mut config = keel_server::Config::default();
@@ -529,4 +775,6 @@ both!(
     many_requests_for_one_address_send_a_few_emails,
     the_reset_page_sets_a_password,
     a_reset_request_works_alike_for_known_and_unknown_addresses,
+    invitations_join_an_org_once,
+    an_expired_invitation_is_refused,
 );
