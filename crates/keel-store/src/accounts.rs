@@ -43,6 +43,8 @@ pub fn tables(dialect: Dialect) -> Vec<String> {
     };
     vec![
         format!("ALTER TABLE keel_users ADD COLUMN email_verified_at {ts}"),
+        // An operator's lock on the account (`keel users disable`).
+        format!("ALTER TABLE keel_users ADD COLUMN disabled_at {ts}"),
         format!(
             "CREATE TABLE keel_account_tokens (token_hash TEXT PRIMARY KEY, purpose TEXT NOT NULL, user_id {uuid} NOT NULL REFERENCES keel_users (id) ON DELETE CASCADE, email TEXT NOT NULL, created_at {ts} NOT NULL, expires_at {ts} NOT NULL)"
         ),

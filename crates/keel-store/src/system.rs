@@ -21,6 +21,10 @@ pub struct User {
     /// `None`; accounts an operator creates count as verified.
     #[serde(default)]
     pub email_verified_at: Option<DateTime<Utc>>,
+    /// When an operator disabled the account (`keel users disable`): it cannot sign in, and
+    /// its sessions ended then.
+    #[serde(default)]
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,9 +86,9 @@ fn bad_row(what: &str) -> StoreError {
     StoreError::Other(format!("unexpected {what} row shape"))
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.name, u.superuser, u.created_at, u.email_verified_at";
+const USER_COLUMNS: &str = "u.id, u.email, u.name, u.superuser, u.created_at, u.email_verified_at, u.disabled_at";
 /// How many cells `USER_COLUMNS` takes: what a query selects after them starts here.
-const USER_WIDTH: usize = 6;
+const USER_WIDTH: usize = 7;
 
 fn user_from(cells: &[Cell]) -> Result<User, StoreError> {
     Ok(User {
@@ -94,6 +98,7 @@ fn user_from(cells: &[Cell]) -> Result<User, StoreError> {
         superuser: cells[3].bool().unwrap_or(false),
         created_at: cells[4].datetime().ok_or_else(|| bad_row("user"))?,
         email_verified_at: cells[5].datetime(),
+        disabled_at: cells[6].datetime(),
     })
 }
 
@@ -172,6 +177,7 @@ pub async fn user_insert_in(tx: &mut Tx, new: NewUser<'_>) -> Result<User, Store
         superuser: new.superuser,
         created_at: at,
         email_verified_at: new.email_verified.then_some(at),
+        disabled_at: None,
     })
 }
 
@@ -234,6 +240,52 @@ pub async fn user_set_password_in(tx: &mut Tx, id: Uuid, password_hash: &str) ->
         .into_iter()
         .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
         .collect())
+}
+
+/// Disables an account (and ends every session of it) or enables it again; returns the
+/// ended sessions' token hashes (to drop from caches), or `None` for an unknown user.
+pub async fn user_set_disabled(db: &Db, id: Uuid, disabled: bool) -> Result<Option<Vec<String>>, StoreError> {
+    let at = now();
+    let mut tx = db.begin().await?;
+    let sql = if disabled {
+        "UPDATE keel_users SET disabled_at = COALESCE(disabled_at, $1), updated_at = $1 WHERE id = $2"
+    } else {
+        "UPDATE keel_users SET disabled_at = NULL, updated_at = $1 WHERE id = $2"
+    };
+    if tx
+        .execute(&tx.portable(sql, vec![SqlValue::Datetime(at), SqlValue::Uuid(id)]))
+        .await?
+        == 0
+    {
+        return Ok(None);
+    }
+    let hashes = if disabled {
+        tx.query(&tx.portable(
+            "UPDATE keel_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING token_hash",
+            vec![SqlValue::Datetime(at), SqlValue::Uuid(id)],
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().and_then(|c| c.into_text()))
+        .collect()
+    } else {
+        vec![]
+    };
+    tx.commit().await?;
+    Ok(Some(hashes))
+}
+
+/// Marks the user's current address verified (an operator's `keel users verify`).
+pub async fn user_verify(db: &Db, id: Uuid) -> Result<bool, StoreError> {
+    let mut tx = db.begin().await?;
+    let n = tx
+        .execute(&tx.portable(
+            "UPDATE keel_users SET email_verified_at = COALESCE(email_verified_at, $1), updated_at = $1 WHERE id = $2",
+            vec![SqlValue::Datetime(now()), SqlValue::Uuid(id)],
+        ))
+        .await?;
+    tx.commit().await?;
+    Ok(n == 1)
 }
 
 pub async fn user_set_superuser(db: &Db, id: Uuid, superuser: bool) -> Result<bool, StoreError> {
@@ -392,7 +444,7 @@ async fn token_lookup(db: &Db, token_hash: &str, primary: bool) -> Result<Option
     };
     let at = SqlValue::Datetime(now());
     let session = db.portable(
-        &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at, s.last_seen_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"),
+        &format!("SELECT {USER_COLUMNS}, s.id, s.expires_at, s.last_seen_at FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL"),
         vec![SqlValue::Text(token_hash.to_string()), at.clone()],
     );
     if let Some(row) = read(&session).await? {

@@ -235,6 +235,35 @@ enum UsersAction {
         #[arg(long)]
         superuser: bool,
     },
+    /// Count a user's address as verified.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+    },
+    /// Print a password-reset link for a user (to hand over when email does not arrive); it
+    /// replaces the user's earlier reset link and works once, for auth.reset_ttl_minutes.
+    ResetLink {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+    },
+    /// Disable an account: it cannot sign in, and every session of it ends now.
+    Disable {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -487,44 +516,7 @@ async fn main() -> Result<()> {
             state.db.close().await;
             result
         }
-        Command::Users { action } => match action {
-            UsersAction::Create {
-                common,
-                email,
-                password,
-                name,
-                superuser,
-            } => {
-                let config = load_config(cli.config.as_ref(), overrides(&common))?;
-                let schema = read_schema(&config)?;
-                let db = keel_server::open_database(&config, &schema).await?;
-                let email = keel_server::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
-                keel_server::auth::check_password(&password, &email, config.auth.min_password_length)
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
-                let hash = keel_server::auth::hash_password(&config.auth, password)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
-                let user = keel_store::system::user_insert(
-                    &db,
-                    keel_store::system::NewUser {
-                        email: &email,
-                        name: name.as_deref(),
-                        password_hash: &hash,
-                        superuser,
-                        // An operator creates this account: the address counts as verified.
-                        email_verified: true,
-                    },
-                )
-                .await?;
-                println!(
-                    "created user {} ({}){}",
-                    user.email,
-                    user.id,
-                    if superuser { " as superuser" } else { "" }
-                );
-                Ok(())
-            }
-        },
+        Command::Users { action } => users(cli.config.as_ref(), action).await,
         Command::Keys { common, action } => {
             let config = load_config(cli.config.as_ref(), overrides(&common))?;
             let schema = read_schema(&config)?;
@@ -639,6 +631,96 @@ async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
             } else {
                 bail!("key {id} is already retired, or is the only key that signs")
             }
+        }
+    }
+}
+
+/// `keel users …`.
+async fn users(config_file: Option<&PathBuf>, action: UsersAction) -> Result<()> {
+    match action {
+        UsersAction::Create {
+            common,
+            email,
+            password,
+            name,
+            superuser,
+        } => {
+            let config = load_config(config_file, overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            let email = keel_server::auth::normalize_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+            keel_server::auth::check_password(&password, &email, config.auth.min_password_length)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let hash = keel_server::auth::hash_password(&config.auth, password)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let user = keel_store::system::user_insert(
+                &db,
+                keel_store::system::NewUser {
+                    email: &email,
+                    name: name.as_deref(),
+                    password_hash: &hash,
+                    superuser,
+                    // An operator creates this account: the address counts as verified.
+                    email_verified: true,
+                },
+            )
+            .await?;
+            println!(
+                "created user {} ({}){}",
+                user.email,
+                user.id,
+                if superuser { " as superuser" } else { "" }
+            );
+            Ok(())
+        }
+        action => {
+            let (common, email, verb) = match action {
+                UsersAction::Verify { common, email } => (common, email, "verify"),
+                UsersAction::ResetLink { common, email } => (common, email, "reset-link"),
+                UsersAction::Disable { common, email } => (common, email, "disable"),
+                UsersAction::Enable { common, email } => (common, email, "enable"),
+                UsersAction::Create { .. } => unreachable!("matched above"),
+            };
+            let config = load_config(config_file, overrides(&common))?;
+            let schema = read_schema(&config)?;
+            let db = keel_server::open_database(&config, &schema).await?;
+            let email = email.trim().to_lowercase();
+            let (user, _) = keel_store::system::user_by_email(&db, &email)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user has the address {email}"))?;
+            match verb {
+                "verify" => {
+                    keel_store::system::user_verify(&db, user.id).await?;
+                    println!("{} counts as verified", user.email);
+                }
+                "reset-link" => {
+                    let purpose = keel_store::accounts::Purpose::Reset;
+                    let (link, minutes) =
+                        keel_server::auth::mail::mint_link(&db, &config, purpose, user.id, &user.email).await?;
+                    println!("{link}");
+                    eprintln!(
+                        "a password-reset link for {}: it works once, for {minutes} minutes",
+                        user.email
+                    );
+                }
+                "disable" => {
+                    let ended = keel_store::system::user_set_disabled(&db, user.id, true)
+                        .await?
+                        .unwrap_or_default();
+                    println!("{} is disabled; {} sessions ended", user.email, ended.len());
+                    if config.redis.url.is_some() {
+                        eprintln!(
+                            "instances that cache sessions in Redis drop them within redis.session_cache_seconds"
+                        );
+                    }
+                }
+                _ => {
+                    keel_store::system::user_set_disabled(&db, user.id, false).await?;
+                    println!("{} is enabled", user.email);
+                }
+            }
+            Ok(())
         }
     }
 }

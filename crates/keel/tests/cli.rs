@@ -466,3 +466,49 @@ fn backup_keygen_run_list_verify_and_restore() {
 fn keel_server_key() -> String {
     String::from_utf8(keel().args(["backup", "keygen"]).output().unwrap().stdout).unwrap()
 }
+
+#[test]
+fn users_verify_reset_link_disable_and_enable() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), SPEC);
+    let data = dir.path().join("data");
+    let users = |args: &[&str]| {
+        let mut all = vec!["users"];
+        all.extend_from_slice(args);
+        on_app(&all, &spec, &data, &[])
+    };
+    let out =
+        |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let apply = on_app(&["migrate", "apply"], &spec, &data, &[]);
+    assert!(apply.status.success(), "{}", out(&apply));
+    let created = users(&[
+        "create",
+        "--email",
+        "ann@example.com",
+        "--password",
+        "a long passphrase",
+    ]);
+    assert!(created.status.success(), "{}", out(&created));
+    let link = users(&["reset-link", "--email", "Ann@Example.com"]);
+    assert!(link.status.success(), "{}", out(&link));
+    let printed = String::from_utf8_lossy(&link.stdout);
+    assert!(printed.trim().contains("/_/auth/reset?token=kr_"), "{printed}");
+    assert!(String::from_utf8_lossy(&link.stderr).contains("works once"));
+    let verified = users(&["verify", "--email", "ann@example.com"]);
+    assert!(out(&verified).contains("counts as verified"), "{}", out(&verified));
+    let disabled = users(&["disable", "--email", "ann@example.com"]);
+    assert!(
+        out(&disabled).contains("is disabled; 0 sessions ended"),
+        "{}",
+        out(&disabled)
+    );
+    let enabled = users(&["enable", "--email", "ann@example.com"]);
+    assert!(out(&enabled).contains("is enabled"), "{}", out(&enabled));
+    let unknown = users(&["disable", "--email", "nobody@example.com"]);
+    assert!(!unknown.status.success());
+    assert!(
+        out(&unknown).contains("no user has the address nobody@example.com"),
+        "{}",
+        out(&unknown)
+    );
+}

@@ -266,6 +266,25 @@ fn link_to(config: &Config, own: &Option<String>, page: &str, token: &str) -> St
     }
 }
 
+/// A new link of `purpose` for the user and `email` (replacing the user's older one) and how
+/// many minutes it works: what the emails carry, and what `keel users reset-link` prints.
+pub async fn mint_link(
+    db: &keel_store::Db,
+    config: &Config,
+    purpose: Purpose,
+    user: Uuid,
+    email: &str,
+) -> Result<(String, u64), StoreError> {
+    let token = new_token(prefix(purpose));
+    let minutes = match purpose {
+        Purpose::Reset => config.auth.reset_ttl_minutes,
+        _ => config.auth.verify_ttl_minutes,
+    };
+    let ttl = chrono::Duration::minutes(minutes as i64);
+    accounts::token_insert(db, purpose, user, email, &token_hash(&token), ttl).await?;
+    Ok((link(config, purpose, &token), minutes))
+}
+
 /// The server's handler of `keel_account_email`.
 pub fn job_handler(config: Config, templates: Arc<Templates>) -> keel_jobs::HandlerFn {
     let config = Arc::new(config);
@@ -306,6 +325,9 @@ async fn run_job(
             }
         }
     };
+    if user.disabled_at.is_some() {
+        return skip("the account is disabled");
+    }
     match purpose {
         Purpose::Verify if user.email != payload.email => return skip("the account's address changed"),
         Purpose::Verify if user.email_verified_at.is_some() => return skip("the address is verified"),
@@ -319,26 +341,14 @@ async fn run_job(
         }
         _ => {}
     }
-    let token = new_token(prefix(purpose));
-    let minutes = match purpose {
-        Purpose::Reset => config.auth.reset_ttl_minutes,
-        _ => config.auth.verify_ttl_minutes,
-    };
-    accounts::token_insert(
-        &context.db,
-        purpose,
-        user.id,
-        &payload.email,
-        &token_hash(&token),
-        chrono::Duration::minutes(minutes as i64),
-    )
-    .await
-    .map_err(store)?;
+    let (link, minutes) = mint_link(&context.db, &config, purpose, user.id, &payload.email)
+        .await
+        .map_err(store)?;
     let root = json!({
         "app": context.schema.app.name,
         "email": payload.email,
         "name": user.name.clone().unwrap_or_default(),
-        "link": link(&config, purpose, &token),
+        "link": link,
         "expires_minutes": minutes,
         "expires_hours": minutes / 60,
     });

@@ -75,6 +75,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("forbidden", 403, "The caller may not do this (role or access rule)."),
     ("signup_closed", 403, "Self sign-up is disabled on this server."),
     (
+        "account_disabled",
+        403,
+        "An operator disabled this account (`keel users disable`); given only for the right password.",
+    ),
+    (
         "email_not_verified",
         403,
         "`auth.require_verified_email` is on and the caller has not verified their address (`POST /api/v1/auth/verify/request`).",

@@ -419,7 +419,8 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
             "id": { "type": "string", "format": "uuid" }, "email": { "type": "string" },
             "name": { "type": ["string", "null"] }, "superuser": { "type": "boolean" },
             "created_at": { "type": "string", "format": "date-time" },
-            "email_verified_at": { "type": ["string", "null"], "format": "date-time", "description": "when the user proved they own `email`; null until then" } } }),
+            "email_verified_at": { "type": ["string", "null"], "format": "date-time", "description": "when the user proved they own `email`; null until then" },
+            "disabled_at": { "type": ["string", "null"], "format": "date-time", "description": "when an operator disabled the account" } } }),
     );
     schemas.insert(
         "Org".into(),

@@ -154,6 +154,7 @@ pub fn operator() -> Principal {
             superuser: true,
             created_at: chrono::Utc::now(),
             email_verified_at: None,
+            disabled_at: None,
         },
         session: uuid::Uuid::nil(),
         expires_at: chrono::Utc::now() + chrono::Duration::hours(24),

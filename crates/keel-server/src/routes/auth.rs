@@ -147,6 +147,13 @@ pub async fn login(
         }
         return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
     };
+    if user.disabled_at.is_some() {
+        // Only after the right password: to anyone else a disabled account looks like any other.
+        return Err(ApiError::new(
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        ));
+    }
     security::login_clear(&state.db, &keys[0].0).await?;
     let (token, expires_at) = start_session(&state, user.id, &origin).await?;
     Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))

@@ -223,7 +223,69 @@ async fn sessions_are_listed_and_revoked(backend: Backend) {
     assert_eq!(left.body["items"].as_array().unwrap().len(), 1);
 }
 
+/// `keel users disable` (through the store call it makes): the account cannot sign in
+/// (403 only for the right password), its sessions end; enabled again, it can.
+async fn a_disabled_account_cannot_sign_in(backend: Backend) {
+    let app = app(backend).await;
+    let (id, token) = app.signup("dis@example.com").await;
+    let id = uuid::Uuid::parse_str(&id).unwrap();
+    let ended = keel_store::system::user_set_disabled(app.db(), id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(app.get("/api/v1/auth/me", &token).await.status, 401);
+    let right = login(&app, "127.0.0.1", "dis@example.com", "correct horse battery").await;
+    assert_eq!(right.code(), "account_disabled");
+    let wrong = login(&app, "127.0.0.1", "dis@example.com", "not the password").await;
+    assert_eq!(wrong.code(), "invalid_credentials", "a wrong password learns nothing");
+    // An operator's reset link still works, but signing in waits for the account to be enabled.
+    let config = &app.state.config;
+    let (link, _) = keel_server::auth::mail::mint_link(
+        app.db(),
+        config,
+        keel_store::accounts::Purpose::Reset,
+        id,
+        "dis@example.com",
+    )
+    .await
+    .unwrap();
+    let token = link.split("token=").nth(1).unwrap();
+    let reset = app
+        .request(
+            "POST",
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            Some(json!({"token": token, "password": "a whole new phrase"})),
+        )
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    assert_eq!(
+        login(&app, "127.0.0.1", "dis@example.com", "a whole new phrase")
+            .await
+            .code(),
+        "account_disabled"
+    );
+    keel_store::system::user_set_disabled(app.db(), id, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        login(&app, "127.0.0.1", "dis@example.com", "a whole new phrase")
+            .await
+            .status,
+        200
+    );
+    assert!(
+        keel_store::system::user_set_disabled(app.db(), uuid::Uuid::nil(), true)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 both!(
+    a_disabled_account_cannot_sign_in,
     sessions_are_listed_and_revoked,
     common_passwords_are_refused,
     repeated_failures_lock_the_account_with_backoff,
