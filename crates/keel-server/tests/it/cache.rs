@@ -218,7 +218,16 @@ async fn a_job_that_writes_invalidates_when_it_ends(backend: Backend) {
         .await;
     let list = "/api/v1/orgs/acme/tasks";
     app.get(list, &owner).await;
-    assert_eq!(cache_header(&app.get(list, &owner).await), "hit");
+    // The built-in cleanup (every 5 minutes, and so maybe right now) also bumps what it may
+    // write: a second read in a row is a hit unless it ran in between.
+    let mut cached = false;
+    for _ in 0..3 {
+        if cache_header(&app.get(list, &owner).await) == "hit" {
+            cached = true;
+            break;
+        }
+    }
+    assert!(cached, "a repeated read is served from the cache");
     // A background import writes in a job, after its request has answered.
     let csv = format!("title,project\none,{project}\ntwo,{project}\n");
     let response = app.import(list, "background=true", &owner, "text/csv", csv).await;
