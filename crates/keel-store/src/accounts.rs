@@ -24,6 +24,8 @@ pub enum Purpose {
     ChangeEmail,
     /// Set a new password without the old one.
     Reset,
+    /// Finish a sign-in with the second factor (A5): the step between password and code.
+    Mfa,
 }
 
 impl Purpose {
@@ -32,15 +34,13 @@ impl Purpose {
             Purpose::Verify => "verify",
             Purpose::ChangeEmail => "change_email",
             Purpose::Reset => "reset",
+            Purpose::Mfa => "mfa",
         }
     }
 }
 
 pub fn tables(dialect: Dialect) -> Vec<String> {
-    let (uuid, ts) = match dialect {
-        Dialect::Sqlite => ("TEXT", "TEXT"),
-        Dialect::Postgres => ("uuid", "timestamptz"),
-    };
+    let (uuid, ts, ..) = crate::migrate::column_types(dialect);
     vec![
         format!("ALTER TABLE keel_users ADD COLUMN email_verified_at {ts}"),
         // An operator's lock on the account (`keel users disable`).

@@ -11,10 +11,7 @@ use crate::db::Tx;
 use crate::error::StoreError;
 
 pub fn tables(dialect: Dialect) -> Vec<String> {
-    let (uuid, ts, bigint) = match dialect {
-        Dialect::Sqlite => ("TEXT", "TEXT", "INTEGER"),
-        Dialect::Postgres => ("uuid", "timestamptz", "bigint"),
-    };
+    let (uuid, ts, _, bigint) = crate::migrate::column_types(dialect);
     vec![
         format!(
             "CREATE TABLE keel_files (id {uuid} PRIMARY KEY, org {uuid}, collection TEXT NOT NULL, record {uuid} NOT NULL, field TEXT NOT NULL, object_key TEXT NOT NULL, name TEXT NOT NULL, content_type TEXT NOT NULL, size {bigint} NOT NULL, sha256 TEXT NOT NULL, uploaded_by {uuid}, created_at {ts} NOT NULL)"

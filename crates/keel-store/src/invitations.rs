@@ -16,10 +16,7 @@ use crate::db::{Db, Tx};
 use crate::error::StoreError;
 
 pub fn tables(dialect: Dialect) -> Vec<String> {
-    let (uuid, ts) = match dialect {
-        Dialect::Sqlite => ("TEXT", "TEXT"),
-        Dialect::Postgres => ("uuid", "timestamptz"),
-    };
+    let (uuid, ts, ..) = crate::migrate::column_types(dialect);
     vec![
         format!(
             "CREATE TABLE keel_invitations (id {uuid} PRIMARY KEY, org_id {uuid} NOT NULL REFERENCES keel_orgs (id) ON DELETE CASCADE, email TEXT NOT NULL, role TEXT NOT NULL, token_hash TEXT, invited_by {uuid} REFERENCES keel_users (id) ON DELETE SET NULL, created_at {ts} NOT NULL, expires_at {ts} NOT NULL, accepted_at {ts}, accepted_by {uuid} REFERENCES keel_users (id) ON DELETE SET NULL, revoked_at {ts})"

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod files;
 pub mod invitations;
 pub mod jobs;
+pub mod mfa;
 pub mod migrate;
 pub mod observe;
 pub mod partitions;

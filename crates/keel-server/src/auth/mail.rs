@@ -38,6 +38,7 @@ pub fn prefix(purpose: Purpose) -> &'static str {
         Purpose::Verify => "kv_",
         Purpose::ChangeEmail => "ke_",
         Purpose::Reset => "kr_",
+        Purpose::Mfa => super::mfa::MFA_PREFIX,
     }
 }
 
@@ -139,7 +140,7 @@ impl Templates {
         match purpose {
             Purpose::Verify => &self.verify,
             Purpose::ChangeEmail => &self.change_email,
-            Purpose::Reset => &self.reset,
+            Purpose::Reset | Purpose::Mfa => &self.reset,
         }
     }
 }

@@ -68,6 +68,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("unauthenticated", 401, "No valid session token or API key was sent."),
     ("invalid_credentials", 401, "The email or password is wrong."),
     (
+        "invalid_code",
+        401,
+        "The second-factor code is wrong, expired, or was used already (a code works once).",
+    ),
+    (
         "invalid_token",
         400,
         "The verification or reset token is unknown, used, expired, or for something else; ask for a new link.",
@@ -118,6 +123,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "Other records still point at this one (on_delete = restrict).",
     ),
     ("email_taken", 409, "A user with this email exists."),
+    (
+        "mfa_enabled",
+        409,
+        "A second factor is set up already; remove it before enrolling again.",
+    ),
     ("slug_taken", 409, "An org with this slug exists."),
     ("already_member", 409, "The user is already a member of the org."),
     (

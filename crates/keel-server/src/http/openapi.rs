@@ -454,6 +454,23 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "/api/v1/auth/logout".into(),
         json!({ "post": { "operationId": "logout", "tags": ["auth"], "responses": empty(&[400, 401]) } }),
     );
+    let code = json!({ "type": "string", "maxLength": 32, "description": "a 6-digit TOTP code or a recovery code" });
+    paths.insert("/api/v1/auth/mfa".into(), json!({
+        "get": { "operationId": "mfa_status", "tags": ["auth"], "responses": ok("200", "{totp, recovery_codes_left}", &[400, 401]) },
+        "post": { "operationId": "complete_mfa", "tags": ["auth"], "security": public,
+            "description": "The second step of a sign-in whose login answered `mfa_required`.",
+            "requestBody": body(json!({ "type": "object", "required": ["mfa_token", "code"], "additionalProperties": false, "properties": {
+                "mfa_token": { "type": "string", "maxLength": 64 }, "code": code.clone(), "cookie": { "type": "boolean" } } })),
+            "responses": ok("200", "a session, as login answers it", &[400, 401, 415, 429]) } }));
+    paths.insert("/api/v1/auth/mfa/totp/enroll".into(), json!({ "post": { "operationId": "enroll_totp", "tags": ["auth"],
+        "requestBody": body(json!({ "type": "object", "required": ["password"], "additionalProperties": false, "properties": { "password": { "type": "string", "maxLength": 1024 } } })),
+        "responses": ok("200", "{secret, otpauth_uri}: waiting for its first code", &[400, 401, 409, 415]) } }));
+    paths.insert("/api/v1/auth/mfa/totp/confirm".into(), json!({ "post": { "operationId": "confirm_totp", "tags": ["auth"],
+        "requestBody": body(json!({ "type": "object", "required": ["code"], "additionalProperties": false, "properties": { "code": code.clone() } })),
+        "responses": ok("200", "{enabled, recovery_codes}: the ten codes are shown this once", &[400, 401, 415, 429]) } }));
+    paths.insert("/api/v1/auth/mfa/totp/disable".into(), json!({ "post": { "operationId": "disable_totp", "tags": ["auth"],
+        "requestBody": body(json!({ "type": "object", "required": ["password", "code"], "additionalProperties": false, "properties": { "password": { "type": "string", "maxLength": 1024 }, "code": code } })),
+        "responses": empty(&[400, 401, 415, 429]) } }));
     paths.insert("/api/v1/auth/sessions".into(), json!({ "get": { "operationId": "list_sessions", "tags": ["auth"],
         "description": "The caller's live sessions (at most 200, most recently used first): id, created_at, last_seen_at (updated at most every 5 minutes), expires_at, ip, user_agent, current.",
         "responses": ok("200", "the sessions", &[400, 401]) } }));

@@ -43,7 +43,10 @@ pub fn classify(method: &Method, route: Option<&str>, path: &str) -> Option<Rout
             | "/auth/verify/confirm"
             | "/auth/password-reset/request"
             | "/auth/password-reset/confirm"
-            | "/invitations/accept",
+            | "/invitations/accept"
+            | "/auth/mfa"
+            | "/auth/mfa/totp/confirm"
+            | "/auth/mfa/totp/disable",
         ) => RouteClass::Auth,
         (&Method::POST, r) if r.ends_with("/import") || r.ends_with("/files/{field}") => RouteClass::Upload,
         (&Method::GET, "/jobs/{id}") => RouteClass::Status,

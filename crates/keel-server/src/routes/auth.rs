@@ -5,14 +5,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use chrono::{Duration, Utc};
-use keel_store::security;
+use chrono::Utc;
 use keel_store::system::{self, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{
-    Origin, check_password, flows, hash_password, invitations, locked, pages, session, start_session, verify_password,
+    Origin, check_password, flows, hash_password, invitations, login, mfa, pages, session, start_session,
+    verify_password,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Auth};
@@ -87,76 +87,104 @@ pub async fn login(
     client: Option<axum::Extension<crate::http::extract::ClientIp>>,
     Origin(origin): Origin,
     ApiJson(body): ApiJson<Credentials>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     if body.invitation.is_some() {
         return Err(ApiError::new(
             "bad_request",
             "'invitation' is for sign-up; signed in, accept it with POST /api/v1/invitations/accept",
         ));
     }
-    let email = body.email.trim().to_lowercase();
-    if email.len() > 254 || body.password.len() > 1024 {
-        return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
-    }
-    // Lockouts (S9): the account, and the client's address, each after repeated failures.
-    let now = Utc::now();
-    let mut keys = vec![(format!("account:{email}"), state.config.auth.lockout_failures)];
-    if let Some(ip) = client.and_then(|c| c.0.0) {
-        keys.push((
-            format!("ip:{}", crate::protect::ip_key(ip)),
-            state.config.auth.lockout_ip_failures,
-        ));
-    }
-    let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-    if let Some((key, until)) = security::login_locked(&state.db, &names, now).await? {
-        return Err(locked(&key, until, now));
-    }
-    let found = system::user_by_email(&state.db, &email).await?;
-    // Verify against a hash made with the same cost when the user does not exist, so the
-    // answer's timing does not tell whether the email has an account.
-    let (user, hash) = match found {
-        Some((user, hash)) => (Some(user), hash),
-        None => (None, state.dummy_password_hash.clone()),
-    };
-    let ok = verify_password(body.password, hash).await;
-    let Some(user) = user.filter(|_| ok) else {
-        let auth = &state.config.auth;
-        let window = Duration::seconds(auth.lockout_window_seconds as i64);
-        for (key, threshold) in &keys {
-            let failures = security::login_failure(&state.db, key, now, window).await?;
-            if failures >= i64::from(*threshold) {
-                // Backoff: the lock doubles with every failure past the threshold.
-                let doublings = (failures - i64::from(*threshold)).min(20) as u32;
-                let seconds = auth
-                    .lockout_seconds
-                    .saturating_mul(1 << doublings)
-                    .min(auth.lockout_max_seconds);
-                security::login_lock(&state.db, key, now + Duration::seconds(seconds as i64)).await?;
-                tracing::warn!(
-                    key = key.split(':').next().unwrap_or(""),
-                    failures,
-                    seconds,
-                    "login locked"
-                );
-                state.metrics.counter(
-                    "keel_login_lockouts_total",
-                    &[("scope", key.split(':').next().unwrap_or("").to_string())],
-                    1,
-                );
-            }
+    let ip = client.and_then(|c| c.0.0);
+    match login::sign_in(&state, &body.email, body.password, ip).await? {
+        login::SignedIn::Done(user) => {
+            let (token, expires_at) = start_session(&state, user.id, &origin).await?;
+            Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
         }
-        return Err(ApiError::new("invalid_credentials", "the email or password is wrong"));
-    };
-    if user.disabled_at.is_some() {
-        // Only after the right password: to anyone else a disabled account looks like any other.
-        return Err(ApiError::new(
-            "account_disabled",
-            "this account is disabled; ask an administrator",
-        ));
+        login::SignedIn::SecondFactor { mfa_token } => Ok(Json(json!({
+            "mfa_required": true,
+            "mfa_token": mfa_token,
+            "message": "finish with POST /api/v1/auth/mfa {mfa_token, code} within 5 minutes",
+        }))
+        .into_response()),
     }
-    security::login_clear(&state.db, &keys[0].0).await?;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondStep {
+    mfa_token: String,
+    code: String,
+    #[serde(default)]
+    cookie: bool,
+}
+
+/// `POST /api/v1/auth/mfa`: the second step of a sign-in.
+pub async fn mfa_complete(
+    State(state): State<AppState>,
+    client: Option<axum::Extension<crate::http::extract::ClientIp>>,
+    Origin(origin): Origin,
+    ApiJson(body): ApiJson<SecondStep>,
+) -> ApiResult<axum::response::Response> {
+    let ip = client.and_then(|c| c.0.0);
+    let user = mfa::complete(&state, &body.mfa_token, &body.code, ip).await?;
     let (token, expires_at) = start_session(&state, user.id, &origin).await?;
     Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordOnly {
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeOnly {
+    code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordAndCode {
+    password: String,
+    code: String,
+}
+
+/// `POST /api/v1/auth/mfa/totp/enroll`
+pub async fn totp_enroll(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<PasswordOnly>,
+) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    Ok(Json(mfa::enroll(&state, &user, body.password).await?))
+}
+
+/// `POST /api/v1/auth/mfa/totp/confirm`
+pub async fn totp_confirm(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<CodeOnly>,
+) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    Ok(Json(mfa::confirm(&state, &user, &body.code).await?))
+}
+
+/// `POST /api/v1/auth/mfa/totp/disable`
+pub async fn totp_disable(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<PasswordAndCode>,
+) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    mfa::disable(&state, &user, body.password, &body.code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/auth/mfa`
+pub async fn mfa_status(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    let user = user_of(principal)?;
+    Ok(Json(mfa::status(&state, &user).await?))
 }
 
 pub async fn logout(

@@ -284,7 +284,181 @@ async fn a_disabled_account_cannot_sign_in(backend: Backend) {
     );
 }
 
+/// A5: TOTP enrolment, sign-in with a second factor, replay refusal, recovery codes, lockouts.
+async fn a_second_factor_guards_sign_in(backend: Backend) {
+    let app = app(backend).await;
+    let (_, token) = app.signup("mfa@example.com").await;
+    let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let (app, path, token) = (&app, path.to_string(), token.map(str::to_string));
+        async move { app.request("POST", &path, token.as_deref(), Some(body)).await }
+    };
+    let wrong = post(
+        "/api/v1/auth/mfa/totp/enroll",
+        Some(&token),
+        json!({"password": "nope nope nope"}),
+    )
+    .await;
+    assert_eq!(wrong.code(), "invalid_credentials");
+    let enrolled = post(
+        "/api/v1/auth/mfa/totp/enroll",
+        Some(&token),
+        json!({"password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(enrolled.status, 200, "{}", enrolled.text);
+    let uri = enrolled.body["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/testapp:mfa%40example.com?"), "{uri}");
+    let secret = enrolled.body["secret"].as_str().unwrap().to_string();
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap())
+        .build()
+        .unwrap();
+    let at = |offset: i64| {
+        totp.generate((chrono::Utc::now().timestamp() + offset) as u64)
+            .to_string()
+    };
+
+    let bad = post("/api/v1/auth/mfa/totp/confirm", Some(&token), json!({"code": "000000"})).await;
+    assert_eq!(bad.code(), "invalid_code");
+    let confirmed = post("/api/v1/auth/mfa/totp/confirm", Some(&token), json!({"code": at(0)})).await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    let recovery: Vec<String> = confirmed.body["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let again = post(
+        "/api/v1/auth/mfa/totp/enroll",
+        Some(&token),
+        json!({"password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(again.code(), "mfa_enabled");
+
+    // The password alone no longer signs in.
+    let first = login(&app, "127.0.0.1", "mfa@example.com", "correct horse battery").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["mfa_required"], true);
+    assert!(first.body.get("token").is_none());
+    let mfa_token = first.body["mfa_token"].as_str().unwrap().to_string();
+    // The code that confirmed the enrolment was used: its step is spent.
+    let replay = post("/api/v1/auth/mfa", None, json!({"mfa_token": mfa_token, "code": at(0)})).await;
+    assert_eq!(replay.code(), "invalid_code", "a code works once");
+    let next = at(30);
+    let done = post("/api/v1/auth/mfa", None, json!({"mfa_token": mfa_token, "code": next})).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let session = done.body["token"].as_str().unwrap().to_string();
+    assert_eq!(app.get("/api/v1/auth/me", &session).await.status, 200);
+    let reused = post("/api/v1/auth/mfa", None, json!({"mfa_token": mfa_token, "code": next})).await;
+    assert_eq!(reused.code(), "invalid_token", "the sign-in is finished");
+    assert_eq!(
+        post(
+            "/api/v1/auth/mfa",
+            None,
+            json!({"mfa_token": "km_forged", "code": "123456"})
+        )
+        .await
+        .code(),
+        "invalid_token"
+    );
+
+    // A recovery code works once, in any case and with or without its dash.
+    let second = login(&app, "127.0.0.1", "mfa@example.com", "correct horse battery")
+        .await
+        .body["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = recovery[0].to_uppercase().replace('-', "");
+    let by_recovery = post("/api/v1/auth/mfa", None, json!({"mfa_token": second, "code": code})).await;
+    assert_eq!(by_recovery.status, 200, "{}", by_recovery.text);
+    let third = login(&app, "127.0.0.1", "mfa@example.com", "correct horse battery")
+        .await
+        .body["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spent = post(
+        "/api/v1/auth/mfa",
+        None,
+        json!({"mfa_token": third, "code": recovery[0]}),
+    )
+    .await;
+    assert_eq!(spent.code(), "invalid_code");
+    let status = app.get("/api/v1/auth/mfa", &session).await;
+    assert_eq!(status.body, json!({"totp": true, "recovery_codes_left": 9}));
+
+    // Removing it needs the password and a code.
+    let refused = post(
+        "/api/v1/auth/mfa/totp/disable",
+        Some(&session),
+        json!({"password": "correct horse battery", "code": "000000"}),
+    )
+    .await;
+    assert_eq!(refused.code(), "invalid_code");
+    let removed = post(
+        "/api/v1/auth/mfa/totp/disable",
+        Some(&session),
+        json!({"password": "correct horse battery", "code": recovery[1]}),
+    )
+    .await;
+    assert_eq!(removed.status, 204, "{}", removed.text);
+    let plain = login(&app, "127.0.0.1", "mfa@example.com", "correct horse battery").await;
+    assert!(plain.body["token"].is_string(), "{}", plain.text);
+}
+
+/// Wrong second-factor codes count against the same lockouts as wrong passwords.
+async fn wrong_codes_lock_the_account(backend: Backend) {
+    let app = app(backend).await;
+    let (_, token) = app.signup("lock@example.com").await;
+    let enrolled = app
+        .request(
+            "POST",
+            "/api/v1/auth/mfa/totp/enroll",
+            Some(&token),
+            Some(json!({"password": "correct horse battery"})),
+        )
+        .await;
+    let secret = enrolled.body["secret"].as_str().unwrap().to_string();
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap())
+        .build()
+        .unwrap();
+    let code = totp.generate(chrono::Utc::now().timestamp() as u64).to_string();
+    app.request(
+        "POST",
+        "/api/v1/auth/mfa/totp/confirm",
+        Some(&token),
+        Some(json!({"code": code})),
+    )
+    .await;
+    let mfa_token = login(&app, "127.0.0.1", "lock@example.com", "correct horse battery")
+        .await
+        .body["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attempt = || {
+        app.request(
+            "POST",
+            "/api/v1/auth/mfa",
+            None,
+            Some(json!({"mfa_token": mfa_token, "code": "000000"})),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt().await.code(), "invalid_code");
+    }
+    let locked = attempt().await;
+    assert_eq!(locked.status, 429, "{}", locked.text);
+    assert_eq!(locked.code(), "login_locked");
+}
+
 both!(
+    a_second_factor_guards_sign_in,
+    wrong_codes_lock_the_account,
     a_disabled_account_cannot_sign_in,
     sessions_are_listed_and_revoked,
     common_passwords_are_refused,

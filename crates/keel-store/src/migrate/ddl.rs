@@ -22,7 +22,8 @@ pub(super) fn column_type(dialect: Dialect, kind: &FieldKind) -> &'static str {
     }
 }
 
-pub(super) fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'static str) {
+/// The column types of Keel's own tables: (uuid, timestamp, boolean, bigint).
+pub(crate) fn types(dialect: Dialect) -> (&'static str, &'static str, &'static str, &'static str) {
     match dialect {
         Dialect::Sqlite => ("TEXT", "TEXT", "INTEGER", "INTEGER"),
         Dialect::Postgres => ("uuid", "timestamptz", "boolean", "bigint"),

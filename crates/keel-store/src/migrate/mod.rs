@@ -10,6 +10,7 @@ use crate::db::{Db, Tx};
 use crate::error::StoreError;
 
 mod ddl;
+pub(crate) use ddl::types as column_types;
 mod diff;
 mod system;
 

@@ -72,6 +72,7 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         let mut statements = vec!["UPDATE keel_system SET version = 7 WHERE id = 1".to_string()];
         statements.extend(crate::accounts::tables(dialect));
         statements.extend(crate::invitations::tables(dialect));
+        statements.extend(crate::mfa::tables(dialect));
         steps.push(Step {
             description: "verified addresses, account-flow tokens, session origins and org invitations (system version 7)".into(),
             statements,
