@@ -264,6 +264,14 @@ enum UsersAction {
         #[arg(long)]
         email: String,
     },
+    /// Remove a user's second factor and recovery codes (a lost phone and lost codes; check
+    /// who is asking first): the password alone signs in again.
+    RemoveMfa {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -680,6 +688,7 @@ async fn users(config_file: Option<&PathBuf>, action: UsersAction) -> Result<()>
                 UsersAction::ResetLink { common, email } => (common, email, "reset-link"),
                 UsersAction::Disable { common, email } => (common, email, "disable"),
                 UsersAction::Enable { common, email } => (common, email, "enable"),
+                UsersAction::RemoveMfa { common, email } => (common, email, "remove-mfa"),
                 UsersAction::Create { .. } => unreachable!("matched above"),
             };
             let config = load_config(config_file, overrides(&common))?;
@@ -714,6 +723,10 @@ async fn users(config_file: Option<&PathBuf>, action: UsersAction) -> Result<()>
                             "instances that cache sessions in Redis drop them within redis.session_cache_seconds"
                         );
                     }
+                }
+                "remove-mfa" => {
+                    keel_store::mfa::totp_remove(&db, user.id).await?;
+                    println!("{} has no second factor now", user.email);
                 }
                 _ => {
                     keel_store::system::user_set_disabled(&db, user.id, false).await?;

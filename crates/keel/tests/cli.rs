@@ -504,6 +504,8 @@ fn users_verify_reset_link_disable_and_enable() {
     );
     let enabled = users(&["enable", "--email", "ann@example.com"]);
     assert!(out(&enabled).contains("is enabled"), "{}", out(&enabled));
+    let removed = users(&["remove-mfa", "--email", "ann@example.com"]);
+    assert!(out(&removed).contains("has no second factor now"), "{}", out(&removed));
     let unknown = users(&["disable", "--email", "nobody@example.com"]);
     assert!(!unknown.status.success());
     assert!(
