@@ -4,6 +4,7 @@
 //! filtered first page and a page deep in the cursor chain (sequential latency), and list and
 //! create throughput with latency percentiles at a given concurrency.
 
+mod auth;
 mod backup;
 mod harness;
 mod import;
@@ -40,6 +41,8 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// Sign-ins per second and their latency, with the password only and with a TOTP code.
+    Auth(auth::AuthArgs),
     /// The job queue (P5): bulk enqueue, no-op jobs worked at each concurrency, pickup latency.
     Jobs(jobs::JobsArgs),
     /// Import (P1): N pms tasks from CSV against the database's own bulk path, peak RSS, and
@@ -76,6 +79,7 @@ pub enum Scenario {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
+        Scenario::Auth(args) => auth::run(args).await,
         Scenario::Jobs(args) => jobs::run(args).await,
         Scenario::Import(args) => import::run(args).await,
         Scenario::Upload(args) => upload::run(args).await,
