@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::cell::Row;
 use crate::db::{Db, Tx};
 use crate::error::StoreError;
+use crate::params::Params;
 
 pub fn tables(dialect: Dialect) -> Vec<String> {
     let (uuid, ts, ..) = crate::migrate::column_types(dialect);
@@ -72,29 +73,23 @@ pub struct By<'a> {
 /// An activity-log row of the org for an invitation (collection `invitations`; `create` an
 /// invitation, `delete` a revocation, `update` an acceptance).
 async fn log_in(tx: &mut Tx, invitation: &Invitation, action: &str, by: By<'_>) -> Result<(), StoreError> {
-    let mut params = vec![
-        SqlValue::Uuid(Uuid::now_v7()),
-        SqlValue::Uuid(invitation.org),
-        SqlValue::Datetime(now()),
-        SqlValue::Text(invitation.id.to_string()),
-        SqlValue::Text(action.to_string()),
-        SqlValue::Json(
-            serde_json::json!({ "email": invitation.email, "role": invitation.role, "accepted_at": invitation.accepted_at }),
-        ),
-        SqlValue::Text(by.request_id.to_string()),
+    let mut params = Params::default();
+    let values = [
+        params.bind(SqlValue::Uuid(Uuid::now_v7())),
+        params.bind(SqlValue::Uuid(invitation.org)),
+        params.bind(SqlValue::Datetime(now())),
+        params.bind(SqlValue::Text(invitation.id.to_string())),
+        params.bind(SqlValue::Text(action.to_string())),
+        params.bind(SqlValue::Json(serde_json::json!({ "email": invitation.email, "role": invitation.role, "accepted_at": invitation.accepted_at }))),
+        params.bind(SqlValue::Text(by.request_id.to_string())),
+        params.optional_uuid(by.user),
     ];
-    let actor = match by.user {
-        Some(actor) => {
-            params.push(SqlValue::Uuid(actor));
-            format!("${}", params.len())
-        }
-        None => "NULL".to_string(),
-    };
-    tx.execute(&tx.portable(
+    let [id, org, at, record, action, changes, request_id, actor] = &values;
+    tx.execute(&params.sql(
+        tx.dialect(),
         &format!(
-            "INSERT INTO keel_activity (id, org, created_at, collection, record, action, changes, request_id, count, actor, api_key) VALUES ($1, $2, $3, 'invitations', $4, $5, $6, $7, 1, {actor}, NULL)"
+            "INSERT INTO keel_activity (id, org, created_at, collection, record, action, changes, request_id, count, actor, api_key) VALUES ({id}, {org}, {at}, 'invitations', {record}, {action}, {changes}, {request_id}, 1, {actor}, NULL)"
         ),
-        params,
     ))
     .await?;
     Ok(())
@@ -122,24 +117,22 @@ pub async fn invitation_insert_in(
         accepted_at: None,
         revoked_at: None,
     };
-    let inviter = match invited_by {
-        Some(_) => "$7",
-        None => "NULL",
-    };
-    let mut params = vec![
-        SqlValue::Uuid(invitation.id),
-        SqlValue::Uuid(org),
-        SqlValue::Text(email.to_string()),
-        SqlValue::Text(role.to_string()),
-        SqlValue::Datetime(at),
-        SqlValue::Datetime(invitation.expires_at),
+    let mut params = Params::default();
+    let values = [
+        params.bind(SqlValue::Uuid(invitation.id)),
+        params.bind(SqlValue::Uuid(org)),
+        params.bind(SqlValue::Text(email.to_string())),
+        params.bind(SqlValue::Text(role.to_string())),
+        params.bind(SqlValue::Datetime(at)),
+        params.bind(SqlValue::Datetime(invitation.expires_at)),
+        params.optional_uuid(invited_by),
     ];
-    params.extend(invited_by.map(SqlValue::Uuid));
-    tx.execute(&tx.portable(
+    let [id, org_p, email_p, role_p, created, expires, inviter] = &values;
+    tx.execute(&params.sql(
+        tx.dialect(),
         &format!(
-            "INSERT INTO keel_invitations (id, org_id, email, role, created_at, expires_at, invited_by) VALUES ($1, $2, $3, $4, $5, $6, {inviter})"
+            "INSERT INTO keel_invitations (id, org_id, email, role, created_at, expires_at, invited_by) VALUES ({id}, {org_p}, {email_p}, {role_p}, {created}, {expires}, {inviter})"
         ),
-        params,
     ))
     .await?;
     log_in(tx, &invitation, "create", by).await?;

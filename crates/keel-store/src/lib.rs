@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod mfa;
 pub mod migrate;
 pub mod observe;
+mod params;
 pub mod partitions;
 pub mod postgres;
 pub mod records;

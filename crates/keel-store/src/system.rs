@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::cell::{Cell, Row};
 use crate::db::{Db, Tx};
 use crate::error::StoreError;
+use crate::params::Params;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct User {
@@ -146,28 +147,26 @@ pub async fn user_insert(db: &Db, new: NewUser<'_>) -> Result<User, StoreError> 
 pub async fn user_insert_in(tx: &mut Tx, new: NewUser<'_>) -> Result<User, StoreError> {
     let id = Uuid::now_v7();
     let at = now();
-    let mut params = vec![
-        SqlValue::Uuid(id),
-        SqlValue::Text(new.email.to_string()),
-        SqlValue::Text(new.password_hash.to_string()),
-        SqlValue::Bool(new.superuser),
-        SqlValue::Datetime(at),
+    let mut params = Params::default();
+    let values = [
+        params.bind(SqlValue::Uuid(id)),
+        params.bind(SqlValue::Text(new.email.to_string())),
+        params.optional_text(new.name),
+        params.bind(SqlValue::Text(new.password_hash.to_string())),
+        params.bind(SqlValue::Bool(new.superuser)),
+        params.bind(SqlValue::Datetime(at)),
+        params.bind(if new.email_verified {
+            SqlValue::Datetime(at)
+        } else {
+            SqlValue::Null
+        }),
     ];
-    // A NULL is written as a literal: a bound NULL has no type PostgreSQL can use.
-    let mut optional = |value: Option<SqlValue>| match value {
-        Some(value) => {
-            params.push(value);
-            format!("${}", params.len())
-        }
-        None => "NULL".to_string(),
-    };
-    let name = optional(new.name.map(|n| SqlValue::Text(n.to_string())));
-    let verified = optional(new.email_verified.then_some(SqlValue::Datetime(at)));
-    let sql = tx.portable(
+    let [id_p, email, name, hash, superuser, created, verified] = &values;
+    let sql = params.sql(
+        tx.dialect(),
         &format!(
-            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at, email_verified_at) VALUES ($1, $2, {name}, $3, $4, $5, $5, {verified})"
+            "INSERT INTO keel_users (id, email, name, password_hash, superuser, created_at, updated_at, email_verified_at) VALUES ({id_p}, {email}, {name}, {hash}, {superuser}, {created}, {created}, {verified})"
         ),
-        params,
     );
     tx.execute(&sql).await?;
     Ok(User {
@@ -316,30 +315,23 @@ pub async fn session_insert(
 ) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
     let at = now();
-    let text = |value: &Option<String>| value.clone().map(SqlValue::Text).unwrap_or(SqlValue::Null);
-    let mut params = vec![
-        SqlValue::Uuid(id),
-        SqlValue::Text(token_hash.to_string()),
-        SqlValue::Uuid(user),
-        SqlValue::Datetime(at),
-        SqlValue::Datetime(truncate_micros(expires_at)),
+    let mut params = Params::default();
+    let values = [
+        params.bind(SqlValue::Uuid(id)),
+        params.bind(SqlValue::Text(token_hash.to_string())),
+        params.bind(SqlValue::Uuid(user)),
+        params.bind(SqlValue::Datetime(at)),
+        params.bind(SqlValue::Datetime(truncate_micros(expires_at))),
+        params.optional_text(origin.ip.as_deref()),
+        params.optional_text(origin.user_agent.as_deref()),
     ];
-    // A NULL is written as a literal: a bound NULL has no type PostgreSQL can use.
-    let mut optional = |value: SqlValue| match value {
-        SqlValue::Null => "NULL".to_string(),
-        value => {
-            params.push(value);
-            format!("${}", params.len())
-        }
-    };
-    let ip = optional(text(&origin.ip));
-    let agent = optional(text(&origin.user_agent));
+    let [id_p, hash, user_p, created, expires, ip, agent] = &values;
     let mut tx = db.begin().await?;
-    tx.execute(&tx.portable(
+    tx.execute(&params.sql(
+        tx.dialect(),
         &format!(
-            "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $4, {ip}, {agent})"
+            "INSERT INTO keel_sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at, ip, user_agent) VALUES ({id_p}, {hash}, {user_p}, {created}, {expires}, {created}, {ip}, {agent})"
         ),
-        params,
     ))
     .await?;
     tx.commit().await?;

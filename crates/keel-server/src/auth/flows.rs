@@ -13,7 +13,7 @@ use keel_store::system::{self, NewUser, User};
 use serde_json::json;
 
 use super::mail;
-use super::password::{check_password, hash_password, normalize_email, verify_password};
+use super::password::{check_password, confirm_own_password, hash_password, normalize_email};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{forget_tokens, token_hash};
 use crate::http::state::AppState;
@@ -37,10 +37,7 @@ pub async fn sign_up(state: &AppState, body: SignUp) -> ApiResult<User> {
     }
     let email = normalize_email(&body.email)?;
     check_password(&body.password, &email, state.config.auth.min_password_length)?;
-    if body.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::new("validation_failed", "the name is too long")
-            .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
-    }
+    check_name(body.name.as_deref())?;
     let password_hash = hash_password(&state.config.auth, body.password).await?;
     let mut tx = state.db.begin().await?;
     let user = system::user_insert_in(
@@ -69,6 +66,15 @@ pub async fn sign_up(state: &AppState, body: SignUp) -> ApiResult<User> {
     Ok(user)
 }
 
+/// A new account's display name: at most 200 characters.
+pub(crate) fn check_name(name: Option<&str>) -> ApiResult<()> {
+    if name.is_some_and(|n| n.chars().count() > 200) {
+        return Err(ApiError::new("validation_failed", "the name is too long")
+            .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
+    }
+    Ok(())
+}
+
 /// The 202 of every request that may send an email: the same whatever happens next.
 pub fn accepted() -> serde_json::Value {
     json!({ "status": "accepted", "message": "if the address can receive this email, it is on its way" })
@@ -92,13 +98,14 @@ async fn queue(state: &AppState, purpose: Purpose, user: Option<uuid::Uuid>, ema
     Ok(())
 }
 
-/// `POST /auth/verify/request`: a new verification email to the caller's address.
-pub async fn request_verification(state: &AppState, user: &User) -> ApiResult<serde_json::Value> {
+/// `POST /auth/verify/request`: a new verification email to the caller's address; `false`
+/// when the address is verified already (nothing to send).
+pub async fn request_verification(state: &AppState, user: &User) -> ApiResult<bool> {
     if user.email_verified_at.is_some() {
-        return Ok(json!({ "status": "verified", "message": "the address is already verified" }));
+        return Ok(false);
     }
     queue(state, Purpose::Verify, Some(user.id), &user.email).await?;
-    Ok(accepted())
+    Ok(true)
 }
 
 /// `POST /auth/email`: moves the caller's account to a new address once a link sent there is
@@ -111,12 +118,7 @@ pub async fn change_email(
     password: String,
 ) -> ApiResult<serde_json::Value> {
     let email = normalize_email(new_email)?;
-    let (_, hash) = system::user_by_email(&state.db, &user.email)
-        .await?
-        .ok_or_else(|| ApiError::new("unauthenticated", "the user no longer exists"))?;
-    if password.len() > 1024 || !verify_password(password, hash).await {
-        return Err(ApiError::new("invalid_credentials", "the password is wrong"));
-    }
+    confirm_own_password(state, user, password).await?;
     if email == user.email {
         return Err(ApiError::new("bad_request", "this is already the account's address"));
     }

@@ -6,7 +6,6 @@
 use keel_store::StoreError;
 use keel_store::invitations::{self, By, Invitation};
 use keel_store::system::{self, NewUser, Org, Principal, User};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::mail;
@@ -65,6 +64,13 @@ pub async fn invite(
         return Err(ApiError::new(
             "already_member",
             "this address's account is already a member",
+        ));
+    }
+    // Invite, revoke, invite again: each sends an email, so the address's budget applies.
+    if !mail::invitation_within_budget(state, &email).await? {
+        return Err(ApiError::new(
+            "rate_limited",
+            "this address got its share of invitation emails this hour; try again later",
         ));
     }
     let request_id = current_request_id().unwrap_or_default();
@@ -217,10 +223,7 @@ pub async fn sign_up(
         ));
     }
     check_password(&password, &invitation.email, state.config.auth.min_password_length)?;
-    if name.is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::new("validation_failed", "the name is too long")
-            .with_details(json!([{ "field": "name", "code": "too_long", "message": "at most 200 characters" }])));
-    }
+    super::flows::check_name(name)?;
     let password_hash = hash_password(&state.config.auth, password).await?;
     let mut tx = state.db.begin().await?;
     let user = system::user_insert_in(

@@ -140,7 +140,9 @@ impl Templates {
         match purpose {
             Purpose::Verify => &self.verify,
             Purpose::ChangeEmail => &self.change_email,
-            Purpose::Reset | Purpose::Mfa => &self.reset,
+            Purpose::Reset => &self.reset,
+            // `purpose_named` never yields it: the sign-in's second step sends no email.
+            Purpose::Mfa => unreachable!("no email carries a second-step token"),
         }
     }
 }

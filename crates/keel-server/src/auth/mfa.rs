@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use totp_rs::{Builder, Secret};
 
 use super::login::{count_failure, lock_keys, refuse_if_locked};
-use super::password::verify_password;
+use super::password::confirm_own_password;
 use super::session::new_token;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::token_hash;
@@ -58,19 +58,9 @@ fn step_of(totp: &totp_rs::Totp, code: &str) -> Option<i64> {
     totp.check(&code, now).and_then(|step| i64::try_from(step).ok())
 }
 
-async fn password_ok(state: &AppState, user: &User, password: String) -> ApiResult<()> {
-    let (_, hash) = system::user_by_email(&state.db, &user.email)
-        .await?
-        .ok_or_else(|| ApiError::new("unauthenticated", "the user no longer exists"))?;
-    if password.len() > 1024 || !verify_password(password, hash).await {
-        return Err(ApiError::new("invalid_credentials", "the password is wrong"));
-    }
-    Ok(())
-}
-
 /// `POST /auth/mfa/totp/enroll {password}`: a new secret, waiting for its first code.
 pub async fn enroll(state: &AppState, user: &User, password: String) -> ApiResult<Value> {
-    password_ok(state, user, password).await?;
+    confirm_own_password(state, user, password).await?;
     // 160 bits, as RFC 4226 recommends, from a CSPRNG seeded by the operating system.
     let mut bytes = [0u8; 20];
     rand::rng().fill_bytes(&mut bytes);
@@ -125,7 +115,7 @@ fn normalize_recovery(code: &str) -> String {
 /// `POST /auth/mfa/totp/disable {password, code}`: removes the second factor (a recovery
 /// code serves as the code).
 pub async fn disable(state: &AppState, user: &User, password: String, code: &str) -> ApiResult<()> {
-    password_ok(state, user, password).await?;
+    confirm_own_password(state, user, password).await?;
     let enrolled = mfa::totp_of(&state.db, user.id)
         .await?
         .filter(|t| t.confirmed)

@@ -15,8 +15,8 @@ pub mod roles;
 pub mod session;
 pub mod settings;
 
-pub(crate) use password::verify_password;
 pub use password::{check_password, hash_password, hash_password_blocking, is_common_password, normalize_email};
+pub(crate) use password::{confirm_own_password, verify_password};
 pub(crate) use roles::grantable;
 pub use roles::{is_superuser, rank, require_manager};
 pub use session::{Origin, new_token, start_session};

@@ -35,6 +35,22 @@ pub async fn hash_password(auth: &AuthSection, password: String) -> ApiResult<St
 }
 
 /// Verifies a password; the hash carries its own parameters.
+/// Checks the signed-in user's own password again, before a change that needs it (a new
+/// password, address or second factor): 401 `invalid_credentials` when it is wrong.
+pub(crate) async fn confirm_own_password(
+    state: &crate::http::state::AppState,
+    user: &keel_store::system::User,
+    password: String,
+) -> ApiResult<()> {
+    let (_, hash) = keel_store::system::user_by_email(&state.db, &user.email)
+        .await?
+        .ok_or_else(|| ApiError::new("unauthenticated", "the user no longer exists"))?;
+    if password.len() > 1024 || !verify_password(password, hash).await {
+        return Err(ApiError::new("invalid_credentials", "the password is wrong"));
+    }
+    Ok(())
+}
+
 pub(crate) async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)

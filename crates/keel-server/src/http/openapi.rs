@@ -553,7 +553,7 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "post": { "operationId": "invite", "tags": ["orgs"], "parameters": [org.clone()],
             "description": "Invites an address with a role no higher than the caller's; the email with its link is sent by a job.",
             "requestBody": body(json!({ "type": "object", "required": ["email", "role"], "additionalProperties": false, "properties": { "email": { "type": "string", "maxLength": 254 }, "role": roles.clone() } })),
-            "responses": ok("201", "the invitation (its token is only in the email)", &[400, 401, 403, 404, 409, 415]) }
+            "responses": ok("201", "the invitation (its token is only in the email)", &[400, 401, 403, 404, 409, 415, 429]) }
     }));
     let invitation = path_parameter("id", json!({ "type": "string" }));
     paths.insert("/api/v1/orgs/{org}/invitations/{id}".into(), json!({

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{
-    Origin, check_password, flows, hash_password, invitations, login, mfa, pages, session, start_session,
-    verify_password,
+    Origin, check_password, confirm_own_password, flows, hash_password, invitations, login, mfa, pages, session,
+    start_session,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Auth};
@@ -233,12 +233,7 @@ pub async fn change_password(
     let Principal::User { user, .. } = principal else {
         return Err(ApiError::new("bad_request", "API keys have no password"));
     };
-    let (_, hash) = system::user_by_email(&state.db, &user.email)
-        .await?
-        .ok_or_else(|| ApiError::new("unauthenticated", "the user no longer exists"))?;
-    if body.current_password.len() > 1024 || !verify_password(body.current_password, hash).await {
-        return Err(ApiError::new("invalid_credentials", "the current password is wrong"));
-    }
+    confirm_own_password(&state, &user, body.current_password).await?;
     check_password(&body.new_password, &user.email, state.config.auth.min_password_length)?;
     let password_hash = hash_password(&state.config.auth, body.new_password).await?;
     let revoked = system::user_set_password(&state.db, user.id, &password_hash).await?;
@@ -316,13 +311,13 @@ fn user_of(principal: Principal) -> ApiResult<system::User> {
 /// `POST /api/v1/auth/verify/request`
 pub async fn verify_request(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
     let user = user_of(principal)?;
-    let body = flows::request_verification(&state, &user).await?;
-    let status = if body["status"] == "accepted" {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)))
+    Ok(match flows::request_verification(&state, &user).await? {
+        true => (StatusCode::ACCEPTED, Json(flows::accepted())),
+        false => (
+            StatusCode::OK,
+            Json(json!({ "status": "verified", "message": "the address is already verified" })),
+        ),
+    })
 }
 
 /// `POST /api/v1/auth/verify/confirm`

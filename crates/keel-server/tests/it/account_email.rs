@@ -756,6 +756,34 @@ async fn an_expired_invitation_is_refused(backend: Backend) {
     assert_eq!(late.code(), "invalid_token");
 }
 
+/// Inviting, revoking and inviting one address again sends an email each time: the address's
+/// hourly budget bounds it.
+async fn re_inviting_one_address_is_bounded(backend: Backend) {
+    let smtp = SmtpSink::start();
+    let app = app(backend, &smtp, |c| c.auth.account_emails_per_hour = 3).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let body = json!({"email": "target@example.com", "role": "viewer"});
+    for round in 0..3 {
+        let invited = app.post("/api/v1/orgs/acme/invitations", &owner, body.clone()).await;
+        assert_eq!(invited.status, 201, "round {round}: {}", invited.text);
+        let id = invited.body["id"].as_str().unwrap();
+        // Sent before it is revoked (the email of a revoked invitation is not sent).
+        settled(&app).await;
+        assert_eq!(
+            app.delete(&format!("/api/v1/orgs/acme/invitations/{id}"), &owner)
+                .await
+                .status,
+            204
+        );
+    }
+    let refused = app.post("/api/v1/orgs/acme/invitations", &owner, body).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(refused.code(), "rate_limited");
+    settled(&app).await;
+    assert_eq!(mail_to(&smtp, "target@example.com").len(), 3);
+}
+
 #[test]
 fn requiring_verification_needs_a_way_to_send_email() {
     let mut config = keel_server::Config::default();
@@ -777,4 +805,5 @@ both!(
     a_reset_request_works_alike_for_known_and_unknown_addresses,
     invitations_join_an_org_once,
     an_expired_invitation_is_refused,
+    re_inviting_one_address_is_bounded,
 );

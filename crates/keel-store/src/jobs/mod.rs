@@ -12,13 +12,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keel_query::{Dialect, Sql, SqlValue};
+use keel_query::{Dialect, SqlValue};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::cell::{Cell, Row};
-use crate::db::portable;
+pub(crate) use crate::params::Params;
 
 mod admin;
 mod claim;
@@ -298,33 +298,6 @@ fn job_of(row: Row) -> Job {
         created_at: time_of(&next()),
         started_at: time_of(&next()),
         finished_at: time_of(&next()),
-    }
-}
-
-/// Bound parameters for hand-written SQL: NULLs are written inline (an untyped NULL
-/// parameter does not fit every PostgreSQL column type).
-#[derive(Default)]
-struct Params(Vec<SqlValue>);
-
-impl Params {
-    fn bind(&mut self, value: SqlValue) -> String {
-        if matches!(value, SqlValue::Null) {
-            return "NULL".to_string();
-        }
-        self.0.push(value);
-        format!("${}", self.0.len())
-    }
-
-    fn optional_uuid(&mut self, value: Option<Uuid>) -> String {
-        self.bind(value.map_or(SqlValue::Null, SqlValue::Uuid))
-    }
-
-    fn optional_text(&mut self, value: Option<&str>) -> String {
-        self.bind(value.map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())))
-    }
-
-    fn sql(self, dialect: Dialect, text: &str) -> Sql {
-        portable(dialect, text, self.0)
     }
 }
 

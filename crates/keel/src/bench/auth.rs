@@ -9,14 +9,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hdrhistogram::Histogram;
 use rand::RngCore;
-use tokio::sync::Mutex;
 
-use super::harness::{Summary, serve, tempdir};
+use super::harness::{Summary, drive, serve, tempdir};
 use crate::examples;
 use crate::http_client::Connection;
 
@@ -65,7 +63,8 @@ async fn sign_in(connection: &mut Connection, email: &str, totp: Option<&totp_rs
     Ok(status == 200 && serde_json::from_slice::<serde_json::Value>(&answer)?["token"].is_string())
 }
 
-/// Runs `concurrency` connections for `duration`; each sign-in takes the next user.
+/// Runs `concurrency` connections for `duration`; each sign-in takes the next user (cycling
+/// through them when `cycle`, else each once).
 async fn phase(
     address: SocketAddr,
     concurrency: usize,
@@ -74,52 +73,23 @@ async fn phase(
     cycle: bool,
 ) -> Result<Summary> {
     let next = Arc::new(AtomicUsize::new(0));
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let totals = Arc::new(Mutex::new((0u64, 0u64)));
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut workers = vec![];
-    for _ in 0..concurrency {
-        let (next, histogram, totals, users) = (next.clone(), histogram.clone(), totals.clone(), users.clone());
-        workers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new(3)?;
-            let (mut requests, mut errors) = (0u64, 0u64);
-            let mut connection = Connection::connect(address).await?;
-            while Instant::now() < deadline {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let Some((email, totp)) = users.get(if cycle { n % users.len() } else { n }) else {
-                    break;
-                };
-                let sent = Instant::now();
-                let ok = sign_in(&mut connection, email, totp.as_ref()).await.unwrap_or(false);
-                local.record(sent.elapsed().as_micros() as u64)?;
-                requests += 1;
-                errors += u64::from(!ok);
-            }
-            histogram.lock().await.add(&local)?;
-            let mut t = totals.lock().await;
-            t.0 += requests;
-            t.1 += errors;
-            anyhow::Ok(())
-        }));
-    }
-    for worker in workers {
-        worker.await??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    if !cycle && next.load(Ordering::Relaxed) >= users.len() {
+    let (count, taken) = (users.len(), next.clone());
+    let summary = drive(address, concurrency, duration, move |mut connection, _| {
+        let (users, next) = (users.clone(), next.clone());
+        async move {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let Some((email, totp)) = users.get(if cycle { n % users.len() } else { n }) else {
+                return (connection, None);
+            };
+            let ok = sign_in(&mut connection, email, totp.as_ref()).await.unwrap_or(false);
+            (connection, Some(ok))
+        }
+    })
+    .await?;
+    if !cycle && taken.load(Ordering::Relaxed) >= count {
         eprintln!("  (the round used every user with a second factor before its end; raise --mfa-users)");
     }
-    let (requests, errors) = *totals.lock().await;
-    let histogram = Arc::try_unwrap(histogram)
-        .map_err(|_| anyhow::anyhow!("histogram still shared"))?
-        .into_inner();
-    Ok(Summary {
-        requests,
-        errors,
-        seconds,
-        histogram,
-    })
+    Ok(summary)
 }
 
 pub async fn run(args: AuthArgs) -> Result<()> {

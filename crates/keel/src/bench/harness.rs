@@ -57,30 +57,22 @@ pub(crate) async fn wait_ready(address: SocketAddr) -> Result<()> {
     bail!("the server did not become ready at {address}")
 }
 
-/// Runs `concurrency` connections for `duration`, each sending what `request` builds. A
-/// connection the server closed (an instance going away) is reopened and the request retried
-/// once, as HTTP clients do with stale keep-alive connections; a second failure is an error.
-pub(crate) async fn load<F>(
-    address: SocketAddr,
-    token: &str,
-    concurrency: usize,
-    duration: Duration,
-    request: F,
-) -> Result<Summary>
+/// Runs `concurrency` connections for `duration`; each repeats `op` (with its connection and a
+/// counter) and the time of each call is recorded. `op` hands the connection back with
+/// `Some(ok)`, or `None` when it has nothing more to do (that connection stops early).
+pub(crate) async fn drive<F, Fut>(address: SocketAddr, concurrency: usize, duration: Duration, op: F) -> Result<Summary>
 where
-    F: Fn(u64) -> (&'static str, String, Option<Vec<u8>>) + Send + Sync + 'static,
+    F: Fn(Connection, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (Connection, Option<bool>)> + Send,
 {
-    let request = Arc::new(request);
+    let op = Arc::new(op);
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let totals = Arc::new(Mutex::new((0u64, 0u64)));
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = vec![];
     for worker in 0..concurrency {
-        let request = request.clone();
-        let histogram = histogram.clone();
-        let totals = totals.clone();
-        let token = token.to_string();
+        let (op, histogram, totals) = (op.clone(), histogram.clone(), totals.clone());
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new(3).expect("histogram");
             let (mut requests, mut errors) = (0u64, 0u64);
@@ -88,26 +80,13 @@ where
             let mut n = worker as u64 * 1_000_000;
             while Instant::now() < deadline {
                 n += 1;
-                let (method, path, body) = request(n);
                 let sent = Instant::now();
-                let status = match connection.send(method, &path, Some(&token), body.as_deref()).await {
-                    Ok((status, _)) => status,
-                    Err(_) => match Connection::connect(address).await {
-                        Ok(fresh) => {
-                            connection = fresh;
-                            match connection.send(method, &path, Some(&token), body.as_deref()).await {
-                                Ok((status, _)) => status,
-                                Err(_) => 0,
-                            }
-                        }
-                        Err(_) => 0,
-                    },
-                };
+                let (back, outcome) = op(connection, n).await;
+                connection = back;
+                let Some(ok) = outcome else { break };
                 local.record(sent.elapsed().as_micros() as u64).ok();
                 requests += 1;
-                if status == 0 || status >= 400 {
-                    errors += 1;
-                }
+                errors += u64::from(!ok);
             }
             histogram.lock().await.add(&local).ok();
             let mut t = totals.lock().await;
@@ -130,6 +109,44 @@ where
         seconds,
         histogram,
     })
+}
+
+/// Runs `concurrency` connections for `duration`, each sending what `request` builds. A
+/// connection the server closed (an instance going away) is reopened and the request retried
+/// once, as HTTP clients do with stale keep-alive connections; a second failure is an error.
+pub(crate) async fn load<F>(
+    address: SocketAddr,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+    request: F,
+) -> Result<Summary>
+where
+    F: Fn(u64) -> (&'static str, String, Option<Vec<u8>>) + Send + Sync + 'static,
+{
+    let request = Arc::new(request);
+    let token: Arc<str> = Arc::from(token);
+    drive(address, concurrency, duration, move |mut connection, n| {
+        let (request, token) = (request.clone(), token.clone());
+        async move {
+            let (method, path, body) = request(n);
+            let status = match connection.send(method, &path, Some(&token), body.as_deref()).await {
+                Ok((status, _)) => status,
+                Err(_) => match Connection::connect(address).await {
+                    Ok(fresh) => {
+                        connection = fresh;
+                        match connection.send(method, &path, Some(&token), body.as_deref()).await {
+                            Ok((status, _)) => status,
+                            Err(_) => 0,
+                        }
+                    }
+                    Err(_) => 0,
+                },
+            };
+            (connection, Some(status != 0 && status < 400))
+        }
+    })
+    .await
 }
 
 /// Starts `keel serve` on a free port with extra environment, and waits until it is ready.
