@@ -215,7 +215,14 @@ async fn cleanup(context: &JobContext) -> Result<Option<Value>, JobFailure> {
     let tokens = keel_store::accounts::tokens_prune(&context.db, chrono::Utc::now())
         .await
         .map_err(|e| JobFailure::retry(format!("pruning account tokens failed: {e}")))?;
-    Ok(Some(
-        serde_json::json!({ "deleted": deleted, "upload_chunks": spooled, "account_tokens": tokens }),
-    ))
+    // Provider sign-ins that were started and never came back.
+    let sign_ins = keel_store::identities::states_prune(&context.db, chrono::Utc::now())
+        .await
+        .map_err(|e| JobFailure::retry(format!("pruning sign-in states failed: {e}")))?;
+    Ok(Some(serde_json::json!({
+        "deleted": deleted,
+        "upload_chunks": spooled,
+        "account_tokens": tokens,
+        "sign_in_states": sign_ins,
+    })))
 }

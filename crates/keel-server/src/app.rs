@@ -233,6 +233,7 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
             protection,
             storage,
             keys: auth::keys::KeyRing::default(),
+            oidc: auth::oidc::Providers::new(&config),
             errors: Arc::new(ops::tracking::ErrorTracker::new(&config)),
             alerts: Arc::new(ops::alerts::Alerts::new(&schema.app.alerts)),
             dummy_password_hash,

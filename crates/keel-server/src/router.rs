@@ -10,7 +10,7 @@ use crate::routes;
 
 /// Builds the router for a state.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, bulk, files, jobs, ops, orgs, records};
+    use routes::{auth, bulk, files, jobs, oidc, ops, orgs, records};
     let api = Router::new()
         .route("/auth/signup", post(auth::signup))
         .route("/auth/login", post(auth::login))
@@ -30,8 +30,15 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/verify/confirm", post(auth::verify_confirm))
         .route("/auth/password-reset/request", post(auth::reset_request))
         .route("/auth/password-reset/confirm", post(auth::reset_confirm))
+        .route("/auth/oidc/providers", get(oidc::providers))
+        .route("/auth/oidc/identities", get(oidc::identities))
+        .route("/auth/oidc/exchange", post(oidc::exchange))
+        .route("/auth/oidc/{provider}/start", get(oidc::start))
+        .route("/auth/oidc/{provider}/callback", get(oidc::callback))
+        .route("/auth/oidc/{provider}/link", post(oidc::link).delete(oidc::unlink))
         .route("/openapi.json", get(ops::openapi))
         .route("/orgs", get(orgs::list).post(orgs::create))
+        .route("/orgs/{org}", get(orgs::show).patch(orgs::update))
         .route("/orgs/{org}/members", get(orgs::members).post(orgs::add_member))
         .route(
             "/orgs/{org}/members/{user}",

@@ -26,6 +26,9 @@ pub enum Purpose {
     Reset,
     /// Finish a sign-in with the second factor (A5): the step between password and code.
     Mfa,
+    /// Finish a sign-in with another provider (A4): the one-time code the app exchanges for
+    /// a session after the provider sent the browser back.
+    OidcSignIn,
 }
 
 impl Purpose {
@@ -35,6 +38,7 @@ impl Purpose {
             Purpose::ChangeEmail => "change_email",
             Purpose::Reset => "reset",
             Purpose::Mfa => "mfa",
+            Purpose::OidcSignIn => "oidc_sign_in",
         }
     }
 }

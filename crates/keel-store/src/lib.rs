@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod errors;
 pub mod files;
+pub mod identities;
 pub mod invitations;
 pub mod jobs;
 pub mod mfa;

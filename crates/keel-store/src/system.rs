@@ -34,6 +34,9 @@ pub struct Org {
     pub slug: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// Members must have a second factor to use the org (A5; 403 `mfa_required` until then).
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +112,7 @@ fn org_from(cells: &[Cell]) -> Result<Org, StoreError> {
         slug: cells[1].text().ok_or_else(|| bad_row("org"))?.to_string(),
         name: cells[2].text().ok_or_else(|| bad_row("org"))?.to_string(),
         created_at: cells[3].datetime().ok_or_else(|| bad_row("org"))?,
+        require_mfa: cells[4].bool().unwrap_or(false),
     })
 }
 
@@ -530,7 +534,19 @@ pub async fn org_insert(db: &Db, slug: &str, name: &str, creator: Option<Uuid>, 
         slug: slug.to_string(),
         name: name.to_string(),
         created_at: at,
+        require_mfa: false,
     })
+}
+
+/// Sets whether the org requires a second factor of its members.
+pub async fn org_require_mfa(db: &Db, org: Uuid, required: bool) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    tx.execute(&tx.portable(
+        "UPDATE keel_orgs SET require_mfa = $2 WHERE id = $1",
+        vec![SqlValue::Uuid(org), SqlValue::Bool(required)],
+    ))
+    .await?;
+    tx.commit().await
 }
 
 /// An org by slug and the caller's role in it (`None` when not a member), in one query.
@@ -541,14 +557,14 @@ pub async fn org_with_role(
 ) -> Result<Option<(Org, Option<String>)>, StoreError> {
     let sql = match user {
         Some(user) => db.portable(
-            "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_orgs o LEFT JOIN keel_memberships m ON m.org_id = o.id AND m.user_id = $2 WHERE o.slug = $1",
+            "SELECT o.id, o.slug, o.name, o.created_at, o.require_mfa, m.role FROM keel_orgs o LEFT JOIN keel_memberships m ON m.org_id = o.id AND m.user_id = $2 WHERE o.slug = $1",
             vec![SqlValue::Text(slug.to_string()), SqlValue::Uuid(user)],
         ),
-        None => db.portable("SELECT o.id, o.slug, o.name, o.created_at, NULL FROM keel_orgs o WHERE o.slug = $1", vec![SqlValue::Text(slug.to_string())]),
+        None => db.portable("SELECT o.id, o.slug, o.name, o.created_at, o.require_mfa, NULL FROM keel_orgs o WHERE o.slug = $1", vec![SqlValue::Text(slug.to_string())]),
     };
     match db.query_one(&sql).await? {
         None => Ok(None),
-        Some(row) => Ok(Some((org_from(&row)?, row[4].text().map(str::to_string)))),
+        Some(row) => Ok(Some((org_from(&row)?, row[5].text().map(str::to_string)))),
     }
 }
 
@@ -561,7 +577,7 @@ pub async fn orgs_of_user(
 ) -> Result<Vec<(Org, String)>, StoreError> {
     let sql = db.portable(
         &format!(
-            "SELECT o.id, o.slug, o.name, o.created_at, m.role FROM keel_memberships m JOIN keel_orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.slug > $2 ORDER BY o.slug LIMIT {}",
+            "SELECT o.id, o.slug, o.name, o.created_at, o.require_mfa, m.role FROM keel_memberships m JOIN keel_orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.slug > $2 ORDER BY o.slug LIMIT {}",
             limit
         ),
         vec![SqlValue::Uuid(user), SqlValue::Text(after_slug.unwrap_or("").to_string())],
@@ -569,13 +585,13 @@ pub async fn orgs_of_user(
     db.query(&sql)
         .await?
         .into_iter()
-        .map(|row| Ok((org_from(&row)?, row[4].text().unwrap_or_default().to_string())))
+        .map(|row| Ok((org_from(&row)?, row[5].text().unwrap_or_default().to_string())))
         .collect()
 }
 
 pub async fn org_by_id(db: &Db, id: Uuid) -> Result<Option<Org>, StoreError> {
     let sql = db.portable(
-        "SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.id = $1",
+        "SELECT o.id, o.slug, o.name, o.created_at, o.require_mfa FROM keel_orgs o WHERE o.id = $1",
         vec![SqlValue::Uuid(id)],
     );
     db.query_one(&sql).await?.as_ref().map(|row| org_from(row)).transpose()
@@ -585,7 +601,7 @@ pub async fn org_by_id(db: &Db, id: Uuid) -> Result<Option<Org>, StoreError> {
 pub async fn orgs_all(db: &Db, after_slug: Option<&str>, limit: u32) -> Result<Vec<Org>, StoreError> {
     let sql = db.portable(
         &format!(
-            "SELECT o.id, o.slug, o.name, o.created_at FROM keel_orgs o WHERE o.slug > $1 ORDER BY o.slug LIMIT {limit}"
+            "SELECT o.id, o.slug, o.name, o.created_at, o.require_mfa FROM keel_orgs o WHERE o.slug > $1 ORDER BY o.slug LIMIT {limit}"
         ),
         vec![SqlValue::Text(after_slug.unwrap_or("").to_string())],
     );

@@ -39,6 +39,7 @@ pub fn prefix(purpose: Purpose) -> &'static str {
         Purpose::ChangeEmail => "ke_",
         Purpose::Reset => "kr_",
         Purpose::Mfa => super::mfa::MFA_PREFIX,
+        Purpose::OidcSignIn => super::oidc::CODE_PREFIX,
     }
 }
 
@@ -142,7 +143,7 @@ impl Templates {
             Purpose::ChangeEmail => &self.change_email,
             Purpose::Reset => &self.reset,
             // `purpose_named` never yields it: the sign-in's second step sends no email.
-            Purpose::Mfa => unreachable!("no email carries a second-step token"),
+            Purpose::Mfa | Purpose::OidcSignIn => unreachable!("no email carries a sign-in step's token"),
         }
     }
 }
@@ -256,13 +257,18 @@ pub fn link(config: &Config, purpose: Purpose, token: &str) -> String {
     link_to(config, own, page, token)
 }
 
-fn link_to(config: &Config, own: &Option<String>, page: &str, token: &str) -> String {
+/// Where users reach this server: `auth.public_url`, or the address it listens on.
+pub fn public_url(config: &Config) -> String {
     let base = config
         .auth
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
-    let base = base.trim_end_matches('/');
+    base.trim_end_matches('/').to_string()
+}
+
+fn link_to(config: &Config, own: &Option<String>, page: &str, token: &str) -> String {
+    let base = public_url(config);
     match own {
         Some(url) => url.replace("{token}", token),
         None => format!("{base}/_/auth/{page}?token={token}"),

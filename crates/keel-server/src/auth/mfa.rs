@@ -240,3 +240,64 @@ mod tests {
         assert_ne!(recovery_code(), recovery_code());
     }
 }
+
+fn mfa_required() -> ApiError {
+    ApiError::new(
+        "mfa_required",
+        "this org requires a second factor: set one up with POST /api/v1/auth/mfa/totp/enroll, then use the org",
+    )
+}
+
+async fn enrolled(state: &AppState, user: uuid::Uuid) -> ApiResult<bool> {
+    Ok(mfa::totp_of(&state.db, user).await?.is_some_and(|t| t.confirmed))
+}
+
+/// An org that requires a second factor (A5) refuses its members without one: 403
+/// `mfa_required`, on every org route, until they enrol. The superuser is not a member and is
+/// not held to it; API keys are not people. Costs one lookup, only in orgs that require it.
+pub async fn enforce(state: &AppState, org: &system::Org, user: &User) -> ApiResult<()> {
+    if !org.require_mfa || user.superuser || enrolled(state, user.id).await? {
+        return Ok(());
+    }
+    Err(mfa_required())
+}
+
+/// `PATCH /api/v1/orgs/{org} {require_mfa}`: by the org's owners (the top role) or the
+/// superuser. An owner turning it on must have a second factor first, so no owner locks
+/// themselves out. Every member's cached membership is dropped, so every instance applies it
+/// at once.
+pub async fn require_for_org(
+    state: &AppState,
+    principal: &system::Principal,
+    org: &system::Org,
+    role: &Option<String>,
+    required: bool,
+) -> ApiResult<system::Org> {
+    let superuser = super::is_superuser(principal);
+    let owner = role.as_deref() == Some(state.schema.app.top_role());
+    let system::Principal::User { user, .. } = principal else {
+        return Err(ApiError::forbidden());
+    };
+    if !superuser && !owner {
+        return Err(ApiError::new("forbidden", "only the org's owners change its security settings"));
+    }
+    if required && !superuser && !enrolled(state, user.id).await? {
+        return Err(mfa_required());
+    }
+    system::org_require_mfa(&state.db, org.id, required).await?;
+    let mut after = None;
+    loop {
+        let page = system::members(&state.db, org.id, after, 500).await?;
+        for member in &page {
+            crate::http::extract::forget_membership(state, member.user.id, &org.slug).await;
+        }
+        match page.last() {
+            Some(last) if page.len() == 500 => after = Some(last.user.id),
+            _ => break,
+        }
+    }
+    Ok(system::Org {
+        require_mfa: required,
+        ..org.clone()
+    })
+}

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod login;
 pub mod mail;
 pub mod mfa;
+pub mod oidc;
 pub mod pages;
 pub mod password;
 pub mod roles;

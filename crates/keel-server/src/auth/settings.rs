@@ -45,6 +45,11 @@ pub struct AuthSection {
     pub invitation_ttl_hours: u64,
     /// The link of an invitation email, `{token}` replaced; Keel's own page when unset.
     pub invitation_url: Option<String>,
+    /// OAuth 2.0 / OpenID Connect providers users may sign in with (A4), by name.
+    pub oidc: std::collections::BTreeMap<String, super::oidc::settings::OidcProvider>,
+    /// Where a provider sign-in may send the browser back to: URLs, or URL prefixes ending
+    /// in `/…*`.
+    pub oidc_redirects: Vec<String>,
 }
 
 impl Default for AuthSection {
@@ -69,6 +74,8 @@ impl Default for AuthSection {
             reset_url: None,
             invitation_ttl_hours: 7 * 24,
             invitation_url: None,
+            oidc: Default::default(),
+            oidc_redirects: vec![],
         }
     }
 }
@@ -128,7 +135,7 @@ impl AuthSection {
                 return invalid(key, "must be an http(s) URL containing {token}");
             }
         }
-        Ok(())
+        super::oidc::settings::validate(&self.oidc, &self.oidc_redirects)
     }
 }
 
@@ -191,5 +198,13 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "auth.invitation_url",
         "The invitation link, with `{token}` in it (your app's page); Keel's own page at `/_/auth/invitation` when unset.",
+    ),
+    (
+        "auth.oidc",
+        "Sign-in providers, one table each: `[auth.oidc.<name>]` with `issuer` (OpenID Connect discovery) or `preset = \"google\"`/`\"github\"` or `authorize_url` + `token_url` + `userinfo_url` (OAuth 2.0); `client_id`, `client_secret`, optional `scopes`, `display_name`, `signup`. See docs/OPERATIONS.md (\"Sign-in with providers\").",
+    ),
+    (
+        "auth.oidc_redirects",
+        "Where a provider sign-in may send the browser back to: exact URLs, or prefixes ending in `/…*` (required with `auth.oidc`).",
     ),
 ];

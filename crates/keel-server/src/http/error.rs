@@ -124,6 +124,51 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ),
     ("email_taken", 409, "A user with this email exists."),
     (
+        "mfa_required",
+        403,
+        "The org requires a second factor of its members: enrol one (`POST /api/v1/auth/mfa/totp`) to use it.",
+    ),
+    (
+        "invalid_state",
+        400,
+        "The provider sign-in is unknown, finished already, expired, or was started in another browser; start again.",
+    ),
+    (
+        "redirect_not_allowed",
+        400,
+        "The `redirect` of a provider sign-in is not on `auth.oidc_redirects`.",
+    ),
+    (
+        "oidc_unavailable",
+        502,
+        "The sign-in provider cannot be reached or answers with a server error; nothing was created. Try again later.",
+    ),
+    (
+        "oidc_rejected",
+        401,
+        "The sign-in provider did not confirm who signed in (a refused code, an ID token that fails its signature, issuer, audience, expiry or nonce check).",
+    ),
+    (
+        "oidc_denied",
+        403,
+        "The user cancelled the sign-in at the provider, or the provider refused it.",
+    ),
+    (
+        "oidc_email_unverified",
+        403,
+        "The provider did not confirm an email address for the account, so it can neither link to an account nor create one.",
+    ),
+    (
+        "identity_taken",
+        409,
+        "The account at the provider is linked to another user, or the user has another account linked at this provider.",
+    ),
+    (
+        "last_sign_in_method",
+        409,
+        "Unlinking would leave the account with no way to sign in; set a password or link another provider first.",
+    ),
+    (
         "mfa_enabled",
         409,
         "A second factor is set up already; remove it before enrolling again.",

@@ -356,6 +356,7 @@ pub async fn org_access(
             if role.is_none() && !user.superuser {
                 return Err(ApiError::not_found());
             }
+            crate::auth::mfa::enforce(state, &org, user).await?;
             Ok((org, role))
         }
         Principal::ApiKey(key) => {

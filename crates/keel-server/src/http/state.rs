@@ -21,6 +21,8 @@ pub struct Inner {
     pub jobs: Arc<keel_jobs::Jobs>,
     /// Where uploaded files live.
     pub storage: Arc<crate::files::storage::Storage>,
+    /// The sign-in providers (A4), with their cached discovery and keys.
+    pub oidc: crate::auth::oidc::Providers,
     /// The keys that sign file links, shared by every instance through the database.
     pub keys: crate::auth::keys::KeyRing,
     /// Unexpected errors grouped by fingerprint (O6).

@@ -62,7 +62,7 @@ pub async fn signup(
 
 /// The answer of a new session: the token in the body or, for a cookie session, in an
 /// `HttpOnly` cookie with the CSRF token in the body and a readable cookie.
-fn session_answer(
+pub(crate) fn session_answer(
     mut body: serde_json::Value,
     token: &str,
     expires_at: chrono::DateTime<Utc>,

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bulk;
 pub mod files;
 pub mod jobs;
+pub mod oidc;
 pub mod ops;
 pub mod orgs;
 pub mod records;

@@ -124,6 +124,33 @@ pub async fn members(
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
+pub async fn show(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let (org, role) = org_access(&state, &principal, &slug).await?;
+    Ok(Json(json!({ "org": org, "role": role })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgChange {
+    require_mfa: bool,
+}
+
+/// `PATCH /api/v1/orgs/{org}`: the org's security settings (`auth::mfa::require_for_org`).
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<OrgChange>,
+) -> ApiResult<impl IntoResponse> {
+    let (org, role) = org_access(&state, &principal, &slug).await?;
+    let org = crate::auth::mfa::require_for_org(&state, &principal, &org, &role, body.require_mfa).await?;
+    Ok(Json(json!({ "org": org, "role": role })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {

@@ -6,7 +6,7 @@ use super::Step;
 use super::ddl::types;
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 7;
+pub const SYSTEM_VERSION: i64 = 8;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -75,6 +75,15 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         statements.extend(crate::mfa::tables(dialect));
         steps.push(Step {
             description: "verified addresses, account-flow tokens, session origins and org invitations (system version 7)".into(),
+            statements,
+            destructive: false,
+        });
+    }
+    if from < 8 {
+        let mut statements = vec!["UPDATE keel_system SET version = 8 WHERE id = 1".to_string()];
+        statements.extend(crate::identities::tables(dialect));
+        steps.push(Step {
+            description: "sign-in with OpenID Connect providers and org-required second factors (system version 8)".into(),
             statements,
             destructive: false,
         });

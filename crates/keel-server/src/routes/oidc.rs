@@ -1,0 +1,119 @@
+//! `/api/v1/auth/oidc`: sign-in with OAuth 2.0 / OpenID Connect providers, and linking them
+//! to a signed-in account (the logic is in `auth::oidc`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::oidc::{self, CallbackRequest, Exchanged, StartRequest, Started};
+use crate::auth::{Origin, start_session};
+use crate::http::error::ApiResult;
+use crate::http::extract::{ApiJson, Auth, Params};
+use crate::http::state::AppState;
+use crate::routes::auth::session_answer;
+
+/// A 303 to `location` that sets (or clears) the flow's cookie.
+fn redirect(started: Started) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = started.location.parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::SET_COOKIE, started.cookie);
+    headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("a header value"));
+    response
+}
+
+pub async fn providers(State(state): State<AppState>) -> impl IntoResponse {
+    Json(oidc::list(&state))
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
+    params.only(&["redirect", "login_hint", "resume"])?;
+    let asked = StartRequest {
+        redirect: params.get("redirect"),
+        login_hint: params.get("login_hint"),
+        resume: params.get("resume"),
+    };
+    Ok(redirect(oidc::start(&state, &provider, asked).await?))
+}
+
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    params: Params,
+) -> ApiResult<Response> {
+    // Providers add parameters of their own (`session_state`, `scope`, `authuser`…): only
+    // these are read, the rest ignored.
+    let given = CallbackRequest {
+        state: params.get("state"),
+        code: params.get("code"),
+        error: params.get("error"),
+        iss: params.get("iss"),
+        cookies: &headers,
+    };
+    Ok(redirect(oidc::callback(&state, &provider, given).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    code: String,
+    #[serde(default)]
+    cookie: bool,
+}
+
+pub async fn exchange(
+    State(state): State<AppState>,
+    Origin(origin): Origin,
+    ApiJson(body): ApiJson<Exchange>,
+) -> ApiResult<Response> {
+    match oidc::exchange(&state, &body.code).await? {
+        Exchanged::Done(user) => {
+            let (token, expires_at) = start_session(&state, user.id, &origin).await?;
+            Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
+        }
+        Exchanged::SecondFactor { mfa_token } => Ok(Json(json!({
+            "mfa_required": true,
+            "mfa_token": mfa_token,
+            "message": "finish with POST /api/v1/auth/mfa {mfa_token, code} within 5 minutes",
+        }))
+        .into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    redirect: String,
+}
+
+pub async fn link(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(provider): Path<String>,
+    ApiJson(body): ApiJson<Link>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(oidc::start_link(&state, &principal, &provider, &body.redirect).await?))
+}
+
+pub async fn unlink(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(provider): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    oidc::unlink(&state, &principal, &provider).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn identities(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<impl IntoResponse> {
+    Ok(Json(oidc::identities_of(&state, &principal).await?))
+}
