@@ -3,8 +3,11 @@
 # - a Python venv with aiosmtpd (an SMTP sink for the email handler's tests);
 # - s3rver (npm), an S3-compatible server that keeps objects on disk (the file tests on S3).
 # - promtool (Debian's prometheus package), which checks /metrics and the exported alert rules.
-# Prints three lines: the venv's python (tests read KEEL_TEST_PYTHON), the s3rver
-# program (KEEL_TEST_S3RVER) and promtool (KEEL_TEST_PROMTOOL).
+# - oidc-provider (npm, OpenID Certified), the OpenID provider of the sign-in tests, run by
+#   scripts/oidc-test-provider.mjs.
+# Prints four lines: the venv's python (tests read KEEL_TEST_PYTHON), the s3rver
+# program (KEEL_TEST_S3RVER), promtool (KEEL_TEST_PROMTOOL) and the folder oidc-provider is
+# installed in (KEEL_TEST_OIDC_MODULES).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/target/venv-test"
@@ -26,6 +29,14 @@ if [ ! -x "$S3RVER" ]; then
     mkdir -p "$S3RVER_DIR"
     npm install --prefix "$S3RVER_DIR" --no-audit --no-fund --loglevel=error s3rver@3.7.1 >&2
 fi
+OIDC_DIR="$ROOT/target/oidc-provider"
+if [ ! -f "$OIDC_DIR/node_modules/oidc-provider/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
+    fi
+    mkdir -p "$OIDC_DIR"
+    npm install --prefix "$OIDC_DIR" --no-audit --no-fund --loglevel=error oidc-provider@9.13.3 >&2
+fi
 if ! command -v promtool >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
     # The package's service is not wanted: only its promtool.
@@ -34,3 +45,4 @@ fi
 echo "$VENV/bin/python"
 echo "$S3RVER"
 command -v promtool
+echo "$OIDC_DIR"

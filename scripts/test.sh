@@ -14,8 +14,9 @@
 #      scripts/test-tools.sh installs aiosmtpd (the SMTP sink of the email tests)
 #      into target/venv-test and s3rver (an S3-compatible server on disk, for the
 #      file tests) into target/s3rver, and promtool (Debian's prometheus package: the
-#      metrics and alert-rule checks); we export KEEL_TEST_PYTHON, KEEL_TEST_S3RVER and
-#      KEEL_TEST_PROMTOOL.
+#      metrics and alert-rule checks) and oidc-provider (the OpenID provider of the
+#      sign-in tests) into target/oidc-provider; we export KEEL_TEST_PYTHON,
+#      KEEL_TEST_S3RVER, KEEL_TEST_PROMTOOL and KEEL_TEST_OIDC_MODULES.
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. cargo nextest run --workspace --no-fail-fast [ARGS...]
@@ -93,14 +94,16 @@ echo "KEEL_TEST_PG_URL=$KEEL_TEST_PG_URL"
 echo "KEEL_TEST_REDIS_URL=$KEEL_TEST_REDIS_URL"
 
 # --- tools some tests talk to (an SMTP sink) -------------------------------------
-stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver, promtool (scripts/test-tools.sh)"
+stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver, promtool, oidc-provider in target/oidc-provider (scripts/test-tools.sh)"
 TOOLS="$(scripts/test-tools.sh)"
 KEEL_TEST_PYTHON="$(echo "$TOOLS" | sed -n 1p)"
 KEEL_TEST_S3RVER="$(echo "$TOOLS" | sed -n 2p)"
 KEEL_TEST_PROMTOOL="$(echo "$TOOLS" | sed -n 3p)"
-export KEEL_TEST_PYTHON KEEL_TEST_S3RVER KEEL_TEST_PROMTOOL
+KEEL_TEST_OIDC_MODULES="$(echo "$TOOLS" | sed -n 4p)"
+export KEEL_TEST_PYTHON KEEL_TEST_S3RVER KEEL_TEST_PROMTOOL KEEL_TEST_OIDC_MODULES
 echo "KEEL_TEST_PYTHON=$KEEL_TEST_PYTHON"
 echo "KEEL_TEST_S3RVER=$KEEL_TEST_S3RVER"
+echo "KEEL_TEST_OIDC_MODULES=$KEEL_TEST_OIDC_MODULES"
 echo "KEEL_TEST_PROMTOOL=$KEEL_TEST_PROMTOOL"
 
 # --- override (testing this script without cargo) -----------------------------

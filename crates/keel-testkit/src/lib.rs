@@ -957,3 +957,73 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real OpenID provider for the sign-in tests: oidc-provider (npm, OpenID Certified) run by
+/// `scripts/oidc-test-provider.mjs` on a free loopback port, with the client `keel` /
+/// `keel-secret`. `scripts/test-tools.sh` installs it; the test script exports where as
+/// `KEEL_TEST_OIDC_MODULES`. An authorization request signs in the account named by its
+/// `login_hint` (`name@example.com`, verified; `name+unverified@example.com`, not).
+pub struct OidcProvider {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl OidcProvider {
+    pub const CLIENT_ID: &'static str = "keel";
+    pub const CLIENT_SECRET: &'static str = "keel-secret";
+
+    /// Starts with signing key `kid`, the clock shifted by `clock_offset` seconds.
+    pub fn start(kid: &str, clock_offset: i64) -> OidcProvider {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut provider = OidcProvider { child: None, port };
+        provider.restart(kid, clock_offset);
+        provider
+    }
+
+    /// Stops it (if running) and starts it again on the same port with a fresh key `kid`: a
+    /// key rotation, as the provider's clients see it.
+    pub fn restart(&mut self, kid: &str, clock_offset: i64) {
+        self.stop();
+        let modules = std::env::var("KEEL_TEST_OIDC_MODULES").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/oidc-provider").to_string()
+        });
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/oidc-test-provider.mjs");
+        let child = std::process::Command::new("node")
+            .arg(script)
+            .args(["--modules", &modules, "--port", &self.port.to_string(), "--kid", kid])
+            .args(["--clock-offset", &clock_offset.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node ({e}); run scripts/test-tools.sh"));
+        self.child = Some(child);
+        wait_for_port(self.port, 30, "oidc-provider (run scripts/test-tools.sh)");
+    }
+
+    /// Stops it: the provider is down.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "oidc-provider did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -456,7 +456,76 @@ async fn wrong_codes_lock_the_account(backend: Backend) {
     assert_eq!(locked.code(), "login_locked");
 }
 
+/// Enrols and confirms TOTP for the token's user (whose password is the testkit's); answers
+/// the generator of its codes.
+pub(crate) async fn enrol_totp(app: &TestApp, token: &str) -> totp_rs::Totp {
+    let enrolled = app
+        .post(
+            "/api/v1/auth/mfa/totp/enroll",
+            token,
+            json!({"password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(enrolled.status, 200, "{}", enrolled.text);
+    let secret = enrolled.body["secret"].as_str().unwrap();
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
+        .build()
+        .unwrap();
+    let code = totp.generate(chrono::Utc::now().timestamp() as u64).to_string();
+    let confirmed = app
+        .post("/api/v1/auth/mfa/totp/confirm", token, json!({"code": code}))
+        .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    totp
+}
+
+async fn an_org_can_require_a_second_factor(backend: Backend) {
+    let app = app(backend).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let (_, admin) = app.member(&owner, "acme", "admin@example.com", "admin").await;
+    let (_, member) = app.member(&owner, "acme", "member@example.com", "member").await;
+    let key = app
+        .post("/api/v1/orgs/acme/api_keys", &owner, json!({"name": "ci", "role": "member"}))
+        .await;
+    let key = key.body["token"].as_str().expect("an API key").to_string();
+    let require = |token: String, on: bool| {
+        let app = &app;
+        async move { app.patch("/api/v1/orgs/acme", &token, json!({"require_mfa": on})).await }
+    };
+    // Only owners; and an owner without a second factor would lock themselves out.
+    let by_admin = require(admin.clone(), true).await;
+    assert_eq!((by_admin.status.as_u16(), by_admin.code()), (403, "forbidden"));
+    let unenrolled = require(owner.clone(), true).await;
+    assert_eq!((unenrolled.status.as_u16(), unenrolled.code()), (403, "mfa_required"));
+    enrol_totp(&app, &owner).await;
+    let on = require(owner.clone(), true).await;
+    assert_eq!(on.status, 200, "{}", on.text);
+    assert_eq!(on.body["org"]["require_mfa"], true);
+
+    // Members without one are refused everywhere in the org, and told what to do.
+    let refused = app.get("/api/v1/orgs/acme/projects", &member).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (403, "mfa_required"), "{}", refused.text);
+    assert_eq!(app.get("/api/v1/orgs/acme", &admin).await.code(), "mfa_required");
+    // They still see that they belong to it, and can enrol.
+    let listed = app.get("/api/v1/orgs", &member).await;
+    assert_eq!(listed.body["items"][0]["org"]["require_mfa"], true, "{}", listed.text);
+    enrol_totp(&app, &member).await;
+    assert_eq!(app.get("/api/v1/orgs/acme/projects", &member).await.status, 200);
+    // API keys are not people; the owner's own access is unchanged.
+    assert_eq!(app.get("/api/v1/orgs/acme/projects", &key).await.status, 200);
+    assert_eq!(app.get("/api/v1/orgs/acme", &owner).await.status, 200);
+
+    let off = require(owner.clone(), false).await;
+    assert_eq!(off.body["org"]["require_mfa"], false);
+    assert_eq!(app.get("/api/v1/orgs/acme/projects", &admin).await.status, 200);
+    let bad = app.patch("/api/v1/orgs/acme", &owner, json!({"require_mfa": "yes"})).await;
+    assert_eq!(bad.status, 400);
+}
+
 both!(
+    an_org_can_require_a_second_factor,
     a_second_factor_guards_sign_in,
     wrong_codes_lock_the_account,
     a_disabled_account_cannot_sign_in,

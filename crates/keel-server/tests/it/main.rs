@@ -18,6 +18,7 @@ mod jobs;
 mod jobs_handlers;
 mod jobs_store;
 mod migrate;
+mod oidc;
 mod ops;
 mod orgs;
 mod protect;
