@@ -988,9 +988,8 @@ impl OidcProvider {
     /// key rotation, as the provider's clients see it.
     pub fn restart(&mut self, kid: &str, clock_offset: i64) {
         self.stop();
-        let modules = std::env::var("KEEL_TEST_OIDC_MODULES").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/oidc-provider").to_string()
-        });
+        let modules = std::env::var("KEEL_TEST_OIDC_MODULES")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/oidc-provider").to_string());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/oidc-test-provider.mjs");
         let child = std::process::Command::new("node")
             .arg(script)

@@ -203,44 +203,6 @@ pub async fn status(state: &AppState, user: &User) -> ApiResult<Value> {
     Ok(json!({ "totp": enrolled, "recovery_codes_left": left }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// RFC 6238, appendix B (SHA-1): the codes Keel's parameters give are the RFC's, cut to
-    /// six digits.
-    #[test]
-    fn codes_follow_rfc_6238() {
-        let totp = Builder::new()
-            .with_secret(Secret::from(b"12345678901234567890".to_vec()))
-            .build()
-            .unwrap();
-        for (time, code) in [
-            (59, "287082"),
-            (1_111_111_109, "081804"),
-            (1_111_111_111, "050471"),
-            (1_234_567_890, "005924"),
-            (2_000_000_000, "279037"),
-            (20_000_000_000, "353130"),
-        ] {
-            assert_eq!(totp.generate(time).to_string(), code, "at {time}");
-            assert_eq!(totp.check(code, time), Some(time / 30), "at {time}");
-        }
-        // One step either way is accepted, two are not.
-        assert!(totp.check("287082", 59 + 30).is_some());
-        assert!(totp.check("287082", 59 + 60).is_none());
-    }
-
-    #[test]
-    fn recovery_codes_are_two_groups_of_five() {
-        let code = recovery_code();
-        assert_eq!(code.len(), 11);
-        assert_eq!(&code[5..6], "-");
-        assert_eq!(normalize_recovery(&code.to_uppercase()).len(), 10);
-        assert_ne!(recovery_code(), recovery_code());
-    }
-}
-
 fn mfa_required() -> ApiError {
     ApiError::new(
         "mfa_required",
@@ -279,7 +241,10 @@ pub async fn require_for_org(
         return Err(ApiError::forbidden());
     };
     if !superuser && !owner {
-        return Err(ApiError::new("forbidden", "only the org's owners change its security settings"));
+        return Err(ApiError::new(
+            "forbidden",
+            "only the org's owners change its security settings",
+        ));
     }
     if required && !superuser && !enrolled(state, user.id).await? {
         return Err(mfa_required());
@@ -300,4 +265,42 @@ pub async fn require_for_org(
         require_mfa: required,
         ..org.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6238, appendix B (SHA-1): the codes Keel's parameters give are the RFC's, cut to
+    /// six digits.
+    #[test]
+    fn codes_follow_rfc_6238() {
+        let totp = Builder::new()
+            .with_secret(Secret::from(b"12345678901234567890".to_vec()))
+            .build()
+            .unwrap();
+        for (time, code) in [
+            (59, "287082"),
+            (1_111_111_109, "081804"),
+            (1_111_111_111, "050471"),
+            (1_234_567_890, "005924"),
+            (2_000_000_000, "279037"),
+            (20_000_000_000, "353130"),
+        ] {
+            assert_eq!(totp.generate(time).to_string(), code, "at {time}");
+            assert_eq!(totp.check(code, time), Some(time / 30), "at {time}");
+        }
+        // One step either way is accepted, two are not.
+        assert!(totp.check("287082", 59 + 30).is_some());
+        assert!(totp.check("287082", 59 + 60).is_none());
+    }
+
+    #[test]
+    fn recovery_codes_are_two_groups_of_five() {
+        let code = recovery_code();
+        assert_eq!(code.len(), 11);
+        assert_eq!(&code[5..6], "-");
+        assert_eq!(normalize_recovery(&code.to_uppercase()).len(), 10);
+        assert_ne!(recovery_code(), recovery_code());
+    }
 }

@@ -31,11 +31,7 @@ pub async fn providers(State(state): State<AppState>) -> impl IntoResponse {
     Json(oidc::list(&state))
 }
 
-pub async fn start(
-    State(state): State<AppState>,
-    Path(provider): Path<String>,
-    params: Params,
-) -> ApiResult<Response> {
+pub async fn start(State(state): State<AppState>, Path(provider): Path<String>, params: Params) -> ApiResult<Response> {
     params.only(&["redirect", "login_hint", "resume"])?;
     let asked = StartRequest {
         redirect: params.get("redirect"),
@@ -102,7 +98,9 @@ pub async fn link(
     Path(provider): Path<String>,
     ApiJson(body): ApiJson<Link>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(oidc::start_link(&state, &principal, &provider, &body.redirect).await?))
+    Ok(Json(
+        oidc::start_link(&state, &principal, &provider, &body.redirect).await?,
+    ))
 }
 
 pub async fn unlink(

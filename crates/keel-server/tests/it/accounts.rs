@@ -487,7 +487,11 @@ async fn an_org_can_require_a_second_factor(backend: Backend) {
     let (_, admin) = app.member(&owner, "acme", "admin@example.com", "admin").await;
     let (_, member) = app.member(&owner, "acme", "member@example.com", "member").await;
     let key = app
-        .post("/api/v1/orgs/acme/api_keys", &owner, json!({"name": "ci", "role": "member"}))
+        .post(
+            "/api/v1/orgs/acme/api_keys",
+            &owner,
+            json!({"name": "ci", "role": "member"}),
+        )
         .await;
     let key = key.body["token"].as_str().expect("an API key").to_string();
     let require = |token: String, on: bool| {
@@ -506,7 +510,12 @@ async fn an_org_can_require_a_second_factor(backend: Backend) {
 
     // Members without one are refused everywhere in the org, and told what to do.
     let refused = app.get("/api/v1/orgs/acme/projects", &member).await;
-    assert_eq!((refused.status.as_u16(), refused.code()), (403, "mfa_required"), "{}", refused.text);
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (403, "mfa_required"),
+        "{}",
+        refused.text
+    );
     assert_eq!(app.get("/api/v1/orgs/acme", &admin).await.code(), "mfa_required");
     // They still see that they belong to it, and can enrol.
     let listed = app.get("/api/v1/orgs", &member).await;
@@ -520,7 +529,9 @@ async fn an_org_can_require_a_second_factor(backend: Backend) {
     let off = require(owner.clone(), false).await;
     assert_eq!(off.body["org"]["require_mfa"], false);
     assert_eq!(app.get("/api/v1/orgs/acme/projects", &admin).await.status, 200);
-    let bad = app.patch("/api/v1/orgs/acme", &owner, json!({"require_mfa": "yes"})).await;
+    let bad = app
+        .patch("/api/v1/orgs/acme", &owner, json!({"require_mfa": "yes"}))
+        .await;
     assert_eq!(bad.status, 400);
 }
 

@@ -58,7 +58,9 @@ impl Browser {
         let jar = self.jar.entry(host.to_string()).or_default();
         for line in set_cookies {
             let pair = line.split(';').next().unwrap_or("");
-            let Some((name, value)) = pair.split_once('=') else { continue };
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
             if value.is_empty() || line.contains("Max-Age=0") {
                 jar.remove(name.trim());
             } else {
@@ -71,7 +73,11 @@ impl Browser {
     async fn keel(&mut self, app: &TestApp, url: &str) -> TestResponse {
         let path = url.strip_prefix(PUBLIC).unwrap_or(url);
         let cookies = self.cookies("keel.test");
-        let headers = if cookies.is_empty() { vec![] } else { vec![("cookie".to_string(), cookies)] };
+        let headers = if cookies.is_empty() {
+            vec![]
+        } else {
+            vec![("cookie".to_string(), cookies)]
+        };
         let response = app.request_with("GET", path, headers, None).await;
         let set: Vec<String> = response
             .headers
@@ -117,7 +123,10 @@ impl Browser {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let Some(location) = location else {
-                panic!("the provider answered {status}: {}", response.text().await.unwrap_or_default());
+                panic!(
+                    "the provider answered {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
             };
             next = parsed.join(&location).unwrap().to_string();
         }
@@ -166,8 +175,13 @@ async fn sign_in_with(
 /// The session a sign-in's code is exchanged for.
 async fn exchange(app: &TestApp, done: &str) -> TestResponse {
     let code = param(done, "oidc_code").unwrap_or_else(|| panic!("no oidc_code in {done}"));
-    app.request("POST", "/api/v1/auth/oidc/exchange", None, Some(json!({ "code": code })))
-        .await
+    app.request(
+        "POST",
+        "/api/v1/auth/oidc/exchange",
+        None,
+        Some(json!({ "code": code })),
+    )
+    .await
 }
 
 async fn users(app: &TestApp) -> i64 {
@@ -189,13 +203,22 @@ async fn a_first_sign_in_creates_a_verified_account_and_the_next_finds_it(backen
     let mut browser = Browser::default();
     let started = browser.keel(&app, &start_path("test", "alice@example.com")).await;
     let authorize = location(&started);
-    assert!(authorize.starts_with(&format!("{}/auth?", provider.issuer())), "{authorize}");
+    assert!(
+        authorize.starts_with(&format!("{}/auth?", provider.issuer())),
+        "{authorize}"
+    );
     for needed in ["state", "nonce", "code_challenge"] {
-        assert!(param(&authorize, needed).is_some_and(|v| v.len() >= 43), "{needed} in {authorize}");
+        assert!(
+            param(&authorize, needed).is_some_and(|v| v.len() >= 43),
+            "{needed} in {authorize}"
+        );
     }
     assert_eq!(param(&authorize, "code_challenge_method").as_deref(), Some("S256"));
     let cookie = started.header("set-cookie").unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     // The provider sends the browser back to another instance: the flow's state is shared.
     let other = app.sibling().await;
     let back = browser.at_provider(&authorize).await;
@@ -283,8 +306,19 @@ async fn a_verified_address_links_an_account_and_an_unverified_one_never(backend
 
     // The provider does not vouch for bob's address: nothing is linked or created.
     let before = users(&app).await;
-    let done = sign_in_with(&app, &mut Browser::default(), "test", "bob+unverified@example.com", |u| u).await;
-    assert_eq!(param(&done, "oidc_error").as_deref(), Some("oidc_email_unverified"), "{done}");
+    let done = sign_in_with(
+        &app,
+        &mut Browser::default(),
+        "test",
+        "bob+unverified@example.com",
+        |u| u,
+    )
+    .await;
+    assert_eq!(
+        param(&done, "oidc_error").as_deref(),
+        Some("oidc_email_unverified"),
+        "{done}"
+    );
     assert!(param(&done, "oidc_code").is_none());
     assert_eq!(users(&app).await, before);
 }
@@ -301,7 +335,12 @@ async fn tampered_flows_are_refused_and_leave_nothing(backend: Backend) {
     let state = param(&back, "state").unwrap();
     let forged = back.replace(&state, &format!("{}A", &state[..42]));
     let refused = browser.keel(&app, &forged).await;
-    assert_eq!((refused.status.as_u16(), refused.code()), (400, "invalid_state"), "{}", refused.text);
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (400, "invalid_state"),
+        "{}",
+        refused.text
+    );
 
     // The real callback, but from another browser (no binding cookie): login CSRF.
     let stranger = Browser::default().keel(&app, &back).await;
@@ -352,10 +391,17 @@ async fn tampered_flows_are_refused_and_leave_nothing(backend: Backend) {
     assert_eq!(unknown.status, 404);
     let bare = app.request("GET", "/api/v1/auth/oidc/test/start", None, None).await;
     assert_eq!(bare.code(), "invalid_query");
-    let no_state = app.request("GET", "/api/v1/auth/oidc/test/callback?code=x", None, None).await;
+    let no_state = app
+        .request("GET", "/api/v1/auth/oidc/test/callback?code=x", None, None)
+        .await;
     assert_eq!(no_state.code(), "invalid_state");
     let forged_code = app
-        .request("POST", "/api/v1/auth/oidc/exchange", None, Some(json!({"code": "ko_forged"})))
+        .request(
+            "POST",
+            "/api/v1/auth/oidc/exchange",
+            None,
+            Some(json!({"code": "ko_forged"})),
+        )
         .await;
     assert_eq!(forged_code.code(), "invalid_token");
 }
@@ -389,8 +435,15 @@ async fn a_provider_that_is_down_is_a_clear_502(backend: Backend) {
     let app = app(backend, &provider, |_| {}).await;
     // Down before Keel ever reached it: no discovery, so no sign-in can start.
     provider.stop();
-    let refused = Browser::default().keel(&app, &start_path("test", "heidi@example.com")).await;
-    assert_eq!((refused.status.as_u16(), refused.code()), (502, "oidc_unavailable"), "{}", refused.text);
+    let refused = Browser::default()
+        .keel(&app, &start_path("test", "heidi@example.com"))
+        .await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (502, "oidc_unavailable"),
+        "{}",
+        refused.text
+    );
 
     // Down between the user's consent and the code exchange.
     provider.restart("key-1", 0);
@@ -399,7 +452,11 @@ async fn a_provider_that_is_down_is_a_clear_502(backend: Backend) {
     let back = browser.at_provider(&authorize).await;
     provider.stop();
     let done = location(&browser.keel(&app, &back).await);
-    assert_eq!(param(&done, "oidc_error").as_deref(), Some("oidc_unavailable"), "{done}");
+    assert_eq!(
+        param(&done, "oidc_error").as_deref(),
+        Some("oidc_unavailable"),
+        "{done}"
+    );
     assert_eq!(users(&app).await, 0, "nothing half-created");
     let metrics = app.request("GET", "/metrics", None, None).await.text;
     assert!(
@@ -417,7 +474,10 @@ async fn a_signed_in_user_links_and_unlinks_a_provider(backend: Backend) {
         .await;
     assert_eq!(linked.status, 200, "{}", linked.text);
     let url = linked.body["url"].as_str().unwrap().to_string();
-    assert!(url.starts_with(&format!("{PUBLIC}/api/v1/auth/oidc/test/start?resume=")), "{url}");
+    assert!(
+        url.starts_with(&format!("{PUBLIC}/api/v1/auth/oidc/test/start?resume=")),
+        "{url}"
+    );
     // The browser opens it; the account at the provider is another address entirely.
     let mut browser = Browser::default();
     let authorize = location(&browser.keel(&app, &url).await);
@@ -449,7 +509,11 @@ async fn a_signed_in_user_links_and_unlinks_a_provider(backend: Backend) {
     let done = location(&browser.keel(&app, &back).await);
     assert_eq!(param(&done, "oidc_error").as_deref(), Some("identity_taken"), "{done}");
     let evil = app
-        .post("/api/v1/auth/oidc/test/link", &judy, json!({"redirect": "https://evil.test/"}))
+        .post(
+            "/api/v1/auth/oidc/test/link",
+            &judy,
+            json!({"redirect": "https://evil.test/"}),
+        )
         .await;
     assert_eq!(evil.code(), "redirect_not_allowed");
 
@@ -466,7 +530,10 @@ async fn plain_oauth2_signs_in_through_the_user_api(backend: Backend) {
     let app = app(backend, &provider, |_| {}).await;
     let mut browser = Browser::default();
     let authorize = location(&browser.keel(&app, &start_path("plain", "mallory@example.com")).await);
-    assert!(param(&authorize, "nonce").is_none(), "OAuth 2.0 has no nonce: {authorize}");
+    assert!(
+        param(&authorize, "nonce").is_none(),
+        "OAuth 2.0 has no nonce: {authorize}"
+    );
     let back = browser.at_provider(&authorize).await;
     let done = location(&browser.keel(&app, &back).await);
     let signed_in = exchange(&app, &done).await;
@@ -511,18 +578,18 @@ async fn a_second_factor_still_guards_a_provider_sign_in(backend: Backend) {
 #[test]
 fn providers_and_redirects_are_checked_at_start_up() {
     let mut config = keel_server::Config::default();
-    config
-        .auth
-        .oidc
-        .insert("corp".into(), toml_provider("issuer = \"https://id.example.com\"\nclient_id = \"k\""));
+    config.auth.oidc.insert(
+        "corp".into(),
+        toml_provider("issuer = \"https://id.example.com\"\nclient_id = \"k\""),
+    );
     let error = config.validate().unwrap_err().to_string();
     assert!(error.contains("auth.oidc_redirects"), "{error}");
     config.auth.oidc_redirects = vec!["https://app.example.com/*".into()];
     config.validate().unwrap();
-    config
-        .auth
-        .oidc
-        .insert("half".into(), toml_provider("authorize_url = \"https://id.example.com/a\"\nclient_id = \"k\""));
+    config.auth.oidc.insert(
+        "half".into(),
+        toml_provider("authorize_url = \"https://id.example.com/a\"\nclient_id = \"k\""),
+    );
     let error = config.validate().unwrap_err().to_string();
     assert!(error.contains("half"), "{error}");
     config.auth.oidc.remove("half");

@@ -83,7 +83,8 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         let mut statements = vec!["UPDATE keel_system SET version = 8 WHERE id = 1".to_string()];
         statements.extend(crate::identities::tables(dialect));
         steps.push(Step {
-            description: "sign-in with OpenID Connect providers and org-required second factors (system version 8)".into(),
+            description: "sign-in with OpenID Connect providers and org-required second factors (system version 8)"
+                .into(),
             statements,
             destructive: false,
         });

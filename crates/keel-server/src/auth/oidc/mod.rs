@@ -97,8 +97,14 @@ fn failure(state: &AppState, provider: &str, failure: Failure) -> ApiError {
     tracing::warn!(provider, code, %why, "sign-in with a provider failed");
     count(state, provider, code);
     match code {
-        "oidc_unavailable" => ApiError::new(code, format!("the sign-in provider '{provider}' cannot be reached; try again later")),
-        _ => ApiError::new(code, format!("the sign-in provider '{provider}' did not confirm who signed in")),
+        "oidc_unavailable" => ApiError::new(
+            code,
+            format!("the sign-in provider '{provider}' cannot be reached; try again later"),
+        ),
+        _ => ApiError::new(
+            code,
+            format!("the sign-in provider '{provider}' did not confirm who signed in"),
+        ),
     }
 }
 
@@ -112,7 +118,10 @@ fn count(state: &AppState, provider: &str, result: &str) {
 
 /// Where the provider sends the browser back to.
 fn callback_url(state: &AppState, provider: &str) -> String {
-    format!("{}/api/v1/auth/oidc/{provider}/callback", crate::auth::mail::public_url(&state.config))
+    format!(
+        "{}/api/v1/auth/oidc/{provider}/callback",
+        crate::auth::mail::public_url(&state.config)
+    )
 }
 
 /// `GET /api/v1/auth/oidc/providers`: the providers a sign-in page can offer.
@@ -172,15 +181,16 @@ pub async fn start(state: &AppState, name: &str, asked: StartRequest<'_>) -> Api
                 43 => identities::state_bind(&state.db, &token_hash(resumed), &token_hash(&binding)).await?,
                 _ => None,
             };
-            let flow = bound
-                .filter(|f| f.provider == name)
-                .ok_or_else(invalid_state)?;
+            let flow = bound.filter(|f| f.provider == name).ok_or_else(invalid_state)?;
             (resumed.to_string(), flow)
         }
         None => {
-            let redirect = asked
-                .redirect
-                .ok_or_else(|| ApiError::new("invalid_query", "redirect is required: where the browser goes when the sign-in ends"))?;
+            let redirect = asked.redirect.ok_or_else(|| {
+                ApiError::new(
+                    "invalid_query",
+                    "redirect is required: where the browser goes when the sign-in ends",
+                )
+            })?;
             check_redirect(state, redirect)?;
             let flow = FlowState {
                 provider: name.to_string(),
@@ -194,11 +204,23 @@ pub async fn start(state: &AppState, name: &str, asked: StartRequest<'_>) -> Api
         }
     };
     let location = provider
-        .authorize_url(&callback_url(state, name), &flow_state, &flow.nonce, &flow.verifier, asked.login_hint)
+        .authorize_url(
+            &callback_url(state, name),
+            &flow_state,
+            &flow.nonce,
+            &flow.verifier,
+            asked.login_hint,
+        )
         .await
         .map_err(|f| failure(state, name, f))?;
     if asked.resume.is_none() {
-        identities::state_insert(&state.db, &token_hash(&flow_state), &flow, Duration::minutes(FLOW_MINUTES)).await?;
+        identities::state_insert(
+            &state.db,
+            &token_hash(&flow_state),
+            &flow,
+            Duration::minutes(FLOW_MINUTES),
+        )
+        .await?;
     }
     Ok(Started {
         location,
@@ -268,7 +290,7 @@ pub async fn callback(state: &AppState, name: &str, given: CallbackRequest<'_>) 
             if !matches!(error.code, "oidc_unavailable" | "oidc_rejected") {
                 count(state, name, error.code);
             }
-            location.query_pairs_mut().append_pair("oidc_error", &error.code);
+            location.query_pairs_mut().append_pair("oidc_error", error.code);
         }
     }
     Ok(Started {
@@ -283,23 +305,38 @@ enum Finished {
     Linked,
 }
 
-async fn finish(state: &AppState, provider: &Provider, flow: &FlowState, given: &CallbackRequest<'_>) -> ApiResult<Finished> {
+async fn finish(
+    state: &AppState,
+    provider: &Provider,
+    flow: &FlowState,
+    given: &CallbackRequest<'_>,
+) -> ApiResult<Finished> {
     let name = provider.name.as_str();
     if let Some(error) = given.error {
         tracing::info!(provider = name, error = %error.chars().take(64).collect::<String>(), "the provider refused the sign-in");
-        return Err(ApiError::new("oidc_denied", "the sign-in was cancelled or refused at the provider"));
+        return Err(ApiError::new(
+            "oidc_denied",
+            "the sign-in was cancelled or refused at the provider",
+        ));
     }
     let code = given
         .code
         .filter(|c| !c.is_empty() && c.len() <= 2048)
         .ok_or_else(|| ApiError::new("oidc_rejected", "the provider sent no code"))?;
-    provider.check_issuer(given.iss).await.map_err(|f| failure(state, name, f))?;
+    provider
+        .check_issuer(given.iss)
+        .await
+        .map_err(|f| failure(state, name, f))?;
     let external = provider
         .user_of(code, &flow.verifier, &callback_url(state, name), &flow.nonce)
         .await
         .map_err(|f| failure(state, name, f))?;
     if external.subject.is_empty() || external.subject.len() > 255 {
-        return Err(failure(state, name, Failure::Rejected("the subject is empty or too long".into())));
+        return Err(failure(
+            state,
+            name,
+            Failure::Rejected("the subject is empty or too long".into()),
+        ));
     }
     let email = match (&external.email, external.email_verified) {
         (Some(email), true) => crate::auth::normalize_email(email).ok(),
@@ -311,7 +348,10 @@ async fn finish(state: &AppState, provider: &Provider, flow: &FlowState, given: 
     }
     let user = signed_in(state, provider, &external, email).await?;
     if user.disabled_at.is_some() {
-        return Err(ApiError::new("account_disabled", "this account is disabled; ask an administrator"));
+        return Err(ApiError::new(
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        ));
     }
     let code = crate::auth::new_token(CODE_PREFIX);
     accounts::token_insert(
@@ -333,7 +373,13 @@ fn identity_taken() -> ApiError {
     )
 }
 
-async fn link(state: &AppState, name: &str, external: &External, user: uuid::Uuid, email: Option<&str>) -> ApiResult<()> {
+async fn link(
+    state: &AppState,
+    name: &str,
+    external: &External,
+    user: uuid::Uuid,
+    email: Option<&str>,
+) -> ApiResult<()> {
     if let Some(owner) = identities::identity_user(&state.db, name, &external.subject, email).await? {
         return if owner == user { Ok(()) } else { Err(identity_taken()) };
     }
@@ -355,7 +401,12 @@ fn unique_is_taken(error: StoreError) -> ApiError {
 }
 
 /// The account a provider's user signs in to (see the module's comment).
-async fn signed_in(state: &AppState, provider: &Provider, external: &External, email: Option<String>) -> ApiResult<User> {
+async fn signed_in(
+    state: &AppState,
+    provider: &Provider,
+    external: &External,
+    email: Option<String>,
+) -> ApiResult<User> {
     let name = provider.name.as_str();
     if let Some(user) = identities::identity_user(&state.db, name, &external.subject, email.as_deref()).await? {
         return system::user_by_id(&state.db, user)
@@ -397,7 +448,10 @@ async fn signed_in(state: &AppState, provider: &Provider, external: &External, e
                     "sign-up is closed; ask an administrator for an account",
                 ));
             }
-            let name_given = external.name.as_deref().map(|n| n.chars().take(200).collect::<String>());
+            let name_given = external
+                .name
+                .as_deref()
+                .map(|n| n.chars().take(200).collect::<String>());
             system::user_insert_in(
                 &mut tx,
                 NewUser {
@@ -448,7 +502,10 @@ pub async fn exchange(state: &AppState, code: &str) -> ApiResult<Exchanged> {
         .await?
         .ok_or_else(invalid)?;
     if user.disabled_at.is_some() {
-        return Err(ApiError::new("account_disabled", "this account is disabled; ask an administrator"));
+        return Err(ApiError::new(
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        ));
     }
     Ok(match crate::auth::mfa::challenge(state, &user).await? {
         Some(mfa_token) => Exchanged::SecondFactor { mfa_token },
@@ -465,7 +522,12 @@ fn user_of(principal: &Principal) -> ApiResult<&User> {
 
 /// `POST /api/v1/auth/oidc/{provider}/link {redirect}`: a URL that, opened in the browser,
 /// links the caller's account at the provider to the signed-in user.
-pub async fn start_link(state: &AppState, principal: &Principal, name: &str, redirect: &str) -> ApiResult<serde_json::Value> {
+pub async fn start_link(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    redirect: &str,
+) -> ApiResult<serde_json::Value> {
     let user = user_of(principal)?;
     state.oidc.get(name)?;
     check_redirect(state, redirect)?;
@@ -478,7 +540,13 @@ pub async fn start_link(state: &AppState, principal: &Principal, name: &str, red
         redirect: redirect.to_string(),
         link_user: Some(user.id),
     };
-    identities::state_insert(&state.db, &token_hash(&flow_state), &flow, Duration::minutes(FLOW_MINUTES)).await?;
+    identities::state_insert(
+        &state.db,
+        &token_hash(&flow_state),
+        &flow,
+        Duration::minutes(FLOW_MINUTES),
+    )
+    .await?;
     let mut url = url::Url::parse(&format!(
         "{}/api/v1/auth/oidc/{name}/start",
         crate::auth::mail::public_url(&state.config)

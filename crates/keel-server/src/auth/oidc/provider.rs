@@ -261,7 +261,13 @@ impl Provider {
     }
 
     /// Exchanges the code (with the PKCE verifier) and answers who signed in.
-    pub async fn user_of(&self, code: &str, verifier: &str, redirect_uri: &str, nonce: &str) -> Result<External, Failure> {
+    pub async fn user_of(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+    ) -> Result<External, Failure> {
         let endpoints = self.endpoints().await?;
         let mut form = vec![
             ("grant_type", "authorization_code"),
@@ -310,7 +316,9 @@ impl Provider {
                     }
                     user.email = info.get("email").and_then(Value::as_str).map(str::to_string);
                     user.email_verified = flag(info.get("email_verified"));
-                    user.name = user.name.or_else(|| info.get("name").and_then(Value::as_str).map(str::to_string));
+                    user.name = user
+                        .name
+                        .or_else(|| info.get("name").and_then(Value::as_str).map(str::to_string));
                 }
                 Ok(user)
             }
@@ -339,7 +347,10 @@ impl Provider {
                         .into_iter()
                         .flatten()
                         .find(|e| e.get("primary").and_then(Value::as_bool) == Some(true));
-                    user.email = primary.and_then(|e| e.get("email")).and_then(Value::as_str).map(str::to_string);
+                    user.email = primary
+                        .and_then(|e| e.get("email"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
                     user.email_verified = flag(primary.and_then(|e| e.get("verified")));
                 }
                 Ok(user)
@@ -433,7 +444,9 @@ async fn read_json(url: &str, mut response: reqwest::Response) -> Result<Value, 
         .map_err(|e| Failure::Unavailable(format!("{url}: {e}")))?
     {
         if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(Failure::Rejected(format!("{url}: the answer is larger than {MAX_ANSWER} bytes")));
+            return Err(Failure::Rejected(format!(
+                "{url}: the answer is larger than {MAX_ANSWER} bytes"
+            )));
         }
         body.extend_from_slice(&chunk);
     }

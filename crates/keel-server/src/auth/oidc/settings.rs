@@ -99,7 +99,9 @@ impl OidcProvider {
             return self.scopes.join(" ");
         }
         match self.protocol() {
-            Some(Protocol::OAuth2 { emails_url: Some(_), .. }) => "read:user user:email".into(),
+            Some(Protocol::OAuth2 {
+                emails_url: Some(_), ..
+            }) => "read:user user:email".into(),
             _ => "openid email profile".into(),
         }
     }
@@ -122,7 +124,11 @@ pub fn validate(providers: &std::collections::BTreeMap<String, OidcProvider>, re
                 format!("provider name '{name}' must be 1-32 characters: a-z, 0-9, '-' or '_'"),
             );
         }
-        if provider.preset.as_deref().is_some_and(|p| p != "google" && p != "github") {
+        if provider
+            .preset
+            .as_deref()
+            .is_some_and(|p| p != "google" && p != "github")
+        {
             return invalid("auth.oidc", format!("{name}: preset must be 'google' or 'github'"));
         }
         let Some(protocol) = provider.protocol() else {
@@ -163,7 +169,10 @@ pub fn validate(providers: &std::collections::BTreeMap<String, OidcProvider>, re
         // A prefix must end inside the path, so `https://app.example.com*` cannot match
         // `https://app.example.com.evil.test`.
         let prefix_ok = !pattern.ends_with('*') || base[parsed.origin().ascii_serialization().len()..].starts_with('/');
-        if !matches!(parsed.scheme(), "http" | "https") || base.contains('*') || !prefix_ok || parsed.fragment().is_some()
+        if !matches!(parsed.scheme(), "http" | "https")
+            || base.contains('*')
+            || !prefix_ok
+            || parsed.fragment().is_some()
         {
             return invalid(
                 "auth.oidc_redirects",
