@@ -212,6 +212,12 @@ pub const METRICS: &[MetricDoc] = &[
         "Verification, email-change and reset links used successfully.",
     ),
     m(
+        "keel_oidc_signins_total",
+        "counter",
+        &["provider", "result"],
+        "Sign-ins with a provider by how they ended: `signed_in`, `linked`, or an error code (`oidc_unavailable`, `oidc_rejected`, `invalid_state`, `oidc_email_unverified`, …).",
+    ),
+    m(
         "keel_backup_runs_total",
         "counter",
         &["result"],

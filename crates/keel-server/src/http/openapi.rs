@@ -410,6 +410,59 @@ pub fn document(app: &App) -> Value {
     })
 }
 
+/// Sign-in with providers (A4): start and callback are browser redirects (303).
+fn oidc_paths(
+    paths: &mut Map<String, Value>,
+    body: &dyn Fn(Value) -> Value,
+    ok: &dyn Fn(&str, &str, &[u16]) -> Value,
+    empty: &dyn Fn(&[u16]) -> Value,
+) {
+    let public = json!([]);
+    let provider = path_parameter("provider", json!({ "type": "string" }));
+    let redirect = |errors: &[u16], description: &str| {
+        let mut responses = error_responses(errors);
+        responses.insert(
+            "303".into(),
+            json!({ "description": description, "headers": {
+            "Location": { "schema": { "type": "string" } }, "Set-Cookie": { "schema": { "type": "string" } } } }),
+        );
+        Value::Object(responses)
+    };
+    paths.insert(
+        "/api/v1/auth/oidc/providers".into(),
+        json!({ "get": { "operationId": "list_sign_in_providers", "tags": ["auth"], "security": public,
+        "responses": ok("200", "{items: [{name, display_name, start}]}", &[]) } }),
+    );
+    paths.insert("/api/v1/auth/oidc/identities".into(), json!({ "get": { "operationId": "list_identities", "tags": ["auth"],
+        "responses": ok("200", "{items: [{provider, subject, email, created_at, last_used_at}]}", &[400, 401, 403]) } }));
+    paths.insert("/api/v1/auth/oidc/exchange".into(), json!({ "post": { "operationId": "exchange_sign_in_code", "tags": ["auth"], "security": public,
+        "description": "The `oidc_code` a provider sign-in ended with, for a session (or `{mfa_required, mfa_token}`), once, within 2 minutes.",
+        "requestBody": body(json!({ "type": "object", "required": ["code"], "additionalProperties": false, "properties": {
+            "code": { "type": "string", "maxLength": 64 }, "cookie": { "type": "boolean" } } })),
+        "responses": ok("200", "a session, as login answers it", &[400, 403, 415]) } }));
+    paths.insert("/api/v1/auth/oidc/{provider}/start".into(), json!({ "get": { "operationId": "start_sign_in", "tags": ["auth"], "security": public,
+        "parameters": [provider.clone(),
+            query_parameter("redirect", "where the browser goes when the sign-in ends: a URL on `auth.oidc_redirects`", json!({ "type": "string", "maxLength": 2048 })),
+            query_parameter("login_hint", "passed to the provider", json!({ "type": "string", "maxLength": 254 })),
+            query_parameter("resume", "a link flow's state, from `POST …/link`", json!({ "type": "string" }))],
+        "responses": redirect(&[400, 404, 502], "to the provider, with the cookie that binds the flow to this browser") } }));
+    paths.insert("/api/v1/auth/oidc/{provider}/callback".into(), json!({ "get": { "operationId": "sign_in_callback", "tags": ["auth"], "security": public,
+        "description": "Where the provider sends the browser back; it goes on to the flow's redirect with `oidc_code`, `oidc_linked` or `oidc_error`.",
+        "parameters": [provider.clone(),
+            query_parameter("state", "the flow's state", json!({ "type": "string" })),
+            query_parameter("code", "the provider's authorization code", json!({ "type": "string" })),
+            query_parameter("error", "the provider's error", json!({ "type": "string" })),
+            query_parameter("iss", "the provider's issuer (RFC 9207)", json!({ "type": "string" }))],
+        "responses": redirect(&[400, 404], "to the flow's redirect") } }));
+    paths.insert("/api/v1/auth/oidc/{provider}/link".into(), json!({
+        "post": { "operationId": "link_identity", "tags": ["auth"], "parameters": [provider.clone()],
+            "description": "A URL (`{url, expires_at}`) that links the caller's account at the provider when opened in a browser.",
+            "requestBody": body(json!({ "type": "object", "required": ["redirect"], "additionalProperties": false, "properties": { "redirect": { "type": "string", "maxLength": 2048 } } })),
+            "responses": ok("200", "{url, expires_at}", &[400, 401, 403, 404, 415]) },
+        "delete": { "operationId": "unlink_identity", "tags": ["auth"], "parameters": [provider], "responses": empty(&[400, 401, 403, 404, 409]) }
+    }));
+}
+
 /// Auth, orgs, members, API keys and operations routes.
 fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, app: &App) {
     let roles = json!({ "type": "string", "enum": app.roles });
@@ -426,7 +479,8 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "Org".into(),
         json!({ "type": "object", "required": ["id", "slug", "name"], "properties": {
             "id": { "type": "string", "format": "uuid" }, "slug": { "type": "string" }, "name": { "type": "string" },
-            "created_at": { "type": "string", "format": "date-time" } } }),
+            "created_at": { "type": "string", "format": "date-time" },
+            "require_mfa": { "type": "boolean", "description": "members need a second factor to use the org (403 `mfa_required` until they enrol)" } } }),
     );
     let body = |schema: Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
     let ok = |code: &str, description: &str, errors: &[u16]| {
@@ -515,6 +569,7 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "requestBody": body(json!({ "type": "object", "required": ["token", "password"], "additionalProperties": false, "properties": {
             "token": token, "password": { "type": "string", "maxLength": 256 } } })),
         "responses": ok("200", "the user and how many sessions ended", &[400, 415, 429]) } }));
+    oidc_paths(paths, &body, &ok, &empty);
     paths.insert("/api/v1/auth/me".into(), json!({ "get": { "operationId": "me", "tags": ["auth"], "responses": ok("200", "the caller and memberships", &[401]) } }));
     let org = path_parameter("org", json!({ "type": "string" }));
     let page = vec![
@@ -534,6 +589,13 @@ fn system_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>
         "post": { "operationId": "create_org", "tags": ["orgs"], "requestBody": body(json!({ "type": "object", "required": ["slug", "name"], "additionalProperties": false, "properties": {
             "slug": { "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$" }, "name": { "type": "string", "minLength": 1, "maxLength": 200 } } })),
             "responses": ok("201", "the org", &[400, 401, 403, 409, 415]) }
+    }));
+    paths.insert("/api/v1/orgs/{org}".into(), json!({
+        "get": { "operationId": "get_org", "tags": ["orgs"], "parameters": [org.clone()], "responses": ok("200", "{org, role}", &[401, 403, 404]) },
+        "patch": { "operationId": "update_org", "tags": ["orgs"], "parameters": [org.clone()],
+            "description": "The org's security settings, by its owners: `require_mfa` (an owner must have a second factor to turn it on).",
+            "requestBody": body(json!({ "type": "object", "required": ["require_mfa"], "additionalProperties": false, "properties": { "require_mfa": { "type": "boolean" } } })),
+            "responses": ok("200", "{org, role}", &[400, 401, 403, 404, 415]) }
     }));
     let mut members_params = vec![org.clone()];
     members_params.extend(page.clone());

@@ -598,6 +598,23 @@ fn providers_and_redirects_are_checked_at_start_up() {
         .oidc
         .insert("gh".into(), toml_provider("preset = \"github\"\nclient_id = \"k\""));
     config.validate().unwrap();
+
+    // The secret from the environment, merged into the file's table.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    std::fs::write(
+        &file,
+        "[auth]\noidc_redirects = [\"https://app.example.com/done\"]\n[auth.oidc.corp]\nissuer = \"https://id.example.com\"\nclient_id = \"k\"\n",
+    )
+    .unwrap();
+    let env = vec![(
+        "KEEL_AUTH__OIDC".to_string(),
+        "{ corp = { client_secret = \"from-env\" } }".to_string(),
+    )];
+    let loaded = keel_server::Config::load(Some(&file), env, vec![]).unwrap();
+    let corp = &loaded.auth.oidc["corp"];
+    assert_eq!(corp.client_id, "k");
+    assert_eq!(corp.client_secret.as_ref().unwrap().0, "from-env");
 }
 
 both!(

@@ -376,7 +376,20 @@ impl Provider {
                 return Err(Failure::Rejected(format!("no key {kid:?} in the provider's key set")));
             }
         }
-        let value = self.get_json(uri, None).await?;
+        let value = match self.get_json(uri, None).await {
+            Ok(value) => value,
+            // A key Keel has (past its hour) serves while the provider cannot be reached.
+            Err(Failure::Unavailable(why)) => {
+                return match cached.as_ref().and_then(|(set, _)| find(set)) {
+                    Some(key) => {
+                        tracing::warn!(provider = %self.name, %why, "the provider's key set cannot be read; using the cached one");
+                        Ok(key)
+                    }
+                    None => Err(Failure::Unavailable(why)),
+                };
+            }
+            Err(other) => return Err(other),
+        };
         let set: JwkSet =
             serde_json::from_value(value).map_err(|e| Failure::Rejected(format!("{uri}: not a key set: {e}")))?;
         let key = find(&set);
