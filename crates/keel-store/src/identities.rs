@@ -34,8 +34,10 @@ pub fn tables(dialect: Dialect) -> Vec<String> {
         ),
         "CREATE UNIQUE INDEX keel_identities_user ON keel_identities (user_id, provider)".to_string(),
         format!(
-            "CREATE TABLE keel_oidc_states (state_hash TEXT PRIMARY KEY, provider TEXT NOT NULL, binding_hash TEXT, nonce TEXT NOT NULL, verifier TEXT NOT NULL, redirect TEXT NOT NULL, link_user {uuid} REFERENCES keel_users (id) ON DELETE CASCADE, created_at {ts} NOT NULL, expires_at {ts} NOT NULL)"
+            "CREATE TABLE keel_oidc_states (state_hash TEXT PRIMARY KEY, provider TEXT NOT NULL, binding_hash TEXT, nonce TEXT NOT NULL, verifier TEXT NOT NULL, redirect TEXT NOT NULL, link_user {uuid} REFERENCES keel_users (id) ON DELETE CASCADE, client_challenge TEXT, created_at {ts} NOT NULL, expires_at {ts} NOT NULL)"
         ),
+        // The app's own PKCE challenge for the code a sign-in ends with (`code_take`).
+        "ALTER TABLE keel_account_tokens ADD COLUMN challenge TEXT".to_string(),
         "CREATE INDEX keel_oidc_states_expiry ON keel_oidc_states (expires_at)".to_string(),
         // An org's owners may require a second factor of its members (A5).
         format!("ALTER TABLE keel_orgs ADD COLUMN require_mfa {boolean} NOT NULL DEFAULT {no}"),
@@ -59,9 +61,12 @@ pub struct FlowState {
     pub redirect: String,
     /// The signed-in user who asked to link this provider; `None` for a sign-in.
     pub link_user: Option<Uuid>,
+    /// The app's PKCE challenge (S256) that the code this sign-in ends with must be
+    /// exchanged with, when the app gave one.
+    pub client_challenge: Option<String>,
 }
 
-const STATE_COLUMNS: &str = "provider, binding_hash, nonce, verifier, redirect, link_user";
+const STATE_COLUMNS: &str = "provider, binding_hash, nonce, verifier, redirect, link_user, client_challenge";
 
 fn state_from(row: &Row) -> Result<FlowState, StoreError> {
     let bad = || StoreError::Other("unexpected sign-in state row shape".into());
@@ -72,6 +77,7 @@ fn state_from(row: &Row) -> Result<FlowState, StoreError> {
         verifier: row[3].text().ok_or_else(bad)?.to_string(),
         redirect: row[4].text().ok_or_else(bad)?.to_string(),
         link_user: row[5].uuid(),
+        client_challenge: row[6].text().map(str::to_string),
     })
 }
 
@@ -87,6 +93,7 @@ pub async fn state_insert(db: &Db, state_hash: &str, state: &FlowState, ttl: Dur
         params.bind(SqlValue::Text(state.verifier.clone())),
         params.bind(SqlValue::Text(state.redirect.clone())),
         params.optional_uuid(state.link_user),
+        params.optional_text(state.client_challenge.as_deref()),
         params.bind(SqlValue::Datetime(now)),
         params.bind(SqlValue::Datetime(now + ttl)),
     ];
@@ -136,7 +143,7 @@ pub async fn state_take(db: &Db, state_hash: &str) -> Result<Option<FlowState>, 
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    if row[6].datetime().is_none_or(|at| at <= now()) {
+    if row[7].datetime().is_none_or(|at| at <= now()) {
         return Ok(None);
     }
     state_from(row).map(Some)
@@ -153,6 +160,63 @@ pub async fn states_prune(db: &Db, now: DateTime<Utc>) -> Result<u64, StoreError
         .await?;
     tx.commit().await?;
     Ok(n)
+}
+
+/// Stores the one-time code a sign-in ends with (an account token of purpose
+/// `oidc_sign_in`, replacing the user's older one), with the app's PKCE challenge if any.
+pub async fn code_insert(
+    db: &Db,
+    code_hash: &str,
+    user: Uuid,
+    email: &str,
+    challenge: Option<&str>,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let now = now();
+    let mut tx = db.begin().await?;
+    crate::accounts::tokens_drop_in(&mut tx, user, crate::accounts::Purpose::OidcSignIn).await?;
+    let mut params = Params::default();
+    let values = [
+        params.bind(SqlValue::Text(code_hash.to_string())),
+        params.bind(SqlValue::Text(
+            crate::accounts::Purpose::OidcSignIn.as_str().to_string(),
+        )),
+        params.bind(SqlValue::Uuid(user)),
+        params.bind(SqlValue::Text(email.to_string())),
+        params.bind(SqlValue::Datetime(now)),
+        params.bind(SqlValue::Datetime(now + ttl)),
+        params.optional_text(challenge),
+    ];
+    let sql = params.sql(
+        db.dialect(),
+        &format!(
+            "INSERT INTO keel_account_tokens (token_hash, purpose, user_id, email, created_at, expires_at, challenge) VALUES ({})",
+            values.join(", ")
+        ),
+    );
+    tx.execute(&sql).await?;
+    tx.commit().await
+}
+
+/// Uses a sign-in's code: deletes it and answers its user and challenge, or `None` when no
+/// live code has this hash.
+pub async fn code_take(db: &Db, code_hash: &str) -> Result<Option<(Uuid, Option<String>)>, StoreError> {
+    let mut tx = db.begin().await?;
+    let rows = tx
+        .query(&tx.portable(
+            "DELETE FROM keel_account_tokens WHERE token_hash = $1 AND purpose = $2 RETURNING user_id, challenge, expires_at",
+            vec![
+                SqlValue::Text(code_hash.to_string()),
+                SqlValue::Text(crate::accounts::Purpose::OidcSignIn.as_str().to_string()),
+            ],
+        ))
+        .await?;
+    tx.commit().await?;
+    Ok(rows.first().and_then(|row| {
+        let live = row[2].datetime().is_some_and(|at| at > now());
+        live.then(|| row[0].uuid().map(|user| (user, row[1].text().map(str::to_string))))
+            .flatten()
+    }))
 }
 
 /// A user's account at a provider.

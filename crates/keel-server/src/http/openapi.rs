@@ -438,13 +438,16 @@ fn oidc_paths(
     paths.insert("/api/v1/auth/oidc/exchange".into(), json!({ "post": { "operationId": "exchange_sign_in_code", "tags": ["auth"], "security": public,
         "description": "The `oidc_code` a provider sign-in ended with, for a session (or `{mfa_required, mfa_token}`), once, within 2 minutes.",
         "requestBody": body(json!({ "type": "object", "required": ["code"], "additionalProperties": false, "properties": {
-            "code": { "type": "string", "maxLength": 64 }, "cookie": { "type": "boolean" } } })),
+            "code": { "type": "string", "maxLength": 64 }, "code_verifier": { "type": "string", "maxLength": 128, "description": "required when the sign-in started with a code_challenge" },
+            "cookie": { "type": "boolean" } } })),
         "responses": ok("200", "a session, as login answers it", &[400, 403, 415]) } }));
     paths.insert("/api/v1/auth/oidc/{provider}/start".into(), json!({ "get": { "operationId": "start_sign_in", "tags": ["auth"], "security": public,
         "parameters": [provider.clone(),
             query_parameter("redirect", "where the browser goes when the sign-in ends: a URL on `auth.oidc_redirects`", json!({ "type": "string", "maxLength": 2048 })),
             query_parameter("login_hint", "passed to the provider", json!({ "type": "string", "maxLength": 254 })),
-            query_parameter("resume", "a link flow's state, from `POST …/link`", json!({ "type": "string" }))],
+            query_parameter("resume", "a link flow's state, from `POST …/link`", json!({ "type": "string" })),
+            query_parameter("code_challenge", "the app's PKCE challenge, BASE64URL(SHA-256(code_verifier)): the sign-in's code is then exchanged only with the verifier", json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{43}$" })),
+            query_parameter("code_challenge_method", "S256 (the only one)", json!({ "type": "string", "enum": ["S256"] }))],
         "responses": redirect(&[400, 404, 502], "to the provider, with the cookie that binds the flow to this browser") } }));
     paths.insert("/api/v1/auth/oidc/{provider}/callback".into(), json!({ "get": { "operationId": "sign_in_callback", "tags": ["auth"], "security": public,
         "description": "Where the provider sends the browser back; it goes on to the flow's redirect with `oidc_code`, `oidc_linked` or `oidc_error`.",

@@ -32,11 +32,24 @@ pub async fn providers(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn start(State(state): State<AppState>, Path(provider): Path<String>, params: Params) -> ApiResult<Response> {
-    params.only(&["redirect", "login_hint", "resume"])?;
+    params.only(&[
+        "redirect",
+        "login_hint",
+        "resume",
+        "code_challenge",
+        "code_challenge_method",
+    ])?;
+    if params.get("code_challenge_method").is_some_and(|m| m != "S256") {
+        return Err(crate::http::error::ApiError::new(
+            "invalid_query",
+            "code_challenge_method must be S256",
+        ));
+    }
     let asked = StartRequest {
         redirect: params.get("redirect"),
         login_hint: params.get("login_hint"),
         resume: params.get("resume"),
+        code_challenge: params.get("code_challenge"),
     };
     Ok(redirect(oidc::start(&state, &provider, asked).await?))
 }
@@ -63,6 +76,9 @@ pub async fn callback(
 #[serde(deny_unknown_fields)]
 pub struct Exchange {
     code: String,
+    /// The verifier of the `code_challenge` the sign-in started with.
+    #[serde(default)]
+    code_verifier: Option<String>,
     #[serde(default)]
     cookie: bool,
 }
@@ -72,7 +88,7 @@ pub async fn exchange(
     Origin(origin): Origin,
     ApiJson(body): ApiJson<Exchange>,
 ) -> ApiResult<Response> {
-    match oidc::exchange(&state, &body.code).await? {
+    match oidc::exchange(&state, &body.code, body.code_verifier.as_deref()).await? {
         Exchanged::Done(user) => {
             let (token, expires_at) = start_session(&state, user.id, &origin).await?;
             Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))

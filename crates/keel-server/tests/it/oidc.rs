@@ -172,6 +172,18 @@ async fn sign_in_with(
     location(&done)
 }
 
+/// A whole sign-in as alice, in a new browser, with the app's own PKCE challenge.
+async fn sign_in_with_challenge(app: &TestApp, challenge: &str) -> String {
+    let path = format!(
+        "{}&code_challenge={challenge}&code_challenge_method=S256",
+        start_path("test", "alice@example.com")
+    );
+    let mut browser = Browser::default();
+    let authorize = location(&browser.keel(app, &path).await);
+    let back = browser.at_provider(&authorize).await;
+    location(&browser.keel(app, &back).await)
+}
+
 /// The session a sign-in's code is exchanged for.
 async fn exchange(app: &TestApp, done: &str) -> TestResponse {
     let code = param(done, "oidc_code").unwrap_or_else(|| panic!("no oidc_code in {done}"));
@@ -249,6 +261,36 @@ async fn a_first_sign_in_creates_a_verified_account_and_the_next_finds_it(backen
     let identities = app.get("/api/v1/auth/oidc/identities", &token).await;
     assert_eq!(identities.body["items"][0]["provider"], "test", "{}", identities.text);
     assert_eq!(identities.body["items"][0]["subject"], "alice@example.com");
+
+    // With the app's own PKCE challenge, the code works only with its verifier.
+    let verifier = "app-side-verifier-0123456789-0123456789-0123456789";
+    let challenge = keel_server::auth::oidc::provider::challenge(verifier);
+    let stolen = sign_in_with_challenge(&app, &challenge).await;
+    let code = param(&stolen, "oidc_code").unwrap();
+    let without = app
+        .request("POST", "/api/v1/auth/oidc/exchange", None, Some(json!({"code": code})))
+        .await;
+    assert_eq!(without.code(), "invalid_token", "{}", without.text);
+    let done = sign_in_with_challenge(&app, &challenge).await;
+    let code = param(&done, "oidc_code").unwrap();
+    let proven = app
+        .request(
+            "POST",
+            "/api/v1/auth/oidc/exchange",
+            None,
+            Some(json!({"code": code, "code_verifier": verifier})),
+        )
+        .await;
+    assert_eq!(proven.body["user"]["id"], user["id"], "{}", proven.text);
+    let bad = app
+        .request(
+            "GET",
+            &format!("{}&code_challenge=short", start_path("test", "alice@example.com")),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(bad.code(), "invalid_query");
 
     // The next sign-in, in a new browser, reaches the same account.
     let done = sign_in_with(&app, &mut Browser::default(), "test", "alice@example.com", |u| u).await;

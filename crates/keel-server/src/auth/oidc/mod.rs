@@ -166,6 +166,9 @@ pub struct StartRequest<'a> {
     pub login_hint: Option<&'a str>,
     /// A link flow's state (from `link`), which this browser picks up.
     pub resume: Option<&'a str>,
+    /// The app's PKCE challenge (S256): the code the sign-in ends with is then exchanged
+    /// only with its verifier, so a code that leaks (a log, a `Referer`) is worth nothing.
+    pub code_challenge: Option<&'a str>,
 }
 
 /// `GET /api/v1/auth/oidc/{provider}/start`.
@@ -173,6 +176,13 @@ pub async fn start(state: &AppState, name: &str, asked: StartRequest<'_>) -> Api
     let provider = state.oidc.get(name)?;
     if asked.login_hint.is_some_and(|h| h.len() > 254) {
         return Err(ApiError::new("invalid_query", "login_hint is at most 254 characters"));
+    }
+    let well_formed = |c: &str| c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if asked.code_challenge.is_some_and(|c| !well_formed(c)) {
+        return Err(ApiError::new(
+            "invalid_query",
+            "code_challenge is BASE64URL(SHA-256(code_verifier)) without padding: 43 characters",
+        ));
     }
     let binding = random();
     let (flow_state, flow) = match asked.resume {
@@ -199,6 +209,7 @@ pub async fn start(state: &AppState, name: &str, asked: StartRequest<'_>) -> Api
                 verifier: random(),
                 redirect: redirect.to_string(),
                 link_user: None,
+                client_challenge: asked.code_challenge.map(str::to_string),
             };
             (random(), flow)
         }
@@ -354,12 +365,12 @@ async fn finish(
         ));
     }
     let code = crate::auth::new_token(CODE_PREFIX);
-    accounts::token_insert(
+    identities::code_insert(
         &state.db,
-        Purpose::OidcSignIn,
+        &token_hash(&code),
         user.id,
         &user.email,
-        &token_hash(&code),
+        flow.client_challenge.as_deref(),
         Duration::seconds(CODE_SECONDS),
     )
     .await?;
@@ -483,9 +494,10 @@ pub enum Exchanged {
     SecondFactor { mfa_token: String },
 }
 
-/// `POST /api/v1/auth/oidc/exchange {code}`: the callback's one-time code for a session (or
-/// for the second step, when the account has a second factor).
-pub async fn exchange(state: &AppState, code: &str) -> ApiResult<Exchanged> {
+/// `POST /api/v1/auth/oidc/exchange {code, code_verifier}`: the callback's one-time code for a
+/// session (or for the second step, when the account has a second factor). A code whose flow
+/// had the app's challenge needs its verifier; a wrong one uses the code up.
+pub async fn exchange(state: &AppState, code: &str, verifier: Option<&str>) -> ApiResult<Exchanged> {
     let invalid = || {
         ApiError::new(
             "invalid_token",
@@ -495,12 +507,19 @@ pub async fn exchange(state: &AppState, code: &str) -> ApiResult<Exchanged> {
     if !code.starts_with(CODE_PREFIX) || code.len() > 64 {
         return Err(invalid());
     }
-    let mut tx = state.db.begin().await?;
-    let taken = accounts::token_take_in(&mut tx, Purpose::OidcSignIn, &token_hash(code), Utc::now()).await?;
-    tx.commit().await?;
-    let user = system::user_by_id(&state.db, taken.ok_or_else(invalid)?.user)
+    let (user, challenge) = identities::code_take(&state.db, &token_hash(code))
         .await?
         .ok_or_else(invalid)?;
+    if let Some(challenge) = challenge {
+        let proven = verifier.is_some_and(|v| {
+            v.len() <= 128 && crate::auth::browser::constant_time_eq(&provider::challenge(v), &challenge)
+        });
+        if !proven {
+            tracing::warn!(%user, "a sign-in code came without the verifier of its challenge; it is used up");
+            return Err(invalid());
+        }
+    }
+    let user = system::user_by_id(&state.db, user).await?.ok_or_else(invalid)?;
     if user.disabled_at.is_some() {
         return Err(ApiError::new(
             "account_disabled",
@@ -539,6 +558,7 @@ pub async fn start_link(
         verifier: random(),
         redirect: redirect.to_string(),
         link_user: Some(user.id),
+        client_challenge: None,
     };
     identities::state_insert(
         &state.db,
