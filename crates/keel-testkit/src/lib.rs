@@ -972,35 +972,69 @@ impl OidcProvider {
     pub const CLIENT_ID: &'static str = "keel";
     pub const CLIENT_SECRET: &'static str = "keel-secret";
 
-    /// Starts with signing key `kid`, the clock shifted by `clock_offset` seconds.
+    /// Starts with signing key `kid`, the clock shifted by `clock_offset` seconds, on a free
+    /// port (another one if a process took the port between the check and the start).
     pub fn start(kid: &str, clock_offset: i64) -> OidcProvider {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut provider = OidcProvider { child: None, port };
-        provider.restart(kid, clock_offset);
-        provider
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let mut provider = OidcProvider { child: None, port };
+            match provider.launch(kid, clock_offset) {
+                Ok(()) => return provider,
+                Err(why) if why.contains("EADDRINUSE") => continue,
+                Err(why) => panic!("oidc-provider did not start: {why}"),
+            }
+        }
+        panic!("oidc-provider found no free port in 5 tries");
     }
 
     /// Stops it (if running) and starts it again on the same port with a fresh key `kid`: a
     /// key rotation, as the provider's clients see it.
     pub fn restart(&mut self, kid: &str, clock_offset: i64) {
         self.stop();
+        if let Err(why) = self.launch(kid, clock_offset) {
+            panic!("oidc-provider did not restart: {why}");
+        }
+    }
+
+    /// Runs the provider and waits (up to 60 s: node starts slowly on a loaded machine) until
+    /// it listens; the process's output when it exits first.
+    fn launch(&mut self, kid: &str, clock_offset: i64) -> Result<(), String> {
         let modules = std::env::var("KEEL_TEST_OIDC_MODULES")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/oidc-provider").to_string());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/oidc-test-provider.mjs");
-        let child = std::process::Command::new("node")
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let mut child = std::process::Command::new("node")
             .arg(script)
             .args(["--modules", &modules, "--port", &self.port.to_string(), "--kid", kid])
             .args(["--clock-offset", &clock_offset.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log.reopen().expect("the log file"))
+            .stderr(log.reopen().expect("the log file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start node ({e}); run scripts/test-tools.sh"));
-        self.child = Some(child);
-        wait_for_port(self.port, 30, "oidc-provider (run scripts/test-tools.sh)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            // The script says so once it listens (a connection alone could reach another
+            // process that took the port).
+            let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+            if said.contains("oidc-test-provider on") {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                return Err(format!("node exited with {status}: {stderr}"));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                return Err(format!("not listening on {} after 60 s: {stderr}", self.port));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Stops it: the provider is down.

@@ -51,6 +51,12 @@ fn failure(state: &AppState, title: &str, error: &ApiError) -> Response {
     page(error.status(), &state.schema.app.name, title, &body)
 }
 
+/// A provider sign-in that failed before Keel knew where to send the browser (start, or a
+/// callback whose state is not this browser's), for a browser that navigated there.
+pub fn sign_in_failed(state: &AppState, error: &ApiError) -> Response {
+    failure(state, "The sign-in did not finish", error)
+}
+
 /// `GET /_/auth/verify?token=…`: the confirmation button.
 pub fn verify_form(state: &AppState, token: &str) -> Response {
     let body = format!(

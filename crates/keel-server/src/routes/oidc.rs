@@ -27,11 +27,37 @@ fn redirect(started: Started) -> Response {
     response
 }
 
+/// A browser navigated here (rather than a client calling): errors are a page, not JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+fn answer(state: &AppState, headers: &HeaderMap, result: ApiResult<Started>) -> ApiResult<Response> {
+    match result {
+        Ok(started) => Ok(redirect(started)),
+        Err(error) if wants_html(headers) => Ok(crate::auth::pages::sign_in_failed(state, &error)),
+        Err(error) => Err(error),
+    }
+}
+
 pub async fn providers(State(state): State<AppState>) -> impl IntoResponse {
     Json(oidc::list(&state))
 }
 
-pub async fn start(State(state): State<AppState>, Path(provider): Path<String>, params: Params) -> ApiResult<Response> {
+pub async fn start(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    params: Params,
+) -> ApiResult<Response> {
+    let started = start_with(&state, &provider, &params).await;
+    answer(&state, &headers, started)
+}
+
+async fn start_with(state: &AppState, provider: &str, params: &Params) -> ApiResult<Started> {
     params.only(&[
         "redirect",
         "login_hint",
@@ -51,7 +77,7 @@ pub async fn start(State(state): State<AppState>, Path(provider): Path<String>, 
         resume: params.get("resume"),
         code_challenge: params.get("code_challenge"),
     };
-    Ok(redirect(oidc::start(&state, &provider, asked).await?))
+    oidc::start(state, provider, asked).await
 }
 
 pub async fn callback(
@@ -69,7 +95,8 @@ pub async fn callback(
         iss: params.get("iss"),
         cookies: &headers,
     };
-    Ok(redirect(oidc::callback(&state, &provider, given).await?))
+    let finished = oidc::callback(&state, &provider, given).await;
+    answer(&state, &headers, finished)
 }
 
 #[derive(Deserialize)]

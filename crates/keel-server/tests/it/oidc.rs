@@ -437,6 +437,22 @@ async fn tampered_flows_are_refused_and_leave_nothing(backend: Backend) {
         .request("GET", "/api/v1/auth/oidc/test/callback?code=x", None, None)
         .await;
     assert_eq!(no_state.code(), "invalid_state");
+    // A browser that navigated there gets a page saying so, not JSON.
+    let page = app
+        .request_with(
+            "GET",
+            "/api/v1/auth/oidc/test/callback?code=x",
+            vec![("accept".into(), "text/html,application/xhtml+xml".into())],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, 400);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        page.text.contains("The sign-in did not finish") && page.text.contains("invalid_state"),
+        "{}",
+        page.text
+    );
     let forged_code = app
         .request(
             "POST",
