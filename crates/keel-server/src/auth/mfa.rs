@@ -247,7 +247,10 @@ pub async fn require_for_org(
         ));
     }
     if required && !superuser && !enrolled(state, user.id).await? {
-        return Err(mfa_required());
+        return Err(ApiError::new(
+            "mfa_required",
+            "set up your own second factor (POST /api/v1/auth/mfa/totp/enroll) before requiring one of the org's members",
+        ));
     }
     system::org_require_mfa(&state.db, org.id, required).await?;
     let mut after = None;
