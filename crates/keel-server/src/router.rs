@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/{org}/jobs", get(jobs::org_list).post(jobs::org_enqueue))
         .route("/jobs/{id}", get(jobs::status))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/admin/overview", get(ops::admin_overview))
         .route("/admin/errors", get(ops::admin_errors))
         .route("/admin/alerts", get(ops::admin_alerts))
         .route("/admin/queues", get(jobs::admin_queues))

@@ -25,6 +25,14 @@ fn caller_key(principal: &Principal) -> String {
 }
 
 fn outcome(state: &AppState, collection: &str, result: &'static str) {
+    let counter = match result {
+        "hit" => Some(&state.cache.hits),
+        "miss" => Some(&state.cache.misses),
+        _ => None,
+    };
+    if let Some(counter) = counter {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     state.metrics.counter(
         "keel_cache_requests_total",
         &[("collection", collection.to_string()), ("result", result.into())],

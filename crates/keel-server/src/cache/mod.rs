@@ -68,6 +68,9 @@ pub struct ResponseCache {
     versions: std::sync::Mutex<HashMap<String, u64>>,
     /// Bumps Redis did not take, retried with the next bump.
     pending: std::sync::Mutex<HashSet<String>>,
+    /// Cached reads answered from the cache and not, since start (the console's ratio).
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
 }
 
 /// What a request touches: a collection in a scope (an org slug, `global`), or a whole org.
@@ -152,6 +155,8 @@ impl ResponseCache {
             evictions,
             versions: Default::default(),
             pending: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 

@@ -85,11 +85,59 @@ impl Traffic {
         quantile(0.95, requests, &buckets).map(|seconds| seconds * 1000.0)
     }
 
+    /// The last `points` whole minutes (oldest first), each with its requests, 5xx answers
+    /// and latency percentiles: what the console's overview draws.
+    pub fn minutes(&self, now: DateTime<Utc>, points: usize) -> Vec<Minute> {
+        let per = 60_000 / SLOT_MS;
+        let this = now.timestamp_millis().div_euclid(SLOT_MS).div_euclid(per);
+        let first = this - points as i64 + 1;
+        let mut out: Vec<(u64, u64, [u64; 15])> = vec![(0, 0, [0; 15]); points];
+        let slots = self.slots.lock().expect("traffic lock");
+        for slot in slots.iter() {
+            let minute = slot.start.div_euclid(per);
+            if minute < first || minute > this {
+                continue;
+            }
+            let total = &mut out[(minute - first) as usize];
+            total.0 += slot.requests;
+            total.1 += slot.errors;
+            for (sum, count) in total.2.iter_mut().zip(slot.buckets) {
+                *sum += count;
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, (requests, errors, buckets))| {
+                let ms = |q: f64| quantile(q, requests, &buckets).map(|s| (s * 1_000_000.0).round() / 1000.0);
+                Minute {
+                    at: DateTime::from_timestamp_millis((first + i as i64) * per * SLOT_MS).unwrap_or(now),
+                    requests,
+                    errors,
+                    p50_ms: ms(0.50),
+                    p95_ms: ms(0.95),
+                    p99_ms: ms(0.99),
+                }
+            })
+            .collect()
+    }
+
     /// The share of 5xx answers over the window (none below `MIN_REQUESTS` requests).
     pub fn error_rate(&self, now: DateTime<Utc>, window_ms: u64) -> Option<f64> {
         let (requests, errors, _) = self.window(now, window_ms);
         (requests >= MIN_REQUESTS).then(|| errors as f64 / requests as f64)
     }
+}
+
+/// One minute of API traffic.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Minute {
+    pub at: DateTime<Utc>,
+    pub requests: u64,
+    /// 5xx answers.
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 fn quantile(q: f64, total: u64, buckets: &[u64; 15]) -> Option<f64> {

@@ -4,6 +4,7 @@
 pub mod alerting;
 pub mod alerts;
 pub mod health;
+pub mod overview;
 pub mod settings;
 pub mod system;
 pub mod tracking;

@@ -29,6 +29,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+/// `GET /api/v1/admin/overview` (superuser): see [`crate::ops::overview`].
+pub async fn admin_overview(
+    State(state): State<AppState>,
+    crate::http::extract::Auth(principal): crate::http::extract::Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !crate::auth::is_superuser(&principal) {
+        return Err(ApiError::forbidden());
+    }
+    Ok(Json(crate::ops::overview::overview(&state).await?))
+}
+
 /// `GET /api/v1/admin/errors` (superuser): unexpected errors and panics grouped by
 /// fingerprint, most recently seen first, with counts and a sample request id.
 pub async fn admin_errors(

@@ -243,3 +243,46 @@ both!(
     readiness_checks_each_dependency_and_fails_only_for_required_ones,
     readiness_reports_queue_lag
 );
+
+/// The console's first screen, as JSON: readiness, the hour's traffic by minute, the pool,
+/// the queues, memory and disk; for the superuser only.
+async fn the_overview_shows_the_instance_at_a_glance(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (admin_id, admin) = app.signup("root@example.com").await;
+    let (_, user) = app.signup("user@example.com").await;
+    app.make_superuser(&admin_id).await;
+    let refused = app.get("/api/v1/admin/overview", &user).await;
+    assert_eq!(refused.status, 403);
+    for _ in 0..25 {
+        app.get("/api/v1/auth/me", &user).await;
+    }
+    let overview = app.get("/api/v1/admin/overview", &admin).await;
+    assert_eq!(overview.status, 200, "{}", overview.text);
+    let body = &overview.body;
+    assert_eq!(body["readiness"]["checks"]["database"]["status"], "ok", "{body}");
+    let minutes = body["traffic"]["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    // The requests above are in the last minute or the one before (if a minute turned).
+    let recent: u64 = minutes[58..].iter().map(|m| m["requests"].as_u64().unwrap()).sum();
+    assert!(recent >= 26, "{recent} in {minutes:?}");
+    let last = minutes.iter().rev().find(|m| m["requests"].as_u64() > Some(0)).unwrap();
+    assert!(
+        last["p50_ms"].as_f64().unwrap() <= last["p99_ms"].as_f64().unwrap(),
+        "{last}"
+    );
+    assert!(minutes[0]["at"].as_str().unwrap() < minutes[59]["at"].as_str().unwrap());
+    assert_eq!(body["traffic"]["errors"], 0);
+    assert!(body["pool"]["max"].as_u64().unwrap() >= 1);
+    assert!(body["queues"].is_array());
+    assert!(body["memory"]["resident_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(body["disk"]["available_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(body["alerts_firing"], json!([]));
+    let expected = if backend == Backend::Sqlite {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    assert_eq!(body["backend"], expected);
+}
+
+both!(the_overview_shows_the_instance_at_a_glance);
