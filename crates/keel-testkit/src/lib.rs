@@ -1011,8 +1011,8 @@ impl OidcProvider {
             .arg(script)
             .args(["--modules", &modules, "--port", &self.port.to_string(), "--kid", kid])
             .args(["--clock-offset", &clock_offset.to_string()])
-            .stdout(log.reopen().expect("the log file"))
-            .stderr(log.reopen().expect("the log file"))
+            .stdout(append(log.path()))
+            .stderr(append(log.path()))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start node ({e}); run scripts/test-tools.sh"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1053,6 +1053,15 @@ impl OidcProvider {
     pub fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// The file opened for appending: two handles on it (stdout, stderr) never write over each
+/// other's lines, as two handles at offset 0 would.
+fn append(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("the log file")
 }
 
 impl Drop for OidcProvider {

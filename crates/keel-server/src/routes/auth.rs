@@ -95,10 +95,22 @@ pub async fn login(
         ));
     }
     let ip = client.and_then(|c| c.0.0);
-    match login::sign_in(&state, &body.email, body.password, ip).await? {
+    let signed_in = login::sign_in(&state, &body.email, body.password, ip).await?;
+    signed_in_answer(&state, signed_in, &origin, body.cookie).await
+}
+
+/// The answer of a first sign-in step (a password, a provider's code): a session, or the
+/// token of the second step when the account has a second factor.
+pub(crate) async fn signed_in_answer(
+    state: &AppState,
+    signed_in: login::SignedIn,
+    origin: &keel_store::system::SessionOrigin,
+    cookie: bool,
+) -> ApiResult<axum::response::Response> {
+    match signed_in {
         login::SignedIn::Done(user) => {
-            let (token, expires_at) = start_session(&state, user.id, &origin).await?;
-            Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
+            let (token, expires_at) = start_session(state, user.id, origin).await?;
+            Ok(session_answer(json!({ "user": user }), &token, expires_at, cookie))
         }
         login::SignedIn::SecondFactor { mfa_token } => Ok(Json(json!({
             "mfa_required": true,

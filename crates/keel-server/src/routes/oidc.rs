@@ -6,14 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::auth::oidc::{self, CallbackRequest, Exchanged, StartRequest, Started};
-use crate::auth::{Origin, start_session};
+use crate::auth::Origin;
+use crate::auth::oidc::{self, CallbackRequest, StartRequest, Started};
 use crate::http::error::ApiResult;
 use crate::http::extract::{ApiJson, Auth, Params};
 use crate::http::state::AppState;
-use crate::routes::auth::session_answer;
+use crate::routes::auth::signed_in_answer;
 
 /// A 303 to `location` that sets (or clears) the flow's cookie.
 fn redirect(started: Started) -> Response {
@@ -115,18 +114,8 @@ pub async fn exchange(
     Origin(origin): Origin,
     ApiJson(body): ApiJson<Exchange>,
 ) -> ApiResult<Response> {
-    match oidc::exchange(&state, &body.code, body.code_verifier.as_deref()).await? {
-        Exchanged::Done(user) => {
-            let (token, expires_at) = start_session(&state, user.id, &origin).await?;
-            Ok(session_answer(json!({ "user": user }), &token, expires_at, body.cookie))
-        }
-        Exchanged::SecondFactor { mfa_token } => Ok(Json(json!({
-            "mfa_required": true,
-            "mfa_token": mfa_token,
-            "message": "finish with POST /api/v1/auth/mfa {mfa_token, code} within 5 minutes",
-        }))
-        .into_response()),
-    }
+    let signed_in = oidc::exchange(&state, &body.code, body.code_verifier.as_deref()).await?;
+    signed_in_answer(&state, signed_in, &origin, body.cookie).await
 }
 
 #[derive(Deserialize)]

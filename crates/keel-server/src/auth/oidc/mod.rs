@@ -35,7 +35,8 @@ use keel_store::system::{self, NewUser, Principal, User};
 use rand::RngCore;
 use serde_json::json;
 
-use self::provider::{Failure, Provider};
+use self::provider::{External, Failure, Provider};
+use crate::auth::login::SignedIn;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{forget_tokens, token_hash};
 use crate::http::state::AppState;
@@ -58,6 +59,9 @@ pub struct Providers(BTreeMap<String, Arc<Provider>>);
 
 impl Providers {
     pub fn new(config: &crate::Config) -> Providers {
+        if config.auth.oidc.is_empty() {
+            return Providers::default();
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(10))
@@ -225,18 +229,24 @@ pub async fn start(state: &AppState, name: &str, asked: StartRequest<'_>) -> Api
         .await
         .map_err(|f| failure(state, name, f))?;
     if asked.resume.is_none() {
-        identities::state_insert(
-            &state.db,
-            &token_hash(&flow_state),
-            &flow,
-            Duration::minutes(FLOW_MINUTES),
-        )
-        .await?;
+        save(state, &flow_state, &flow).await?;
     }
     Ok(Started {
         location,
         cookie: binding_cookie(state, &flow_state, &binding, FLOW_MINUTES * 60),
     })
+}
+
+/// Stores a flow's state under its hash, for `FLOW_MINUTES`.
+async fn save(state: &AppState, flow_state: &str, flow: &FlowState) -> ApiResult<()> {
+    identities::state_insert(
+        &state.db,
+        &token_hash(flow_state),
+        flow,
+        Duration::minutes(FLOW_MINUTES),
+    )
+    .await?;
+    Ok(())
 }
 
 fn check_redirect(state: &AppState, redirect: &str) -> ApiResult<()> {
@@ -402,8 +412,6 @@ async fn link(
     Ok(())
 }
 
-use self::provider::External;
-
 fn unique_is_taken(error: StoreError) -> ApiError {
     match error {
         StoreError::Unique { .. } => identity_taken(),
@@ -488,16 +496,10 @@ async fn signed_in(
     Ok(user)
 }
 
-/// How `exchange` ended.
-pub enum Exchanged {
-    Done(User),
-    SecondFactor { mfa_token: String },
-}
-
 /// `POST /api/v1/auth/oidc/exchange {code, code_verifier}`: the callback's one-time code for a
 /// session (or for the second step, when the account has a second factor). A code whose flow
 /// had the app's challenge needs its verifier; a wrong one uses the code up.
-pub async fn exchange(state: &AppState, code: &str, verifier: Option<&str>) -> ApiResult<Exchanged> {
+pub async fn exchange(state: &AppState, code: &str, verifier: Option<&str>) -> ApiResult<SignedIn> {
     let invalid = || {
         ApiError::new(
             "invalid_token",
@@ -527,8 +529,8 @@ pub async fn exchange(state: &AppState, code: &str, verifier: Option<&str>) -> A
         ));
     }
     Ok(match crate::auth::mfa::challenge(state, &user).await? {
-        Some(mfa_token) => Exchanged::SecondFactor { mfa_token },
-        None => Exchanged::Done(user),
+        Some(mfa_token) => SignedIn::SecondFactor { mfa_token },
+        None => SignedIn::Done(user),
     })
 }
 
@@ -560,13 +562,7 @@ pub async fn start_link(
         link_user: Some(user.id),
         client_challenge: None,
     };
-    identities::state_insert(
-        &state.db,
-        &token_hash(&flow_state),
-        &flow,
-        Duration::minutes(FLOW_MINUTES),
-    )
-    .await?;
+    save(state, &flow_state, &flow).await?;
     let mut url = url::Url::parse(&format!(
         "{}/api/v1/auth/oidc/{name}/start",
         crate::auth::mail::public_url(&state.config)
