@@ -35,7 +35,9 @@ const { default: Provider } = await import(
   pathToFileURL(join(args.modules, 'node_modules', 'oidc-provider', 'lib', 'index.js')).href
 );
 
+console.log('oidc-test-provider: module loaded');
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+console.log('oidc-test-provider: key made');
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
 
 const issuer = `http://127.0.0.1:${port}`;
