@@ -208,12 +208,10 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     });
     let jobs = keel_jobs::Jobs::with_observer(db.clone(), schema.clone(), patterns.clone(), config.jobs(), observer);
     jobs.register(keel_spec::CLEANUP_KIND, files::cleanup_handler(storage.clone()));
-    if schema.app.jobs.kind(keel_spec::BACKUP_KIND).is_some() {
-        jobs.register(
-            keel_spec::BACKUP_KIND,
-            backup::job_handler(config.clone(), schema.app.clone(), storage.clone(), metrics.clone()),
-        );
-    }
+    jobs.register(
+        keel_spec::BACKUP_KIND,
+        backup::job_handler(config.clone(), schema.app.clone(), storage.clone(), metrics.clone()),
+    );
     let templates = auth::mail::Templates::load(config.app.spec.parent()).unwrap_or_else(|error| {
         tracing::error!(%error, "an account-email template does not parse; the built-in ones are used");
         auth::mail::Templates::load(None).expect("the built-in templates parse")
@@ -227,10 +225,15 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         import::job_handler(import::Limits::of(&config.limits)),
     );
     let protection = protect::Protection::new(&config, &schema.app.rate_limits);
+    let fence = crate::console::Fence::new(&config);
+    if config.console.enabled {
+        crate::console::assets::warm();
+    }
     AppState {
         inner: Arc::new(state::Inner {
             cache,
             protection,
+            fence,
             storage,
             keys: auth::keys::KeyRing::default(),
             oidc: auth::oidc::Providers::new(&config),

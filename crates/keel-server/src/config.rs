@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::settings::AuthSection;
 pub use crate::backup::settings::BackupSection;
+pub use crate::console::settings::ConsoleSection;
 pub use crate::files::settings::FilesSection;
 pub use crate::http::settings::{
     AppSection, DatabaseSection, Invalid, LimitsSection, LogSection, RedisSection, Secret, ServerSection,
@@ -34,6 +35,7 @@ pub struct Config {
     pub backup: BackupSection,
     pub errors: ErrorsSection,
     pub alerts: AlertsSection,
+    pub console: ConsoleSection,
 }
 
 /// Every section's keys, in the order of `docs/CONFIG.md`.
@@ -50,6 +52,7 @@ pub const SECTIONS: &[&[(&str, &str)]] = &[
     crate::backup::settings::KEYS,
     crate::ops::settings::ERRORS_KEYS,
     crate::ops::settings::ALERTS_KEYS,
+    crate::console::settings::KEYS,
     crate::http::settings::LOG_KEYS,
 ];
 
@@ -157,6 +160,7 @@ impl Config {
             .and_then(|()| self.backup.validate())
             .and_then(|()| self.errors.validate())
             .and_then(|()| self.alerts.validate())
+            .and_then(|()| self.console.validate())
             .and_then(|()| self.log.validate())
             .map_err(|Invalid { key, message }| ConfigError::Invalid(format!("{key}: {message}")))
     }

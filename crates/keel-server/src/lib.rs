@@ -17,6 +17,7 @@ pub mod auth;
 pub mod backup;
 pub mod cache;
 pub mod config;
+pub mod console;
 pub mod files;
 pub mod http;
 pub mod import;

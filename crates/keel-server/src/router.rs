@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/oidc/{provider}/callback", get(oidc::callback))
         .route("/auth/oidc/{provider}/link", post(oidc::link).delete(oidc::unlink))
         .route("/openapi.json", get(ops::openapi))
+        .route("/schema", get(crate::console::schema::schema))
         .route("/orgs", get(orgs::list).post(orgs::create))
         .route("/orgs/{org}", get(orgs::show).patch(orgs::update))
         .route("/orgs/{org}/members", get(orgs::members).post(orgs::add_member))
@@ -59,7 +60,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/overview", get(ops::admin_overview))
         .route("/admin/errors", get(ops::admin_errors))
         .route("/admin/alerts", get(ops::admin_alerts))
+        .route("/admin/backups", get(ops::admin_backups).post(ops::admin_backup_take))
+        .route("/admin/backups/{name}/verify", post(ops::admin_backup_verify))
+        .route("/admin/keys", get(ops::admin_keys))
+        .route("/admin/keys/rotate", post(ops::admin_keys_rotate))
+        .route("/admin/keys/{id}/retire", post(ops::admin_key_retire))
+        .route("/admin/migrations", get(ops::admin_migrations))
+        .route("/admin/config", get(ops::admin_config))
         .route("/admin/queues", get(jobs::admin_queues))
+        .route("/admin/schedules", get(jobs::admin_schedules))
         .route("/admin/queues/{queue}/{action}", post(jobs::admin_pause))
         .route("/admin/jobs", get(jobs::admin_list).post(jobs::admin_enqueue))
         .route("/admin/jobs/{id}", axum::routing::delete(jobs::admin_discard))
@@ -141,6 +150,7 @@ pub fn router(state: AppState) -> Router {
             "/_/auth/invitation",
             get(auth::invitation_page).post(auth::invitation_submit),
         )
+        .merge(crate::console::routes())
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -151,6 +161,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::cache::layer::cache,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::console::fence,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -719,7 +719,8 @@ pub const BULK_QUEUE: &str = "keel_bulk";
 /// The built-in job that sends account emails (verification, email change, password reset).
 pub const ACCOUNT_EMAIL_KIND: &str = "keel_account_email";
 
-/// The built-in job that takes a scheduled backup (with `[backup]`), on the bulk queue.
+/// The built-in job that takes a backup (on `[backup] schedule`, or on demand) or, with
+/// `{"verify": NAME}` as its payload, verifies one; on the bulk queue.
 pub const BACKUP_KIND: &str = "keel_backup";
 
 impl App {
@@ -754,9 +755,14 @@ impl App {
                 cron: None,
             });
         }
-        if let Some(schedule) = &self.backup.schedule
-            && self.jobs.kind(BACKUP_KIND).is_none()
-        {
+        if self.jobs.kind(BACKUP_KIND).is_none() {
+            // Always there, for backups taken (and verified) on demand; on a cron only with
+            // `[backup] schedule`.
+            let cron = self.backup.schedule.as_ref().map(|schedule| CronSpec {
+                schedule: schedule.clone(),
+                catch_up: false,
+                payload: serde_json::Value::Object(Default::default()),
+            });
             self.jobs.kinds.push(JobKind {
                 name: BACKUP_KIND.to_string(),
                 queue: BULK_QUEUE.to_string(),
@@ -768,11 +774,7 @@ impl App {
                 priority: 0,
                 concurrency_key: None,
                 enqueue_role: None,
-                cron: Some(CronSpec {
-                    schedule: schedule.clone(),
-                    catch_up: false,
-                    payload: serde_json::Value::Object(Default::default()),
-                }),
+                cron,
             });
         }
         if self.jobs.kind(ACCOUNT_EMAIL_KIND).is_none() {

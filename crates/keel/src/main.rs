@@ -573,22 +573,18 @@ async fn main() -> Result<()> {
 }
 
 async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
-    use keel_server::auth::keys::FILE_LINKS;
-    use keel_store::security;
+    use keel_server::auth::keys::{self, FILE_LINKS};
     match action {
         KeysAction::List => {
-            let keys = security::keys(db, None).await?;
-            if keys.is_empty() {
+            let listed = keys::list(db).await?;
+            if listed.is_empty() {
                 println!("no keys yet (the first file link makes one)");
             }
-            for (i, key) in keys.iter().enumerate() {
-                let newest = keys[..i]
-                    .iter()
-                    .all(|k| k.purpose != key.purpose || k.retired_at.is_some());
-                let state = match key.retired_at {
-                    Some(at) => format!("retired {}", at.to_rfc3339()),
-                    None if newest => "signs and verifies".to_string(),
-                    None => "verifies".to_string(),
+            for key in listed {
+                let state = match (key.state, key.retired_at) {
+                    (_, Some(at)) => format!("retired {}", at.to_rfc3339()),
+                    ("signs_and_verifies", None) => "signs and verifies".to_string(),
+                    _ => "verifies".to_string(),
                 };
                 println!(
                     "{}\t{}\tcreated {}\t{state}",
@@ -600,46 +596,29 @@ async fn keys_command(db: &keel_store::Db, action: KeysAction) -> Result<()> {
             Ok(())
         }
         KeysAction::Rotate => {
-            let key = keel_server::auth::keys::rotate(db, FILE_LINKS).await?;
+            let key = keys::rotate(db, FILE_LINKS).await?;
             println!(
                 "added key {} for {FILE_LINKS}: instances sign with it within a minute; retire the old key after an hour",
                 key.id
             );
             Ok(())
         }
-        KeysAction::Retire { id, force } => {
-            let keys = security::keys(db, None).await?;
-            let Some(key) = keys.iter().find(|k| k.id == id) else {
-                bail!("no key {id}");
-            };
-            // The key that replaced it: the oldest newer unretired key of the purpose.
-            let successor = keys
-                .iter()
-                .filter(|k| {
-                    k.purpose == key.purpose
-                        && k.retired_at.is_none()
-                        && k.created_at >= key.created_at
-                        && k.id != key.id
-                })
-                .min_by_key(|k| k.created_at);
-            let Some(successor) = successor else {
-                bail!("key {id} signs now: rotate first (keel keys rotate), then retire it");
-            };
-            let age = chrono::Utc::now() - successor.created_at;
-            if !force && age < chrono::Duration::seconds(3_660) {
-                bail!(
-                    "key {id} was replaced {} s ago; links it signed live up to an hour and instances switch within a minute: retire it after {} s more, or pass --force",
-                    age.num_seconds(),
-                    3_660 - age.num_seconds()
-                );
-            }
-            if security::key_retire(db, &id, chrono::Utc::now()).await? {
+        KeysAction::Retire { id, force } => match keys::retire(db, &id, force).await {
+            Ok(()) => {
                 println!("retired key {id}: what it signed no longer verifies");
                 Ok(())
-            } else {
+            }
+            Err(keys::RetireError::Signing(id)) => {
+                bail!("key {id} signs now: rotate first (keel keys rotate), then retire it")
+            }
+            Err(keys::RetireError::TooSoon { id, age, wait }) => bail!(
+                "key {id} was replaced {age} s ago; links it signed live up to an hour and instances switch within a minute: retire it after {wait} s more, or pass --force"
+            ),
+            Err(keys::RetireError::Retired(id)) => {
                 bail!("key {id} is already retired, or is the only key that signs")
             }
-        }
+            Err(error) => Err(error.into()),
+        },
     }
 }
 

@@ -47,6 +47,99 @@ pub async fn rotate(db: &Db, purpose: &str) -> Result<Key, keel_store::StoreErro
     Ok(key)
 }
 
+/// A key as operators see it: never its secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub purpose: String,
+    pub created_at: chrono::DateTime<Utc>,
+    pub retired_at: Option<chrono::DateTime<Utc>>,
+    /// `signs_and_verifies` (the newest of its purpose), `verifies` or `retired`.
+    pub state: &'static str,
+}
+
+/// Every key, newest first within each purpose, with what it does now.
+pub async fn list(db: &Db) -> Result<Vec<Listed>, keel_store::StoreError> {
+    let keys = security::keys(db, None).await?;
+    Ok(keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let newest = keys[..i]
+                .iter()
+                .all(|k| k.purpose != key.purpose || k.retired_at.is_some());
+            let state = match key.retired_at {
+                Some(_) => "retired",
+                None if newest => "signs_and_verifies",
+                None => "verifies",
+            };
+            Listed {
+                id: key.id.clone(),
+                purpose: key.purpose.clone(),
+                created_at: key.created_at,
+                retired_at: key.retired_at,
+                state,
+            }
+        })
+        .collect())
+}
+
+/// Links live at most an hour and instances reload within a minute: a replaced key may be
+/// retired this long after its successor was added without breaking a live link.
+pub const RETIRE_AFTER: chrono::Duration = chrono::Duration::seconds(3_660);
+
+/// Why a key was not retired.
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error("no key {0}")]
+    NotFound(String),
+    #[error("key {0} signs now: rotate first, then retire it")]
+    Signing(String),
+    #[error(
+        "key {id} was replaced {age} s ago; links it signed live up to an hour and instances switch within a minute: retire it after {wait} s more, or force it"
+    )]
+    TooSoon { id: String, age: i64, wait: i64 },
+    #[error("key {0} is already retired")]
+    Retired(String),
+    #[error(transparent)]
+    Store(#[from] keel_store::StoreError),
+}
+
+/// Retires a key that a newer one has replaced (at least [`RETIRE_AFTER`] ago, unless
+/// `force`): what it signed stops verifying on every instance within a minute.
+pub async fn retire(db: &Db, id: &str, force: bool) -> Result<(), RetireError> {
+    let keys = security::keys(db, None).await?;
+    let Some(key) = keys.iter().find(|k| k.id == id) else {
+        return Err(RetireError::NotFound(id.to_string()));
+    };
+    if key.retired_at.is_some() {
+        return Err(RetireError::Retired(id.to_string()));
+    }
+    // The key that replaced it: the oldest newer unretired key of the purpose.
+    let successor = keys
+        .iter()
+        .filter(|k| {
+            k.purpose == key.purpose && k.retired_at.is_none() && k.created_at >= key.created_at && k.id != key.id
+        })
+        .min_by_key(|k| k.created_at);
+    let Some(successor) = successor else {
+        return Err(RetireError::Signing(id.to_string()));
+    };
+    let age = Utc::now() - successor.created_at;
+    if !force && age < RETIRE_AFTER {
+        return Err(RetireError::TooSoon {
+            id: id.to_string(),
+            age: age.num_seconds(),
+            wait: (RETIRE_AFTER - age).num_seconds(),
+        });
+    }
+    if security::key_retire(db, id, Utc::now()).await? {
+        Ok(())
+    } else {
+        Err(RetireError::Retired(id.to_string()))
+    }
+}
+
 impl KeyRing {
     async fn load(&self, db: &Db) -> Result<Vec<Key>, ApiError> {
         let mut keys = security::keys(db, Some(FILE_LINKS)).await?;

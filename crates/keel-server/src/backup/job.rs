@@ -7,7 +7,8 @@ use crate::files::storage::Storage;
 
 use super::{BackupError, Backups};
 
-/// The scheduled `keel_backup` job: a backup, then retention. A run that finds another
+/// The `keel_backup` job: a backup, then retention; or, with `{"verify": NAME}`, the
+/// verification of a backup (its report is the job's result). A run that finds another
 /// backup running retries later; a missing key fails at once (and the backup alert fires).
 pub fn job_handler(
     config: Config,
@@ -22,7 +23,13 @@ pub fn job_handler(
         Box::pin(async move {
             let backups = Backups::new(&config, &app.backup, &app.name)
                 .map_err(|e| keel_jobs::JobFailure::permanent(e.to_string()))?;
-            let outcome = backups.run(&context.db, storage, "schedule").await;
+            let payload: serde_json::Value = serde_json::from_str(&context.payload).unwrap_or_default();
+            if let Some(name) = payload.get("verify").and_then(|v| v.as_str()) {
+                return verify(&backups, name).await;
+            }
+            let trigger = payload.get("trigger").and_then(|v| v.as_str()).unwrap_or("schedule");
+            let trigger = if trigger == "manual" { "manual" } else { "schedule" };
+            let outcome = backups.run(&context.db, storage, trigger).await;
             let result = if outcome.is_ok() { "succeeded" } else { "failed" };
             metrics.counter("keel_backup_runs_total", &[("result", result.to_string())], 1);
             match outcome {
@@ -41,4 +48,25 @@ pub fn job_handler(
             }
         })
     })
+}
+
+/// Verifies one backup: restored into scratch storage and compared with its manifest. A
+/// backup that does not verify makes the job dead with the reason (retrying would not help).
+async fn verify(backups: &Backups, name: &str) -> Result<Option<serde_json::Value>, keel_jobs::JobFailure> {
+    let progress: super::Progress = Arc::new(|_, _| {});
+    match backups.verify(name, progress).await {
+        Ok(report) => {
+            tracing::info!(
+                backup = name,
+                files = report.files,
+                seconds = report.seconds,
+                "backup verified"
+            );
+            Ok(Some(serde_json::to_value(&report).expect("a report serialises")))
+        }
+        Err(error) => {
+            tracing::error!(backup = name, %error, "backup verification failed");
+            Err(keel_jobs::JobFailure::permanent(error.to_string()))
+        }
+    }
 }

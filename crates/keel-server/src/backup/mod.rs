@@ -17,6 +17,7 @@
 //! So an operator without Keel can still read one: `age -d -i key.txt F | zstd -d | tar x`.
 //! Everything streams: memory stays flat in the size of the database and the files.
 
+pub mod admin;
 mod archive;
 mod job;
 mod restore;

@@ -232,9 +232,14 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "A write authenticated by the session cookie came without the session's `X-CSRF-Token`, or from an origin that is neither this server's nor in `server.cors_origins`.",
     ),
     (
+        "key_retire_refused",
+        409,
+        "The signing key cannot be retired: it is the one that signs (rotate first), it was replaced less than an hour ago (links it signed may be live; `force` overrides), or it is retired already.",
+    ),
+    (
         "ip_blocked",
         403,
-        "The client's address is in `server.deny_ips`, or not in a non-empty `server.allow_ips`.",
+        "The client's address is in `server.deny_ips`, or not in a non-empty `server.allow_ips` (or, for the console and `/api/v1/admin/*`, `console.allow_ips`).",
     ),
     (
         "unsupported_media_type",

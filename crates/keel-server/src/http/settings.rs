@@ -10,10 +10,39 @@ use axum::http::HeaderValue;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// A secret string (a database URL may hold a password): `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret string (a database URL may hold a password): `Debug` never shows it, and
+/// [`redacted`] serialises it as `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+thread_local! {
+    static REDACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if REDACT.with(|r| r.get()) {
+            serializer.serialize_str("***")
+        } else {
+            serializer.serialize_str(&self.0)
+        }
+    }
+}
+
+/// Serialises `value` with every [`Secret`] in it shown as `***` (whatever its key is
+/// called: the type, not the name, marks a secret).
+pub fn redacted<T: Serialize>(value: &T) -> serde_json::Value {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REDACT.with(|r| r.set(false));
+        }
+    }
+    REDACT.with(|r| r.set(true));
+    let _reset = Reset;
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

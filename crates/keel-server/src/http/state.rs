@@ -36,6 +36,8 @@ pub struct Inner {
     pub cache: Arc<crate::cache::ResponseCache>,
     /// IP lists, rate limits and concurrency caps (S4, S5).
     pub protection: crate::protect::Protection,
+    /// `console.allow_ips`, in front of the console and the admin API.
+    pub fence: crate::console::Fence,
     /// Clients that wrote recently, by token hash (read-your-writes without Redis).
     pub recent_writers: crate::http::shared::RecentWriters,
     /// Set on SIGTERM: readiness fails while requests are still served (see `App::run_until`).

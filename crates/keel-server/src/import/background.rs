@@ -32,6 +32,18 @@ pub struct Background {
     pub options: Options,
 }
 
+/// A background import's `progress`: rows so far, and the file's bytes read of its size
+/// (a bytes count runs ahead of the rows by the reader's buffer, at most a few MiB).
+fn progress_of(counts: Counts, bytes_read: u64, bytes: u64) -> Value {
+    json!({
+        "read": counts.read,
+        "written": counts.written,
+        "rejected": counts.rejected,
+        "bytes_read": bytes_read,
+        "bytes": bytes,
+    })
+}
+
 /// The handler of the built-in `keel_import` kind.
 pub fn job_handler(limits: Limits) -> keel_jobs::HandlerFn {
     Arc::new(move |context| Box::pin(run_job(context, limits)))
@@ -79,14 +91,20 @@ async fn run_background(
     };
     // The spool, chunk by chunk, to the blocking reader.
     let (sender, receiver) = mpsc::channel(4);
+    // Bytes handed to the reader so far, for the progress bar (`bytes_read` of `bytes`).
+    let fed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let feeder = {
         let db = context.db.clone();
         let upload = job.upload;
+        let fed = fed.clone();
         tokio::spawn(async move {
             let mut seq = 0;
             loop {
                 let item = match keel_store::uploads::upload_chunk(&db, upload, seq).await {
-                    Ok(Some(data)) => Ok(Bytes::from(data)),
+                    Ok(Some(data)) => {
+                        fed.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        Ok(Bytes::from(data))
+                    }
                     Ok(None) => return,
                     Err(error) => Err(io::Error::other(error.to_string())),
                 };
@@ -102,11 +120,14 @@ async fn run_background(
     let (progress_tx, mut progress_rx) = watch::channel(Counts::default());
     let reporter = {
         let db = context.db.clone();
-        let (id, attempt) = (context.id, context.attempt);
+        let (id, attempt, total) = (context.id, context.attempt, job.bytes);
+        let fed = fed.clone();
         tokio::spawn(async move {
             while progress_rx.changed().await.is_ok() {
                 let counts = *progress_rx.borrow_and_update();
-                let _ = keel_store::jobs::job_progress(&db, id, attempt, json!(counts)).await;
+                let read = fed.load(std::sync::atomic::Ordering::Relaxed).min(total);
+                let progress = progress_of(counts, read, total);
+                let _ = keel_store::jobs::job_progress(&db, id, attempt, progress).await;
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
         })
@@ -127,8 +148,8 @@ async fn run_background(
     let _ = reporter.await;
     match result {
         Ok(report) => {
-            let _ =
-                keel_store::jobs::job_progress(&context.db, context.id, context.attempt, json!(report.counts)).await;
+            let progress = progress_of(report.counts, job.bytes, job.bytes);
+            let _ = keel_store::jobs::job_progress(&context.db, context.id, context.attempt, progress).await;
             Ok(Some(json!(report)))
         }
         Err(error) => {

@@ -120,7 +120,41 @@ pub async fn admin_queues(State(state): State<AppState>, Auth(principal): Auth) 
     Ok(Json(json!({ "items": items, "leader": state.jobs.is_leader() })))
 }
 
-/// `POST /admin/queues/{queue}/pause` and `/resume`.
+/// `GET /admin/schedules`: each cron entry with its last enqueued tick and its next one,
+/// and who leads (the leader enqueues the ticks).
+pub async fn admin_schedules(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Value>> {
+    require_superuser(&principal)?;
+    let now = chrono::Utc::now();
+    let mut items = vec![];
+    for kind in state.schema.app.jobs.kinds.iter() {
+        let Some(cron) = &kind.cron else { continue };
+        let last = jobs::cron_last_tick(&state.db, &kind.name).await?;
+        let next = keel_spec::parse_cron(&cron.schedule)
+            .ok()
+            .and_then(|schedule| keel_jobs::cron::next_tick(&schedule, now));
+        items.push(json!({
+            "kind": kind.name,
+            "queue": kind.queue,
+            "schedule": cron.schedule,
+            "catch_up": cron.catch_up,
+            "last_tick": last,
+            "next_tick": next,
+        }));
+    }
+    let leaders: Vec<Value> = jobs::leaders(&state.db)
+        .await?
+        .into_iter()
+        .map(|(name, owner, expires)| json!({ "name": name, "owner": owner, "expires_at": expires }))
+        .collect();
+    Ok(Json(json!({
+        "items": items,
+        "leaders": leaders,
+        "this_instance_leads": state.jobs.is_leader(),
+    })))
+}
+
+/// `POST /admin/queues/{queue}/pause`, `/resume`, and `/retry_dead` (every dead job of the
+/// queue runs again).
 pub async fn admin_pause(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -133,7 +167,18 @@ pub async fn admin_pause(
     let paused = match action.as_str() {
         "pause" => true,
         "resume" => false,
-        _ => return Err(ApiError::new("route_not_found", "use /pause or /resume")),
+        "retry_dead" => {
+            // At most 10,000 per call, so one statement stays short; call again for more.
+            // Each job gets its kind's attempts again (the largest among the queue's kinds).
+            let kinds = state.schema.app.jobs.kinds.iter().filter(|k| k.queue == queue);
+            let attempts = kinds.map(|k| k.attempts).max().unwrap_or(1).clamp(1, 100) as i32;
+            let retried = jobs::queue_retry_dead(&state.db, &queue, attempts, 10_000).await?;
+            if retried > 0 {
+                state.jobs.wake(&queue);
+            }
+            return Ok(Json(json!({ "name": queue, "retried": retried })));
+        }
+        _ => return Err(ApiError::new("route_not_found", "use /pause, /resume or /retry_dead")),
     };
     jobs::queue_pause(&state.db, &queue, paused).await?;
     if !paused {

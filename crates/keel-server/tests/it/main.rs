@@ -7,6 +7,7 @@ mod auth;
 mod backup;
 mod browser;
 mod cache;
+mod console;
 mod docs;
 mod errors;
 mod explain;

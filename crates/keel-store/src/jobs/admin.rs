@@ -93,6 +93,26 @@ pub async fn job_retry(db: &Db, id: i64, extra_attempts: i32) -> Result<Option<J
     Ok(job)
 }
 
+/// Runs the dead jobs of a queue again (at most `limit`, oldest first), each with
+/// `extra_attempts` more attempts: how many were retried.
+pub async fn queue_retry_dead(db: &Db, queue: &str, extra_attempts: i32, limit: i64) -> Result<u64, StoreError> {
+    let dialect = db.dialect();
+    let mut params = Params::default();
+    let now = now_sql(dialect, &mut params);
+    let extra = params.bind(SqlValue::Int(i64::from(extra_attempts)));
+    let queue_param = params.bind(SqlValue::Text(queue.to_string()));
+    let limit = params.bind(SqlValue::Int(limit));
+    let text = format!(
+        "UPDATE keel_jobs SET state = 'available', run_at = {now}, finished_at = NULL, max_attempts = attempt + {extra} \
+         WHERE id IN (SELECT id FROM keel_jobs WHERE queue = {queue_param} AND state = 'dead' ORDER BY id LIMIT {limit}) RETURNING id"
+    );
+    let retried = db.write(&params.sql(dialect, &text)).await?.len() as u64;
+    if retried > 0 {
+        notify_now(db, queue).await?;
+    }
+    Ok(retried)
+}
+
 /// Cancels a job that has not finished. A running job's worker loses its lease: its
 /// completion is refused and its next heartbeat tells it to stop.
 pub async fn job_cancel(db: &Db, id: i64) -> Result<Option<Job>, StoreError> {

@@ -46,6 +46,22 @@ pub async fn cron_last_tick(db: &Db, name: &str) -> Result<Option<DateTime<Utc>>
     Ok(db.query_primary(&sql).await?.first().and_then(|row| time_of(&row[0])))
 }
 
+/// Every leadership with its owner and when its lease ends (database clock), for the console.
+pub async fn leaders(db: &Db) -> Result<Vec<(String, String, Option<DateTime<Utc>>)>, StoreError> {
+    let sql = db.portable("SELECT name, owner, expires_at FROM keel_leaders ORDER BY name", vec![]);
+    let rows = db.query_primary(&sql).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let expires = time_of(&row[2]);
+            let mut cells = row.into_iter();
+            let name = cells.next().and_then(|c| c.into_text()).unwrap_or_default();
+            let owner = cells.next().and_then(|c| c.into_text()).unwrap_or_default();
+            (name, owner, expires)
+        })
+        .collect())
+}
+
 /// Records `tick` as the cron entry's last run inside `tx`, only if it is newer than the one
 /// recorded: returns whether this caller won the tick (so a tick is enqueued once, however
 /// many instances try).

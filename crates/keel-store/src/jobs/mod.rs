@@ -29,11 +29,13 @@ mod worker_keys;
 
 pub use admin::{
     JobFilter, QueueDepth, QueueStats, Retention, job_cancel, job_delete, job_get, job_list, job_prune, job_retry,
-    queue_pause, queue_stats,
+    queue_pause, queue_retry_dead, queue_stats,
 };
 pub use claim::{ClaimParams, Claimed, job_claim, queue_ensure};
 pub use enqueue::{Enqueued, job_enqueue, job_insert, job_insert_many, job_insert_many_tx, job_notify};
-pub use lead::{JobListener, clock_now, cron_claim_tick, cron_last_tick, job_listener, leader_acquire, leader_resign};
+pub use lead::{
+    JobListener, clock_now, cron_claim_tick, cron_last_tick, job_listener, leader_acquire, leader_resign, leaders,
+};
 pub use settle::{
     Completion, Failure, Rescued, job_complete_many, job_fail_many, job_heartbeat, job_progress, job_release_many,
     job_rescue,
