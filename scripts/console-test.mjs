@@ -198,6 +198,7 @@ if (bench) {
   });
   await step('import', page, async () => {
     await page.goto(`${setup.url}/_/#/orgs/${setup.org}/c/${setup.collection}`);
+    await page.getByRole('tab', { name: 'Import' }).click();
     await page.getByLabel('File').setInputFiles(setup.import_file);
     await page.getByRole('button', { name: 'Import' }).click();
     await page.locator('.import-out [role=progressbar]').waitFor();
@@ -205,7 +206,17 @@ if (bench) {
     const written = await page.locator('.import-out .stat', { hasText: 'Written' }).locator('.value').textContent();
     if (written.replace(/,/g, '') !== String(setup.import_rows)) throw new Error(`the report says ${written} written`);
   });
+  await step('aggregate', page, async () => {
+    await page.getByRole('tab', { name: 'Aggregates' }).click();
+    await page.getByLabel('Group by').selectOption('status');
+    await page.getByLabel('Measure').selectOption('sum:estimate_hours');
+    await page.getByRole('button', { name: 'Aggregate' }).click();
+    await page.getByRole('cell', { name: 'backlog' }).waitFor();
+    const cells = await page.locator('tbody tr', { hasText: 'backlog' }).locator('td').allTextContents();
+    if (!cells.includes(String(setup.import_rows))) throw new Error(`the backlog group reads ${cells.join(' | ')}`);
+  });
   await step('export', page, async () => {
+    await page.getByRole('tab', { name: 'Records' }).click();
     const download = page.waitForEvent('download');
     await page.getByRole('link', { name: 'Export CSV' }).click();
     const file = await (await download).path();

@@ -94,16 +94,19 @@ echo "KEEL_TEST_PG_URL=$KEEL_TEST_PG_URL"
 echo "KEEL_TEST_REDIS_URL=$KEEL_TEST_REDIS_URL"
 
 # --- tools some tests talk to (an SMTP sink) -------------------------------------
-stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver, promtool, oidc-provider in target/oidc-provider (scripts/test-tools.sh)"
+stage "test tools: aiosmtpd in target/venv-test, s3rver in target/s3rver, promtool, oidc-provider in target/oidc-provider, playwright-core in target/browser-test and Debian chromium (scripts/test-tools.sh)"
 TOOLS="$(scripts/test-tools.sh)"
 KEEL_TEST_PYTHON="$(echo "$TOOLS" | sed -n 1p)"
 KEEL_TEST_S3RVER="$(echo "$TOOLS" | sed -n 2p)"
 KEEL_TEST_PROMTOOL="$(echo "$TOOLS" | sed -n 3p)"
 KEEL_TEST_OIDC_MODULES="$(echo "$TOOLS" | sed -n 4p)"
-export KEEL_TEST_PYTHON KEEL_TEST_S3RVER KEEL_TEST_PROMTOOL KEEL_TEST_OIDC_MODULES
+KEEL_TEST_PLAYWRIGHT_MODULES="$(echo "$TOOLS" | sed -n 5p)"
+KEEL_TEST_CHROMIUM="$(echo "$TOOLS" | sed -n 6p)"
+export KEEL_TEST_PYTHON KEEL_TEST_S3RVER KEEL_TEST_PROMTOOL KEEL_TEST_OIDC_MODULES KEEL_TEST_PLAYWRIGHT_MODULES KEEL_TEST_CHROMIUM
 echo "KEEL_TEST_PYTHON=$KEEL_TEST_PYTHON"
 echo "KEEL_TEST_S3RVER=$KEEL_TEST_S3RVER"
 echo "KEEL_TEST_OIDC_MODULES=$KEEL_TEST_OIDC_MODULES"
+echo "KEEL_TEST_PLAYWRIGHT_MODULES=$KEEL_TEST_PLAYWRIGHT_MODULES KEEL_TEST_CHROMIUM=$KEEL_TEST_CHROMIUM"
 echo "KEEL_TEST_PROMTOOL=$KEEL_TEST_PROMTOOL"
 
 # --- override (testing this script without cargo) -----------------------------

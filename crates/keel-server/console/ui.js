@@ -54,6 +54,7 @@ K.fmt = {
   },
   ms(n) {
     if (n === null || n === undefined) return '–';
+    if (n === 0) return '0';
     if (n < 1) return `${(n * 1000).toFixed(0)} µs`;
     if (n < 1000) return `${n.toFixed(n < 10 ? 1 : 0)} ms`;
     return `${(n / 1000).toFixed(1)} s`;

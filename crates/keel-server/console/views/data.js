@@ -152,13 +152,17 @@ K.views.collection = async function (main, params) {
         spec.read_only ? null : K.h('a.button.primary', { href: `#${here}/new` }, 'New record'),
         K.h('a.button', { href: exportLink('csv'), download: `${collection}.csv` }, 'Export CSV'),
         K.h('a.button', { href: exportLink('ndjson'), download: `${collection}.ndjson` }, 'Export NDJSON'))),
-    form, results,
-    spec.read_only ? null : K.importer(base, collection),
-    K.aggregates(base, spec, query.filter));
+    K.tabs([['records', 'Records'], ...(spec.read_only ? [] : [['import', 'Import']]), ['aggregate', 'Aggregates']], query.view || 'records',
+      (v) => K.link(here, { ...query, after: null, view: v === 'records' ? null : v })),
+    query.view === 'import' && !spec.read_only ? K.importer(base, collection)
+      : query.view === 'aggregate' ? K.aggregates(base, spec, query.filter)
+        : [form, results]);
+  if (query.view === 'import' || query.view === 'aggregate') return;
   // Long text and JSON stay in the record's view; the table shows the short fields.
   const columns = spec.fields.filter((f) => f.type !== 'json' && !(f.type === 'text' && f.max > 1000)).slice(0, 7);
   try {
-    const page = await K.get(base, { filter: query.filter, sort: query.sort, q: query.q, after: query.after, limit: 50, count: 'estimate' });
+    const expand = columns.filter((f) => f.type === 'relation').map((f) => f.name).slice(0, 8).join(',');
+    const page = await K.get(base, { filter: query.filter, sort: query.sort, q: query.q, after: query.after, limit: 50, count: 'estimate', expand });
     const sortLink = (name) => {
       const current = query.sort || '';
       const next = current === name ? `-${name}` : name;
@@ -168,7 +172,7 @@ K.views.collection = async function (main, params) {
       K.h('p.muted', page.count_capped ? `more than ${K.fmt.num(page.count)} records` : `${K.fmt.num(page.count)} records`, query.filter ? ' match the filter' : ''),
       K.table([
         [sortLink('id'), (r) => K.h('a', { href: `#${here}/${r.id}` }, K.h('code', r.id.slice(-12)))],
-        ...columns.map((f) => [sortLink(f.name), (r) => cell(r[f.name], f), { class: f.type === 'integer' || f.type === 'number' ? 'num' : null }]),
+        ...columns.map((f) => [sortLink(f.name), (r) => cell(r[f.name], f, r.expand && r.expand[f.name]), { class: f.type === 'integer' || f.type === 'number' ? 'num' : null }]),
         [sortLink('updated_at' in (page.items[0] || {}) ? 'updated_at' : 'created_at'), (r) => K.fmt.time(r.updated_at || r.created_at)],
       ], page.items, { onRow: (r) => (location.hash = `${here}/${r.id}`), empty: query.filter || query.q ? 'No record matches.' : 'No records yet.' }),
       K.pager({ ...query, after: null }, page.next, query.after));
@@ -179,8 +183,9 @@ K.views.collection = async function (main, params) {
 };
 
 /** A record's value in a table cell. */
-function cell(value, field) {
+function cell(value, field, expanded) {
   if (value === null || value === undefined) return K.h('span.null', '–');
+  if (field.type === 'relation') return K.label(field.to, expanded) || K.h('code.small', String(value).slice(-12));
   if (field.type === 'bool') return value ? '✓' : '✗';
   if (field.type === 'file') {
     const files = Array.isArray(value) ? value : [value];
@@ -190,6 +195,15 @@ function cell(value, field) {
   return text.length > 60 ? text.slice(0, 57) + '…' : text;
 }
 K.cell = cell;
+
+/** A related record's name: a user's email, else the target's first unique or required text field. */
+K.label = function (to, record) {
+  if (!record) return null;
+  if (to === 'users') return record.email || null;
+  const target = K.collection(to);
+  const text = target && (target.fields.find((f) => f.type === 'text' && f.unique) || target.fields.find((f) => f.type === 'text' && f.required));
+  return text && record[text.name] ? String(record[text.name]) : null;
+};
 
 /** Upload a CSV or NDJSON file: small files answer a report, large ones a job to follow. */
 K.importer = function (base, collection) {
@@ -291,5 +305,5 @@ K.aggregates = function (base, spec, filter) {
         r.truncated ? K.h('p.muted', 'More groups exist than are shown.') : null);
     } catch (error) { K.mount(out, K.errorBox(error)); }
   } }, K.h('label', 'Group by', group), K.h('label', 'Measure', measure), K.h('button', { type: 'submit' }, 'Aggregate'));
-  return K.section('Aggregates', form, out);
+  return K.section(filter ? `Aggregates of the records matching ${filter}` : 'Aggregates', form, out);
 };

@@ -29,8 +29,8 @@ K.views.queues = async function (main) {
     ], queues.items, { rowClass: (q) => (q.paused ? 'paused' : '') })),
     K.section('Schedules', K.table([
       ['Kind', (s) => s.kind], ['Queue', (s) => s.queue], ['Schedule', (s) => K.h('code', s.schedule)],
-      ['Last run', (s) => (s.last_tick ? `${K.fmt.time(s.last_tick)} (${K.fmt.ago(s.last_tick)})` : 'never')],
-      ['Next run', (s) => (s.next_tick ? `${K.fmt.time(s.next_tick)} (${K.fmt.ago(s.next_tick)})` : '–')],
+      ['Last tick', (s) => (s.last_tick ? `${K.fmt.time(s.last_tick)} (${K.fmt.ago(s.last_tick)})` : 'never')],
+      ['Next tick', (s) => (s.next_tick ? `${K.fmt.time(s.next_tick)} (${K.fmt.ago(s.next_tick)})` : '–')],
       ['Catch-up', (s) => (s.catch_up ? 'yes' : 'no')],
     ], schedules.items, { empty: 'No cron schedules.' }),
     K.h('h3', 'Leaders'),

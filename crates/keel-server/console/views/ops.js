@@ -39,22 +39,26 @@ async function backups(body) {
     if (path.endsWith('/backups')) refreshList();
   };
   const table = K.h('div');
+  const stats = K.h('div');
   const refreshList = async () => {
     const fresh = await K.get('/admin/backups');
     K.mount(table, listTable(fresh));
+    K.mount(stats, statCards(fresh));
   };
+  const statCards = (l) => K.h('div.stats',
+    K.stat('Backups', K.fmt.num(l.items.length), l.items.length ? `${K.fmt.bytes(l.items.reduce((n, b) => n + b.size, 0))} in all` : null),
+    K.stat('Latest', l.items[0] ? K.fmt.ago(l.items[0].created_at) : 'never', l.items[0] ? K.fmt.bytes(l.items[0].size) : null),
+    K.stat('Last run', l.runs[0] ? K.badge(l.runs[0].state) : '–', l.runs[0] ? K.fmt.ago(l.runs[0].started_at) : null, l.runs[0] && l.runs[0].state === 'failed' ? 'bad' : null),
+    K.stat('Schedule', l.schedule ? K.h('code', l.schedule) : 'none', l.target),
+    K.stat('Encrypted', l.encrypted ? 'yes (age)' : 'no key', null, l.encrypted ? 'good' : 'bad'));
   const listTable = (l) => K.table([
     ['Name', (b) => K.h('code', b.name)], ['Taken', (b) => `${K.fmt.time(b.created_at)} (${K.fmt.ago(b.created_at)})`],
     ['Size', (b) => K.fmt.bytes(b.size), { class: 'num' }],
     ['', (b) => K.button('Verify', (btn) => runJob(btn, `/admin/backups/${encodeURIComponent(b.name)}/verify`, `Verify ${b.name}`), '.small')],
   ], l.items, { empty: 'No backups yet.' });
   K.mount(table, listTable(list));
-  K.mount(body,
-    K.h('div.stats',
-      K.stat('Backups', K.fmt.num(list.items.length)),
-      K.stat('Latest', list.items[0] ? K.fmt.ago(list.items[0].created_at) : 'never', list.items[0] ? K.fmt.bytes(list.items[0].size) : null),
-      K.stat('Schedule', list.schedule ? K.h('code', list.schedule) : 'none', list.target),
-      K.stat('Encrypted', list.encrypted ? 'yes (age)' : 'no key', null, list.encrypted ? 'good' : 'bad')),
+  K.mount(stats, statCards(list));
+  K.mount(body, stats,
     K.h('div.actions', K.button('Take a backup now', (b) => runJob(b, '/admin/backups', 'Backup'), '.primary')),
     status, table,
     K.h('p.muted', 'A backup is a job on the keel_bulk queue; verifying restores it into a scratch database and checks every table and file against its manifest. Restores are done with `keel backup restore` (OPERATIONS.md).'));

@@ -1,3 +1,11 @@
+/** A readiness detail as a person reads it. */
+function detail(key, value) {
+  if (typeof value === 'number' && key.endsWith('bytes')) return K.fmt.bytes(value);
+  if (typeof value === 'number' && key.endsWith('ratio')) return K.fmt.pct(value);
+  if (typeof value === 'number' && key.endsWith('seconds')) return K.fmt.seconds(value);
+  return K.fmt.value(value);
+}
+
 // The instance at a glance (superuser): GET /admin/overview, refreshed every 10 s.
 K.views.overview = async function (main) {
   const body = K.h('div.overview');
@@ -26,13 +34,14 @@ K.views.overview = async function (main) {
         K.chart({ title: 'Latency', points: minutes, format: K.fmt.ms, series: [
           { key: 'p50_ms', label: 'p50', cls: 's1' }, { key: 'p95_ms', label: 'p95', cls: 's2' }, { key: 'p99_ms', label: 'p99', cls: 's3' }] }),
         K.chart({ title: 'Errors (% of answers ≥ 500)', points: minutes, format: (v) => `${K.fmt.num(v)}%`, series: [{ key: 'error_pct', label: 'errors', cls: 's3' }] })),
-      K.h('div.cols',
+      K.h('div.cols.wide-first',
         K.section('Readiness checks', K.table([
           ['Check', ([name]) => name],
           ['Status', ([, c]) => K.badge(c.status)],
           ['Required', ([, c]) => (c.required ? 'yes' : 'no')],
           ['Latency', ([, c]) => K.fmt.ms(c.latency_ms), { class: 'num' }],
-          ['Details', ([, c]) => Object.entries(c).filter(([k]) => !['status', 'required', 'latency_ms'].includes(k)).map(([k, v]) => `${k}: ${K.fmt.value(v)}`).join(' · ')],
+          ['Details', ([, c]) => K.h('span.details', Object.entries(c).filter(([k, v]) => !['status', 'required', 'latency_ms'].includes(k) && v !== null && v !== '')
+            .map(([k, v]) => K.h('span', `${k.replace(/_/g, ' ')}: ${detail(k, v)}`)))],
         ], checks)),
         K.section('Firing alerts', K.table([
           ['Rule', (a) => a.name], ['Severity', (a) => K.badge(a.severity)],

@@ -64,6 +64,8 @@ function recordForm(spec, record, { onSubmit, label }) {
     const note = [field.type, field.type === 'relation' ? `→ ${field.to}` : null, field.required ? 'required' : null, field.unique ? 'unique' : null].filter(Boolean).join(' · ');
     return K.h('div.field', { 'data-field': field.name },
       K.h('label', { for: made.id }, field.name, K.h('small', note)), made.el,
+      field.type === 'relation' && record && record.expand && record.expand[field.name]
+        ? K.h('span.help', '→ ', K.label(field.to, record.expand[field.name]) || record[field.name]) : null,
       field.description ? K.h('span.help', field.description) : null, message);
   });
   const submit = K.h('button.primary', { type: 'submit' }, label);
