@@ -58,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::status))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/admin/overview", get(ops::admin_overview))
+        .route("/admin/audit", get(crate::console::audit::all))
+        .route("/orgs/{org}/audit", get(crate::console::audit::of_org))
         .route("/admin/errors", get(ops::admin_errors))
         .route("/admin/alerts", get(ops::admin_alerts))
         .route("/admin/backups", get(ops::admin_backups).post(ops::admin_backup_take))
@@ -161,6 +163,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::cache::layer::cache,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::console::audit::layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

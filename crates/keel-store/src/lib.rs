@@ -2,6 +2,7 @@
 //! the record and system-table operations both backends share.
 
 pub mod accounts;
+pub mod audit;
 pub mod backups;
 pub mod bulk;
 pub mod cell;

@@ -7,7 +7,7 @@
 //! same role could not do with `curl`. Role checks, validation, the activity log and rate
 //! limits are the API's. What lives here: the files and how they are served
 //! ([`assets`]), `[console]` ([`settings`]), the address fence in front of the console and
-//! the admin API ([`fence`]), and `GET /api/v1/schema`, the app's collections as the
+//! the admin API ([`fence`]), the audit log of operators' writes ([`audit`]), and `GET /api/v1/schema`, the app's collections as the
 //! console draws them ([`schema`]).
 
 use std::net::IpAddr;
@@ -25,6 +25,7 @@ use crate::http::extract::ClientIp;
 use crate::http::state::AppState;
 
 pub mod assets;
+pub mod audit;
 pub mod schema;
 pub mod settings;
 

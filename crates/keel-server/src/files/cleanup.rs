@@ -38,7 +38,12 @@ pub fn cleanup_handler(storage: std::sync::Arc<crate::files::storage::Storage>) 
             let errors = keel_store::errors::errors_prune(&context.db, chrono::Utc::now() - chrono::Duration::days(30))
                 .await
                 .map_err(|e| keel_jobs::JobFailure::retry(format!("error-group pruning failed: {e}")))?;
+            // The operators' audit log keeps a year.
+            let audit = keel_store::audit::prune(&context.db, chrono::Utc::now() - chrono::Duration::days(365))
+                .await
+                .map_err(|e| keel_jobs::JobFailure::retry(format!("audit-log pruning failed: {e}")))?;
             let mut result = base.unwrap_or_else(|| json!({}));
+            result["audit_entries_pruned"] = json!(audit);
             result["error_groups_pruned"] = json!(errors);
             result["files"] = files;
             result["deferred_deletes"] = json!(deferred);

@@ -261,6 +261,96 @@ async fn bulk_retry_and_schedules(backend: Backend) {
     assert!(backup["next_tick"].is_string());
 }
 
+async fn operator_writes_are_audited(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &spec(), |_| {}).await;
+    let (root, token) = app.signup("root@example.com").await;
+    app.make_superuser(&root).await;
+    let (_, owner) = app.signup("owner@example.com").await;
+    app.org(&owner, "acme").await;
+    let (_, stranger) = app.signup("stranger@example.com").await;
+    app.org(&stranger, "other").await;
+    app.member(&owner, "acme", "member@example.com", "member").await;
+    let paused = app
+        .request_from(
+            "10.0.0.9",
+            "POST",
+            "/api/v1/admin/queues/reports/pause",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(paused.status, 200, "{}", paused.text);
+    // A refused attempt is recorded too; one without credentials identifies no one.
+    assert_eq!(
+        app.post("/api/v1/admin/queues/reports/resume", &owner, json!({}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.request("POST", "/api/v1/admin/queues/reports/resume", None, None)
+            .await
+            .status,
+        401
+    );
+    // Record writes are the activity log's, not the audit's.
+    app.create("/api/v1/orgs/acme/projects", &owner, json!({"name": "P", "key": "PP"}))
+        .await;
+
+    let all = app.get("/api/v1/admin/audit", &token).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let items = all.body["items"].as_array().unwrap();
+    let pause = items
+        .iter()
+        .find(|e| e["path"] == "/api/v1/admin/queues/reports/pause")
+        .unwrap_or_else(|| panic!("the pause: {}", all.text));
+    assert_eq!(pause["actor_email"], "root@example.com");
+    assert_eq!(pause["status"], 200);
+    assert_eq!(pause["ip"], "10.0.0.9");
+    assert_eq!(pause["route"], "/api/v1/admin/queues/{queue}/{action}");
+    assert!(pause["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    let refused = items
+        .iter()
+        .find(|e| e["path"] == "/api/v1/admin/queues/reports/resume")
+        .expect("the refusal");
+    assert_eq!(refused["status"], 403);
+    assert_eq!(refused["actor_email"], "owner@example.com");
+    assert_eq!(
+        items
+            .iter()
+            .filter(|e| e["path"] == "/api/v1/admin/queues/reports/resume")
+            .count(),
+        1
+    );
+    assert!(!items.iter().any(|e| e["path"] == "/api/v1/orgs/acme/projects"));
+
+    let org = app.get("/api/v1/orgs/acme/audit", &owner).await;
+    assert_eq!(org.status, 200, "{}", org.text);
+    let entries = org.body["items"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["route"] == "/api/v1/orgs/{org}/members" && e["status"] == 201),
+        "{}",
+        org.text
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["path"].as_str().unwrap().starts_with("/api/v1/orgs/acme")),
+        "{}",
+        org.text
+    );
+    assert_eq!(app.get("/api/v1/orgs/acme/audit", &stranger).await.status, 404);
+    assert_eq!(app.get("/api/v1/admin/audit", &owner).await.status, 403);
+    let first = app.get("/api/v1/admin/audit?limit=1", &token).await;
+    let next = first.body["next"].as_str().expect("a next page");
+    let second = app
+        .get(&format!("/api/v1/admin/audit?limit=1&before={next}"), &token)
+        .await;
+    assert_ne!(first.body["items"][0]["id"], second.body["items"][0]["id"]);
+}
+
 /// The console in Chromium: every screen, on this backend.
 async fn the_console_works_in_a_browser(backend: Backend) {
     let modules = std::env::var("KEEL_TEST_PLAYWRIGHT_MODULES")
@@ -370,5 +460,6 @@ both!(
     the_schema_describes_collections_for_forms,
     backups_keys_migrations_and_config_for_operators,
     bulk_retry_and_schedules,
+    operator_writes_are_audited,
     the_console_works_in_a_browser
 );

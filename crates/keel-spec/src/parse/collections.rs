@@ -9,8 +9,10 @@ use super::{
 };
 use crate::model::*;
 
-const RESERVED_COLLECTIONS: [&str; 11] = [
+const RESERVED_COLLECTIONS: [&str; 13] = [
     "members",
+    "invitations",
+    "audit",
     "activity",
     "api_keys",
     "import",

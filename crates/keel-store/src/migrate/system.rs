@@ -6,7 +6,7 @@ use super::Step;
 use super::ddl::types;
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 8;
+pub const SYSTEM_VERSION: i64 = 9;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -85,6 +85,15 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         steps.push(Step {
             description: "sign-in with OpenID Connect providers and org-required second factors (system version 8)"
                 .into(),
+            statements,
+            destructive: false,
+        });
+    }
+    if from < 9 {
+        let mut statements = vec!["UPDATE keel_system SET version = 9 WHERE id = 1".to_string()];
+        statements.extend(crate::audit::tables(dialect));
+        steps.push(Step {
+            description: "the operators' audit log (system version 9)".into(),
             statements,
             destructive: false,
         });
