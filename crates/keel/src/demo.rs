@@ -709,6 +709,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         args.app,
         data_dir.join("keel.db").display()
     );
+    if config.console.enabled {
+        println!("  console:     {base}/_/   (sign in as either account below)");
+    }
     println!("  superuser:   {SUPERUSER_EMAIL} / {DEMO_PASSWORD}");
     println!("  org owner:   owner@{first_org}.demo.keel / {DEMO_PASSWORD}   (org '{first_org}')");
     println!();

@@ -42,13 +42,14 @@ K.views.org = async function (main, { org, tab = 'data', query }) {
   const body = K.h('div');
   K.mount(main,
     K.h('div.page-head', K.h('h1', info.name || info.slug), K.h('span.muted', K.h('code', info.slug), role ? ` · your role: ${role}` : '')),
-    K.tabs([['data', 'Data'], ['members', 'Members'], ['invitations', 'Invitations'], ['keys', 'API keys'], ['settings', 'Settings']], tab, go),
+    K.tabs([['data', 'Data'], ['members', 'Members'], ['invitations', 'Invitations'], ['keys', 'API keys'], ['audit', 'Audit log'], ['settings', 'Settings']], tab, go),
     body);
   if (tab === 'data') return orgData(body, org);
   if (!manages) return K.mount(body, K.h('p.empty', 'Your role does not manage this org.'));
   if (tab === 'members') return members(body, org, query);
   if (tab === 'invitations') return invitations(body, org);
   if (tab === 'keys') return apiKeys(body, org);
+  if (tab === 'audit') return K.audit(body, `/orgs/${encodeURIComponent(org)}/audit`);
   if (tab === 'settings') return orgSettings(body, org, info);
 };
 

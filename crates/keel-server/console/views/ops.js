@@ -4,9 +4,9 @@ K.views.ops = async function (main, { tab = 'backups' }) {
   const go = (t) => K.link('/ops', { tab: t });
   const body = K.h('div');
   K.mount(main, K.h('div.page-head', K.h('h1', 'Operations')),
-    K.tabs([['backups', 'Backups'], ['alerts', 'Alerts'], ['errors', 'Errors'], ['keys', 'Signing keys'], ['migrations', 'Migrations'], ['config', 'Configuration']], tab, go),
+    K.tabs([['backups', 'Backups'], ['alerts', 'Alerts'], ['errors', 'Errors'], ['keys', 'Signing keys'], ['migrations', 'Migrations'], ['config', 'Configuration'], ['audit', 'Audit log']], tab, go),
     body);
-  const view = { backups, alerts, errors, keys, migrations, config }[tab];
+  const view = { backups, alerts, errors, keys, migrations, config, audit: (b) => K.audit(b, '/admin/audit') }[tab];
   if (view) await view(body);
 };
 
@@ -127,3 +127,21 @@ async function config(body) {
       ['Key', ([k]) => K.h('code', k)], ['Value', ([, v]) => K.h('code', K.fmt.value(v))],
     ], Object.entries(values), { empty: '(all defaults)' }))));
 }
+
+/** The audit log of operators' writes (all of them, or an org's), newest first. */
+K.audit = async function (body, path) {
+  const query = Object.fromEntries(new URLSearchParams(location.hash.split('?')[1] || ''));
+  const page = await K.get(path, { before: query.before, limit: 50 });
+  const here = location.hash.split('?')[0].slice(1);
+  K.mount(body,
+    K.table([
+      ['When', (e) => K.fmt.time(e.created_at)],
+      ['Who', (e) => e.actor_email || (e.api_key ? `API key ${e.api_key.slice(-8)}` : '–')],
+      ['Request', (e) => [K.h(`span.method.${e.method.toLowerCase()}`, e.method), ' ', K.h('code', e.path)]],
+      ['Answer', (e) => K.badge(String(e.status), e.status < 400 ? 'completed' : 'dead')],
+      ['From', (e) => e.ip || '–'],
+      ['Request id', (e) => K.h('code.small', e.request_id)],
+    ], page.items, { empty: 'No operator writes yet.' }),
+    page.next ? K.h('div.pager', K.h('a.button', { href: K.link(here, { ...query, before: page.next }) }, 'Older »')) : null,
+    K.h('p.muted', 'Every write to the admin API and every change to members, API keys, invitations and org settings, from the console or any client; record changes are in each org\'s activity log. Kept a year.'));
+};
