@@ -25,7 +25,7 @@ fn api_error(error: BackupError) -> ApiError {
 pub async fn overview(state: &AppState) -> ApiResult<Value> {
     let backups = backups(state)?;
     let mut items = backups.list().await.map_err(api_error)?;
-    items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    items.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     let runs = keel_store::backups::backup_history(&state.db, 20).await?;
     let section = &state.config.backup;
     Ok(json!({
