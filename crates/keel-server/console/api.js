@@ -49,3 +49,13 @@ K.get = (path, query) => K.api('GET', path, { query }).then((r) => r.data);
 
 /** The base path of a collection: an org's or the global one. */
 K.base = (org) => (org ? `/orgs/${encodeURIComponent(org)}` : '/global');
+
+/** Follows a job (every 500 ms) until it ends, calling onProgress meanwhile; resolves with it. */
+K.waitJob = async function (id, onProgress) {
+  for (;;) {
+    const job = await K.get(`/jobs/${id}`);
+    if (['completed', 'dead', 'cancelled'].includes(job.state)) return job;
+    if (onProgress) onProgress(job);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+};

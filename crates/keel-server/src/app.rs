@@ -99,6 +99,9 @@ impl App {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if self.state.config.console.enabled {
+            crate::console::assets::warm();
+        }
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_seconds);
         let state = self.state.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -226,9 +229,6 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
     );
     let protection = protect::Protection::new(&config, &schema.app.rate_limits);
     let fence = crate::console::Fence::new(&config);
-    if config.console.enabled {
-        crate::console::assets::warm();
-    }
     AppState {
         inner: Arc::new(state::Inner {
             cache,

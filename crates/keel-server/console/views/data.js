@@ -236,35 +236,28 @@ K.importer = function (base, collection) {
   return K.section(`Import into ${collection}`, form, out);
 };
 
-/** Polls an import job, showing its progress until it ends. */
+/** Follows an import job, showing its progress until it ends. */
 async function follow(out, id, base) {
   const bar = K.meter(0, 'import progress');
+  const fill = bar.querySelector('.fill');
   const line = K.h('span.muted', 'queued');
+  const show = (fraction) => {
+    fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+    bar.setAttribute('aria-valuenow', String(Math.round(fraction * 100)));
+  };
   K.mount(out, K.h('div.progress', bar, line), K.h('p', K.h('a', { href: `#/jobs/j/${id}` }, `job ${id}`)));
-  for (;;) {
-    const job = await K.get(`/jobs/${id}`);
-    const p = job.progress || {};
-    const fill = bar.querySelector('.fill');
-    if (job.state === 'completed') {
-      fill.style.width = '100%';
-      bar.setAttribute('aria-valuenow', '100');
-      K.mount(out, K.h('div.progress', bar, K.h('span', 'done')), report(job.result, base));
-      return;
-    }
-    if (job.state === 'dead' || job.state === 'cancelled') {
-      const last = (job.errors || []).slice(-1)[0] || {};
-      K.mount(out, K.errorBox({ code: last.code || job.state, message: last.message || last.error || `the import is ${job.state}` }));
-      return;
-    }
-    if (p.read !== undefined) {
-      line.textContent = `${K.fmt.num(p.read)} rows read · ${K.fmt.num(p.written)} written · ${K.fmt.num(p.rejected)} rejected`;
-      const fraction = p.bytes ? p.bytes_read / p.bytes : 0;
-      fill.style.width = `${(fraction * 100).toFixed(1)}%`;
-      bar.setAttribute('aria-valuenow', String(Math.round(fraction * 100)));
-    } else {
-      line.textContent = job.state;
-    }
-    await new Promise((r) => setTimeout(r, 500));
+  const job = await K.waitJob(id, (j) => {
+    const p = j.progress || {};
+    if (p.read === undefined) return (line.textContent = j.state);
+    line.textContent = `${K.fmt.num(p.read)} rows read · ${K.fmt.num(p.written)} written · ${K.fmt.num(p.rejected)} rejected`;
+    show(p.bytes ? p.bytes_read / p.bytes : 0);
+  });
+  if (job.state === 'completed') {
+    show(1);
+    K.mount(out, K.h('div.progress', bar, K.h('span', 'done')), report(job.result, base));
+  } else {
+    const last = (job.errors || []).slice(-1)[0] || {};
+    K.mount(out, K.errorBox({ code: last.code || job.state, message: last.message || last.error || `the import is ${job.state}` }));
   }
 }
 

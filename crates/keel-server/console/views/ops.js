@@ -10,16 +10,6 @@ K.views.ops = async function (main, { tab = 'backups' }) {
   if (view) await view(body);
 };
 
-/** Follows a job until it ends; resolves with it. */
-K.waitJob = async function (id, onProgress) {
-  for (;;) {
-    const job = await K.get(`/jobs/${id}`);
-    if (['completed', 'dead', 'cancelled'].includes(job.state)) return job;
-    if (onProgress) onProgress(job);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-};
-
 async function backups(body) {
   const list = await K.get('/admin/backups');
   const status = K.h('div.job-status');

@@ -14,6 +14,15 @@ pub fn is_superuser(principal: &Principal) -> bool {
     matches!(principal, Principal::User { user, .. } if user.superuser)
 }
 
+/// Refuses (403) anyone but the superuser.
+pub fn require_superuser(principal: &Principal) -> ApiResult<()> {
+    if is_superuser(principal) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
 /// Managing members and keys takes the second-highest role (admin) or above.
 pub fn require_manager(state: &AppState, principal: &Principal, role: &Option<String>) -> ApiResult<()> {
     let roles = &state.schema.app.roles;

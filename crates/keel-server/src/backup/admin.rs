@@ -63,11 +63,7 @@ async fn enqueue(state: &AppState, payload: Value, unique: String, user: Option<
         .ok_or_else(|| ApiError::internal("the keel_backup kind is missing"))?;
     let mut job = keel_store::jobs::NewJob::of_kind(kind, payload, None, user);
     job.unique_key = Some(format!("backup:{unique}"));
-    let enqueued = keel_store::jobs::job_enqueue(&state.db, &job).await?;
-    if !enqueued.duplicate {
-        keel_jobs::Observer::enqueued(state.metrics.as_ref(), &job.queue, &job.kind, 1);
-        state.jobs.wake(&job.queue);
-    }
+    let enqueued = crate::jobs::insert(state, &job).await?;
     Ok(
         json!({ "job": { "id": enqueued.id, "kind": job.kind, "state": enqueued.state, "duplicate": enqueued.duplicate } }),
     )

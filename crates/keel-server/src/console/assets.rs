@@ -60,7 +60,7 @@ pub fn assets() -> &'static Assets {
     ASSETS.get_or_init(build)
 }
 
-/// Builds the assets off the request path (the server calls it at start).
+/// Builds the assets off the request path (`App::run_until` calls it as it starts serving).
 pub fn warm() {
     std::thread::spawn(|| {
         assets();
@@ -161,12 +161,6 @@ impl Assets {
     pub fn file(&self, name: &str, request: &HeaderMap) -> Option<Response> {
         let asset = self.files.get(name)?;
         Some(asset.respond(request, "public, max-age=31536000, immutable"))
-    }
-
-    /// Bytes sent for a first load with brotli: the page and every file.
-    pub fn first_load_bytes(&self) -> (usize, usize) {
-        let all = std::iter::once(&self.page).chain(self.files.values());
-        all.fold((0, 0), |(br, raw), a| (br + a.brotli.len(), raw + a.identity.len()))
     }
 }
 

@@ -98,9 +98,7 @@ fn before_of(params: &Params) -> ApiResult<Option<uuid::Uuid>> {
 
 /// `GET /api/v1/admin/audit` (superuser): every entry, newest first; `limit`, `before`.
 pub async fn all(State(state): State<AppState>, Auth(principal): Auth, params: Params) -> ApiResult<Json<Value>> {
-    if !crate::auth::is_superuser(&principal) {
-        return Err(ApiError::forbidden());
-    }
+    crate::auth::roles::require_superuser(&principal)?;
     params.only(&["limit", "before"])?;
     let limit = page_limit(&state, params.get("limit"))?;
     let entries = audit::list(&state.db, None, before_of(&params)?, i64::from(limit)).await?;

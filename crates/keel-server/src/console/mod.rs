@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -89,9 +89,7 @@ pub async fn fence(State(state): State<AppState>, request: Request, next: Next) 
     if fenced(request.uri().path()) {
         let ip = request.extensions().get::<ClientIp>().and_then(|c| c.0);
         if !state.fence.admits(ip) {
-            let mut response = ApiError::new("ip_blocked", "the console is not open to this address").into_response();
-            *response.status_mut() = StatusCode::FORBIDDEN;
-            return response;
+            return ApiError::new("ip_blocked", "the console is not open to this address").into_response();
         }
     }
     next.run(request).await

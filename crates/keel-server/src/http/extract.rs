@@ -404,6 +404,14 @@ pub struct ClientIp(pub Option<IpAddr>);
 #[derive(Clone)]
 pub struct ResolvedPrincipal(pub Principal);
 
+/// A JSON body that may be left out (or blank): its type's default then.
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::new("invalid_json", e.to_string()))
+}
+
 /// The session cookie (set by `auth::browser`, read by the `Auth` extractor).
 pub const SESSION_COOKIE: &str = "keel_session";
 

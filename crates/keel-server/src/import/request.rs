@@ -252,15 +252,13 @@ async fn spool(
         .kind(keel_spec::IMPORT_KIND)
         .ok_or_else(|| ApiError::internal("the keel_import kind is missing"))?;
     let job = keel_store::jobs::NewJob::of_kind(kind, json!(payload), target.org, target.actor.user);
-    let enqueued = match keel_store::jobs::job_enqueue(&state.db, &job).await {
+    let enqueued = match crate::jobs::insert(state, &job).await {
         Ok(enqueued) => enqueued,
         Err(error) => {
             let _ = uploads::upload_delete(&state.db, upload).await;
             return Err(error.into());
         }
     };
-    keel_jobs::Observer::enqueued(state.metrics.as_ref(), &job.queue, &job.kind, 1);
-    state.jobs.wake(&job.queue);
     let body = json!({
         "job": { "id": enqueued.id, "kind": job.kind, "queue": job.queue, "state": enqueued.state },
         "bytes": total,

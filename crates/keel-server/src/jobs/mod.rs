@@ -80,13 +80,20 @@ pub(crate) fn new_job(state: &AppState, body: EnqueueBody, org: Option<Uuid>, us
     Ok(job)
 }
 
-/// Inserts a job in a transaction of its own, wakes this instance's workers, counts it.
-pub(crate) async fn enqueue(state: &AppState, job: NewJob) -> ApiResult<impl IntoResponse + use<>> {
-    let enqueued = jobs::job_enqueue(&state.db, &job).await?;
+/// Inserts a job in a transaction of its own and, unless its unique key was taken, counts it
+/// and wakes this instance's workers.
+pub(crate) async fn insert(state: &AppState, job: &NewJob) -> Result<jobs::Enqueued, keel_store::StoreError> {
+    let enqueued = jobs::job_enqueue(&state.db, job).await?;
     if !enqueued.duplicate {
         keel_jobs::Observer::enqueued(state.metrics.as_ref(), &job.queue, &job.kind, 1);
         state.jobs.wake(&job.queue);
     }
+    Ok(enqueued)
+}
+
+/// [`insert`], answered as the enqueue routes answer: 201, or 200 for a duplicate.
+pub(crate) async fn enqueue(state: &AppState, job: NewJob) -> ApiResult<impl IntoResponse + use<>> {
+    let enqueued = insert(state, &job).await?;
     let status = if enqueued.duplicate {
         StatusCode::OK
     } else {
@@ -180,13 +187,7 @@ pub(crate) fn page(items: Vec<Job>, limit: u32) -> Value {
         .flatten();
     json!({ "items": items, "next": next })
 }
-pub(crate) fn require_superuser(principal: &Principal) -> ApiResult<()> {
-    if is_superuser(principal) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
+pub(crate) use crate::auth::roles::require_superuser;
 
 /// Every queue's stats, declared queues without jobs included (at zero).
 pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<jobs::QueueStats>, keel_store::StoreError> {

@@ -227,11 +227,7 @@ pub async fn admin_action(
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RetryBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new("invalid_json", e.to_string()))?
-    };
+    let body: RetryBody = crate::http::extract::optional_json(&body)?;
     require_superuser(&principal)?;
     let id = parse_job_id(&id)?;
     let job = jobs::job_get(&state.db, id).await?.ok_or_else(ApiError::not_found)?;

@@ -82,11 +82,10 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new("method_not_allowed", "this route does not take this method")
 }
 
+/// The superuser's id, or 403.
 fn superuser_of(principal: &keel_store::system::Principal) -> Result<Option<uuid::Uuid>, ApiError> {
-    match principal {
-        keel_store::system::Principal::User { user, .. } if user.superuser => Ok(Some(user.id)),
-        _ => Err(ApiError::forbidden()),
-    }
+    crate::auth::roles::require_superuser(principal)?;
+    Ok(crate::jobs::user_of(principal))
 }
 
 /// `GET /api/v1/admin/backups`: see [`crate::backup::admin::overview`].
@@ -155,11 +154,7 @@ pub async fn admin_key_retire(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     superuser_of(&principal)?;
-    let body: RetireBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RetireBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new("invalid_json", e.to_string()))?
-    };
+    let body: RetireBody = crate::http::extract::optional_json(&body)?;
     use crate::auth::keys::RetireError;
     match crate::auth::keys::retire(&state.db, &id, body.force).await {
         Ok(()) => Ok(Json(json!({ "id": id, "retired": true }))),
