@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backups;
 pub mod bulk;
 pub mod cell;
+pub mod changes;
 pub mod db;
 pub mod error;
 pub mod errors;

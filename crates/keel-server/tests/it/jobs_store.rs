@@ -8,7 +8,7 @@ use keel_store::Db;
 use keel_store::jobs::{self, ClaimParams, Completion, Failure, JobState, NewJob, Retention};
 use keel_testkit::{Backend, TEST_SPEC, TestDb, both};
 
-async fn migrated(backend: Backend) -> (TestDb, Db) {
+pub(crate) async fn migrated(backend: Backend) -> (TestDb, Db) {
     let database = TestDb::new(backend).await;
     let db = database.connect().await;
     let schema = keel_query::Schema::new(keel_spec::parse_app(TEST_SPEC).unwrap()).unwrap();

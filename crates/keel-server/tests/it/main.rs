@@ -7,6 +7,7 @@ mod auth;
 mod backup;
 mod browser;
 mod cache;
+mod changes;
 mod console;
 mod docs;
 mod errors;

@@ -207,7 +207,7 @@ async fn search_index_upgrades_from_version_5(backend: Backend) {
     }
     // Nor what later system versions added (version 7: the account-flow tokens; version 8: identities; version 9: the audit log).
     tx.execute_script(
-        "DROP TABLE keel_audit; DROP TABLE keel_oidc_states; DROP TABLE keel_identities; ALTER TABLE keel_orgs DROP COLUMN require_mfa; ALTER TABLE keel_account_tokens DROP COLUMN challenge; DROP TABLE keel_recovery_codes; DROP TABLE keel_totp; DROP TABLE keel_invitations; DROP TABLE keel_account_tokens; ALTER TABLE keel_users DROP COLUMN email_verified_at; ALTER TABLE keel_users DROP COLUMN disabled_at; ALTER TABLE keel_sessions DROP COLUMN last_seen_at; ALTER TABLE keel_sessions DROP COLUMN ip; ALTER TABLE keel_sessions DROP COLUMN user_agent; UPDATE keel_system SET version = 5 WHERE id = 1",
+        "DROP TABLE keel_changes_horizon; DROP TABLE keel_changes; DROP TABLE keel_audit; DROP TABLE keel_oidc_states; DROP TABLE keel_identities; ALTER TABLE keel_orgs DROP COLUMN require_mfa; ALTER TABLE keel_account_tokens DROP COLUMN challenge; DROP TABLE keel_recovery_codes; DROP TABLE keel_totp; DROP TABLE keel_invitations; DROP TABLE keel_account_tokens; ALTER TABLE keel_users DROP COLUMN email_verified_at; ALTER TABLE keel_users DROP COLUMN disabled_at; ALTER TABLE keel_sessions DROP COLUMN last_seen_at; ALTER TABLE keel_sessions DROP COLUMN ip; ALTER TABLE keel_sessions DROP COLUMN user_agent; UPDATE keel_system SET version = 5 WHERE id = 1",
     )
     .await
     .unwrap();

@@ -6,7 +6,7 @@ use super::Step;
 use super::ddl::types;
 
 /// The version of Keel's own tables this build expects; `keel_system` records a database's.
-pub const SYSTEM_VERSION: i64 = 9;
+pub const SYSTEM_VERSION: i64 = 10;
 
 /// Keel's own tables, step by step: a database at system version `v` gets the steps after
 /// `v`, in one transaction with the app's migration.
@@ -94,6 +94,15 @@ pub fn system_steps(dialect: Dialect, from: i64) -> Vec<Step> {
         statements.extend(crate::audit::tables(dialect));
         steps.push(Step {
             description: "the operators' audit log (system version 9)".into(),
+            statements,
+            destructive: false,
+        });
+    }
+    if from < 10 {
+        let mut statements = vec!["UPDATE keel_system SET version = 10 WHERE id = 1".to_string()];
+        statements.extend(crate::changes::tables(dialect));
+        steps.push(Step {
+            description: "the change log realtime streams read (system version 10)".into(),
             statements,
             destructive: false,
         });
