@@ -8,7 +8,9 @@
 //! reader only takes rows of transactions older than the oldest one still running (the
 //! snapshot's `xmin`), in `(xid, seq)` order. Every transaction below that fence has ended,
 //! so no row can later appear behind a reader's position: resuming from a position loses
-//! nothing. The price is that one long write transaction holds back delivery until it ends.
+//! nothing. The price: the fence is the cluster's oldest running write transaction, in any
+//! database, so one long write transaction holds back delivery until it ends, and a reader
+//! woken by a change it cannot read yet must read again.
 //!
 //! Retention: [`prune`] forgets rows older than a time and records the newest position it
 //! dropped (`keel_changes_horizon`); a reader behind that position must reload ([`resumable`]).
