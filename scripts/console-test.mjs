@@ -114,6 +114,8 @@ async function api(method, path, body) {
   return response.json();
 }
 
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
 if (bench) {
   // First paint of two screens, as the browser measures it, with the session cookie set and
   // the assets cached (a returning operator), N loads each.
@@ -134,7 +136,6 @@ if (bench) {
       readies.push(Date.now() - started);
       paints.push(await page.evaluate(() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null));
     }
-    const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     results[name] = { loads: bench, first_contentful_paint_ms_p50: median(paints), ready_ms_p50: median(readies) };
   }
   // A first visit to the sign-in page: a fresh context (nothing cached), brotli or gzip as
@@ -161,7 +162,6 @@ if (bench) {
       await fresh.close();
     }
   }
-  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   for (const [name] of targets) {
     results[`first_visit_${name}`] = {
       loads: bench,

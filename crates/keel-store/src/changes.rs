@@ -21,7 +21,6 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use keel_query::value::truncate_micros;
 use keel_query::{Dialect, SqlValue};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::{Db, Tx};
@@ -88,9 +87,8 @@ impl FromStr for Position {
 }
 
 /// One committed change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    #[serde(skip)]
     pub position: Position,
     pub created_at: DateTime<Utc>,
     /// The org of an org-scoped collection; none for a global one.
@@ -163,15 +161,11 @@ pub async fn read_after(db: &Db, after: Position, limit: i64) -> Result<Vec<Chan
     let rows = db.query_primary(&sql).await?;
     Ok(rows
         .into_iter()
-        .filter_map(|row| {
-            let mut cells = row.into_iter();
-            let xid = cells.next()?;
-            let xid = xid.int().or_else(|| xid.into_text()?.parse().ok())?;
+        .filter_map(|mut row| {
+            let rest = row.split_off(2);
+            let mut cells = rest.into_iter();
             Some(Change {
-                position: Position {
-                    xid,
-                    seq: cells.next()?.int()?,
-                },
+                position: position_of(row)?,
                 created_at: cells.next()?.datetime()?,
                 org: cells.next()?.uuid(),
                 collection: cells.next()?.into_text()?,
@@ -198,6 +192,8 @@ pub async fn tail(db: &Db) -> Result<Position, StoreError> {
     Ok(row.and_then(position_of).unwrap_or_default().max(horizon(db).await?))
 }
 
+/// A row's first two cells as a position: the xid (an integer, or text from PostgreSQL's
+/// `xid8`) and the seq.
 fn position_of(row: crate::cell::Row) -> Option<Position> {
     let mut cells = row.into_iter();
     let xid = cells.next()?;

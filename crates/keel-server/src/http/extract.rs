@@ -44,22 +44,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     ApiError::new("bad_request", rejection.body_text())
                 }
             })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::new("invalid_json", format!("the body is not valid JSON: {e}")))?;
-        if contains_nul(&value) {
-            // PostgreSQL text cannot hold NUL; SQLite would cut strings at it. Refuse it everywhere.
-            return Err(ApiError::new(
-                "invalid_json",
-                "strings must not contain NUL (\\u0000) characters",
-            ));
-        }
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            ApiError::new(
-                "invalid_json",
-                format!("the body is not valid JSON for this request: {e}"),
-            )
-        })
+        parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// A JSON body as `T`, refused (400 `invalid_json`) if it is not JSON, holds a NUL, or is
+/// not the request's shape.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    if contains_nul(&value) {
+        // PostgreSQL text cannot hold NUL; SQLite would cut strings at it. Refuse it everywhere.
+        return Err(ApiError::new(
+            "invalid_json",
+            "strings must not contain NUL (\\u0000) characters",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            "invalid_json",
+            format!("the body is not valid JSON for this request: {e}"),
+        )
+    })
 }
 
 /// Whether any string (or key) in a JSON value holds a NUL character.
@@ -404,12 +410,13 @@ pub struct ClientIp(pub Option<IpAddr>);
 #[derive(Clone)]
 pub struct ResolvedPrincipal(pub Principal);
 
-/// A JSON body that may be left out (or blank): its type's default then.
-pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+/// A JSON body that may be left out (or blank): its type's default then; otherwise read as
+/// [`ApiJson`] reads one.
+pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::new("invalid_json", e.to_string()))
+    parse_json(body)
 }
 
 /// The session cookie (set by `auth::browser`, read by the `Auth` extractor).

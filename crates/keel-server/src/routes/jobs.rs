@@ -227,8 +227,8 @@ pub async fn admin_action(
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let body: RetryBody = crate::http::extract::optional_json(&body)?;
     require_superuser(&principal)?;
+    let body: RetryBody = crate::http::extract::optional_json(&body)?;
     let id = parse_job_id(&id)?;
     let job = jobs::job_get(&state.db, id).await?.ok_or_else(ApiError::not_found)?;
     let changed = match action.as_str() {

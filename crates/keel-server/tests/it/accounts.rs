@@ -413,27 +413,7 @@ async fn a_second_factor_guards_sign_in(backend: Backend) {
 async fn wrong_codes_lock_the_account(backend: Backend) {
     let app = app(backend).await;
     let (_, token) = app.signup("lock@example.com").await;
-    let enrolled = app
-        .request(
-            "POST",
-            "/api/v1/auth/mfa/totp/enroll",
-            Some(&token),
-            Some(json!({"password": "correct horse battery"})),
-        )
-        .await;
-    let secret = enrolled.body["secret"].as_str().unwrap().to_string();
-    let totp = totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap())
-        .build()
-        .unwrap();
-    let code = totp.generate(chrono::Utc::now().timestamp() as u64).to_string();
-    app.request(
-        "POST",
-        "/api/v1/auth/mfa/totp/confirm",
-        Some(&token),
-        Some(json!({"code": code})),
-    )
-    .await;
+    enrol_totp(&app, &token).await;
     let mfa_token = login(&app, "127.0.0.1", "lock@example.com", "correct horse battery")
         .await
         .body["mfa_token"]

@@ -401,31 +401,10 @@ async fn the_console_works_in_a_browser(backend: Backend) {
     app.org(&other, "beta").await;
     // The manager signs in with a second factor: the browser types a TOTP code it computes
     // from this secret (RFC 6238, as an authenticator app does).
-    let enrolled = app
-        .request(
-            "POST",
-            "/api/v1/auth/mfa/totp/enroll",
-            Some(&other),
-            Some(json!({"password": "correct horse battery"})),
-        )
-        .await;
-    assert_eq!(enrolled.status, 200, "{}", enrolled.text);
-    let totp_secret = enrolled.body["secret"].as_str().unwrap().to_string();
-    let totp = totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(&totp_secret).unwrap())
-        .build()
-        .unwrap();
-    let now = chrono::Utc::now().timestamp();
-    let code = totp.generate(now as u64).to_string();
-    let confirmed = app
-        .request(
-            "POST",
-            "/api/v1/auth/mfa/totp/confirm",
-            Some(&other),
-            Some(json!({"code": code})),
-        )
-        .await;
-    assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    let totp = crate::accounts::enrol_totp(&app, &other).await;
+    let totp_secret = totp.secret().to_base32();
+    // The step of the code that confirmed the enrolment (or a later one): that code is spent.
+    let used_step = chrono::Utc::now().timestamp() / 30;
     let dead = app
         .post("/api/v1/admin/jobs", &token, json!({"kind": "nightly_report"}))
         .await;
@@ -451,7 +430,7 @@ async fn the_console_works_in_a_browser(backend: Backend) {
         "screens": screens,
         "token": token,
         "superuser": {"email": "root@example.com", "password": "correct horse battery"},
-        "manager": {"email": "manager@example.com", "password": "correct horse battery", "totp_secret": totp_secret, "totp_used_step": now / 30},
+        "manager": {"email": "manager@example.com", "password": "correct horse battery", "totp_secret": totp_secret, "totp_used_step": used_step},
         "org": "acme",
         "manager_org": "beta",
         "collection": "tasks",
