@@ -32,6 +32,9 @@ pub struct JobsConfig {
     pub smtp: Option<SmtpConfig>,
     /// Outbound HTTP requests of the http handler give up after this long.
     pub http_timeout: Duration,
+    /// How long the change log keeps changes for realtime streams to resume from
+    /// (`realtime.retention_seconds`); the cleanup job forgets older ones.
+    pub change_retention: Duration,
 }
 
 impl Default for JobsConfig {
@@ -45,6 +48,7 @@ impl Default for JobsConfig {
             leader: true,
             smtp: None,
             http_timeout: Duration::from_secs(30),
+            change_retention: Duration::from_secs(3600),
         }
     }
 }

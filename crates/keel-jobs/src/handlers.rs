@@ -219,8 +219,14 @@ async fn cleanup(context: &JobContext) -> Result<Option<Value>, JobFailure> {
     let sign_ins = keel_store::identities::states_prune(&context.db, chrono::Utc::now())
         .await
         .map_err(|e| JobFailure::retry(format!("pruning sign-in states failed: {e}")))?;
+    // Changes older than realtime's resume window.
+    let before = chrono::Utc::now() - context.config.change_retention;
+    let changes = keel_store::changes::prune(&context.db, before)
+        .await
+        .map_err(|e| JobFailure::retry(format!("pruning the change log failed: {e}")))?;
     Ok(Some(serde_json::json!({
         "deleted": deleted,
+        "changes": changes,
         "upload_chunks": spooled,
         "account_tokens": tokens,
         "sign_in_states": sign_ins,

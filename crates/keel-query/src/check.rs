@@ -457,6 +457,63 @@ pub fn compile(expr: &TExpr, dialect: Dialect, table: &str, context: &Context) -
         table,
         context,
         inline_all: false,
+        shared: None,
+    }
+    .expr(expr)
+    .into_frag()
+}
+
+/// The alias of the subscriber rows a shared condition reads (see [`compile_shared`]).
+pub const SUBSCRIBER: &str = "keel_s";
+
+/// A value a shared condition takes from each subscriber's row: a bound value, or the
+/// evaluation time (`@now`, `@today` with their offsets), known only when it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Value(SqlValue),
+    Now(i64),
+    Today(i64),
+}
+
+impl Param {
+    /// The value at evaluation time `now`.
+    pub fn at(&self, now: DateTime<Utc>) -> SqlValue {
+        match self {
+            Param::Value(value) => value.clone(),
+            Param::Now(offset) => SqlValue::Datetime(now + Duration::seconds(*offset)),
+            Param::Today(offset) => SqlValue::Date((now + Duration::seconds(*offset)).date_naive()),
+        }
+    }
+}
+
+/// What a shared condition reads from a subscriber's row, collected while compiling.
+#[derive(Debug, Default)]
+pub struct SharedParams {
+    /// `keel_s.p1`, `keel_s.p2`, … in order.
+    pub values: Vec<Param>,
+    /// The condition reads the caller's user (`keel_s.u`).
+    pub user: bool,
+    /// The condition reads the caller's rank (`keel_s.r`).
+    pub role: bool,
+}
+
+/// Compiles a checked expression for many callers at once (realtime's batched rule checks):
+/// the caller's user becomes `keel_s.u`, a role given as `RoleSource::Expression("keel_s.r")`
+/// stays a column, and every bound value becomes a column `keel_s.pN` collected in `params`.
+/// Callers whose compiled text is equal share one statement, each with its own row of values.
+pub fn compile_shared(
+    expr: &TExpr,
+    dialect: Dialect,
+    table: &str,
+    context: &Context,
+    params: &std::cell::RefCell<SharedParams>,
+) -> Frag {
+    Compiler {
+        dialect,
+        table,
+        context,
+        inline_all: false,
+        shared: Some(params),
     }
     .expr(expr)
     .into_frag()
@@ -474,6 +531,7 @@ pub fn compile_index_condition(expr: &TExpr, dialect: Dialect, table: &str) -> S
         table,
         context: &context,
         inline_all: true,
+        shared: None,
     }
     .expr(expr)
     .into_frag();
@@ -516,6 +574,8 @@ struct Compiler<'a> {
     table: &'a str,
     context: &'a Context,
     inline_all: bool,
+    /// Compiling for many callers: values become subscriber columns (see [`compile_shared`]).
+    shared: Option<&'a std::cell::RefCell<SharedParams>>,
 }
 
 impl Compiler<'_> {
@@ -647,6 +707,9 @@ impl Compiler<'_> {
             TOperand::Value(value, inline) => self.literal(sql, value, *inline),
             TOperand::Role => match &self.context.role {
                 RoleSource::Expression(expression) => {
+                    if let Some(shared) = self.shared {
+                        shared.borrow_mut().role = true;
+                    }
                     sql.push("(").push(expression).push(")");
                 }
                 RoleSource::Rank(rank) => {
@@ -657,6 +720,12 @@ impl Compiler<'_> {
                 sql.push(&rank.to_string());
             }
             TOperand::User => match self.context.user {
+                Some(_) if self.shared.is_some() => {
+                    if let Some(shared) = self.shared {
+                        shared.borrow_mut().user = true;
+                    }
+                    sql.push(SUBSCRIBER).push(".u");
+                }
                 Some(user) => {
                     sql.bind(SqlValue::Uuid(user));
                 }
@@ -664,6 +733,8 @@ impl Compiler<'_> {
                     sql.push("NULL");
                 }
             },
+            TOperand::Now(offset) if self.shared.is_some() => self.column(sql, Param::Now(*offset)),
+            TOperand::Today(offset) if self.shared.is_some() => self.column(sql, Param::Today(*offset)),
             TOperand::Now(offset) => {
                 let value = self.context.now + Duration::seconds(*offset);
                 sql.bind(SqlValue::Datetime(value));
@@ -675,8 +746,20 @@ impl Compiler<'_> {
         }
     }
 
+    /// A subscriber column `keel_s.pN` holding `param` (shared compiles only).
+    fn column(&self, sql: &mut Sql, param: Param) {
+        let Some(shared) = self.shared else { return };
+        let mut shared = shared.borrow_mut();
+        shared.values.push(param);
+        sql.push(SUBSCRIBER).push(&format!(".p{}", shared.values.len()));
+    }
+
     fn literal(&self, sql: &mut Sql, value: &SqlValue, inline: bool) {
         if !(inline || self.inline_all) {
+            if self.shared.is_some() && *value != SqlValue::Null {
+                self.column(sql, Param::Value(value.clone()));
+                return;
+            }
             sql.bind(value.clone());
             return;
         }

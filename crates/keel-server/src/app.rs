@@ -119,8 +119,10 @@ impl App {
                 let _ = jobs_done_tx.send(());
             });
             // First say "not ready" while still serving, so load balancers stop sending new
-            // requests; then stop accepting and let in-flight requests finish.
+            // requests; then stop accepting and let in-flight requests finish. Realtime
+            // streams end at once, telling clients to reconnect (to another instance).
             draining_state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            draining_state.realtime.shutdown();
             tracing::info!(
                 drain_ms = drain.as_millis() as u64,
                 "draining: /health/ready answers 503"
@@ -228,11 +230,13 @@ pub fn state(config: Config, schema: Schema, db: Db) -> AppState {
         import::job_handler(import::Limits::of(&config.limits)),
     );
     let protection = protect::Protection::new(&config, &schema.app.rate_limits);
+    let realtime = crate::realtime::Realtime::new(db.clone(), schema.clone(), config.realtime.clone(), metrics.clone());
     let fence = crate::console::Fence::new(&config);
     AppState {
         inner: Arc::new(state::Inner {
             cache,
             protection,
+            realtime,
             fence,
             storage,
             keys: auth::keys::KeyRing::default(),

@@ -17,6 +17,7 @@ pub use crate::http::settings::{
 };
 pub use crate::jobs::settings::{JobsSection, SmtpSection};
 pub use crate::ops::settings::{AlertsSection, ErrorsSection};
+pub use crate::realtime::settings::RealtimeSection;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +37,7 @@ pub struct Config {
     pub errors: ErrorsSection,
     pub alerts: AlertsSection,
     pub console: ConsoleSection,
+    pub realtime: RealtimeSection,
 }
 
 /// Every section's keys, in the order of `docs/CONFIG.md`.
@@ -53,6 +55,7 @@ pub const SECTIONS: &[&[(&str, &str)]] = &[
     crate::ops::settings::ERRORS_KEYS,
     crate::ops::settings::ALERTS_KEYS,
     crate::console::settings::KEYS,
+    crate::realtime::settings::KEYS,
     crate::http::settings::LOG_KEYS,
 ];
 
@@ -161,6 +164,7 @@ impl Config {
             .and_then(|()| self.errors.validate())
             .and_then(|()| self.alerts.validate())
             .and_then(|()| self.console.validate())
+            .and_then(|()| self.realtime.validate())
             .and_then(|()| self.log.validate())
             .map_err(|Invalid { key, message }| ConfigError::Invalid(format!("{key}: {message}")))
     }
@@ -176,7 +180,7 @@ impl Config {
 
     /// The job runtime's settings.
     pub fn jobs(&self) -> keel_jobs::JobsConfig {
-        self.jobs.runtime(&self.smtp)
+        self.jobs.runtime(&self.smtp, self.realtime.retention())
     }
 
     /// The default configuration as a documented TOML file (`keel config print-default`).

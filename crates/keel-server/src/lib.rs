@@ -8,7 +8,8 @@
 //!   writes, bulk deletes, export), [`import`], [`files`] (uploads, downloads, links,
 //!   storage, cleanup), [`jobs`], [`auth`] (passwords, sessions, roles, browser security,
 //!   the key ring), [`protect`] (IP lists and limits), [`cache`], [`ops`] (health, the
-//!   metrics catalogue, alerts, error tracking), [`backup`].
+//!   metrics catalogue, alerts, error tracking), [`backup`], [`realtime`] (SSE streams of
+//!   record and job changes).
 //! - [`routes`]: thin adapters from HTTP to the features; [`router`] lists them all.
 //! - [`config`] composes the features' settings; [`app`] builds and runs an instance.
 
@@ -24,6 +25,7 @@ pub mod import;
 pub mod jobs;
 pub mod ops;
 pub mod protect;
+pub mod realtime;
 pub mod records;
 pub mod router;
 pub mod routes;

@@ -10,7 +10,7 @@ use crate::routes;
 
 /// Builds the router for a state.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, bulk, files, jobs, oidc, ops, orgs, records};
+    use routes::{auth, bulk, files, jobs, oidc, ops, orgs, realtime, records};
     let api = Router::new()
         .route("/auth/signup", post(auth::signup))
         .route("/auth/login", post(auth::login))
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/{org}/jobs", get(jobs::org_list).post(jobs::org_enqueue))
         .route("/jobs/{id}", get(jobs::status))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/events", get(realtime::job_events))
         .route("/admin/overview", get(ops::admin_overview))
         .route("/admin/audit", get(crate::console::audit::all))
         .route("/orgs/{org}/audit", get(crate::console::audit::of_org))
@@ -109,6 +110,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/orgs/{org}/{collection}/aggregate", get(records::org_aggregate))
         .route("/orgs/{org}/{collection}/export", get(records::org_export))
+        .route("/orgs/{org}/{collection}/events", get(realtime::org_events))
+        .route("/orgs/{org}/{collection}/{id}/events", get(realtime::org_record_events))
         .route(
             "/orgs/{org}/{collection}/{id}",
             get(records::org_get)
@@ -137,6 +140,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/global/{collection}/aggregate", get(records::global_aggregate))
         .route("/global/{collection}/export", get(records::global_export))
+        .route("/global/{collection}/events", get(realtime::global_events))
+        .route("/global/{collection}/{id}/events", get(realtime::global_record_events))
         .route(
             "/global/{collection}/{id}",
             get(records::global_get)

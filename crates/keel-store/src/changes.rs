@@ -140,16 +140,32 @@ const COLUMNS: &str = "seq, created_at, org, collection, record, action, count";
 
 /// Up to `limit` changes after `after`, in log order, of transactions that have all ended.
 pub async fn read_after(db: &Db, after: Position, limit: i64) -> Result<Vec<Change>, StoreError> {
+    Ok(read_batch(db, after, limit).await?.changes)
+}
+
+/// What one read of the log gives.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Changes after the position, in log order, of transactions that have all ended.
+    pub changes: Vec<Change>,
+    /// Committed changes exist past the fence (PostgreSQL: an older transaction still runs);
+    /// a reader should read again soon rather than wait for the next wake-up.
+    pub held_back: bool,
+}
+
+/// [`read_after`], saying whether committed changes wait behind the fence.
+pub async fn read_batch(db: &Db, after: Position, limit: i64) -> Result<Batch, StoreError> {
     let sql = match db.dialect() {
         Dialect::Sqlite => db.portable(
-            &format!("SELECT 0, {COLUMNS} FROM keel_changes WHERE seq > $1 ORDER BY seq LIMIT $2"),
+            &format!("SELECT 0, {COLUMNS}, 1 FROM keel_changes WHERE seq > $1 ORDER BY seq LIMIT $2"),
             vec![SqlValue::Int(after.seq), SqlValue::Int(limit)],
         ),
+        // Rows in (xid, seq) order: those below the fence come first, so the readable ones
+        // are a prefix, and any row after it is a committed change that waits.
         Dialect::Postgres => db.portable(
             &format!(
-                "SELECT xid::text, {COLUMNS} FROM keel_changes \
-                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) AND (xid, seq) > (($1::text)::xid8, $2) \
-                 ORDER BY xid, seq LIMIT $3"
+                "SELECT xid::text, {COLUMNS}, xid < pg_snapshot_xmin(pg_current_snapshot()) FROM keel_changes \
+                 WHERE (xid, seq) > (($1::text)::xid8, $2) ORDER BY xid, seq LIMIT $3"
             ),
             vec![
                 SqlValue::Text(after.xid.to_string()),
@@ -159,11 +175,16 @@ pub async fn read_after(db: &Db, after: Position, limit: i64) -> Result<Vec<Chan
         ),
     };
     let rows = db.query_primary(&sql).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|mut row| {
-            let rest = row.split_off(2);
-            let mut cells = rest.into_iter();
+    let mut batch = Batch::default();
+    for mut row in rows {
+        let ready = row.pop().and_then(|cell| cell.bool().or_else(|| cell.int().map(|i| i != 0)));
+        if ready != Some(true) {
+            batch.held_back = true;
+            break;
+        }
+        let rest = row.split_off(2);
+        let mut cells = rest.into_iter();
+        let change = (|| {
             Some(Change {
                 position: position_of(row)?,
                 created_at: cells.next()?.datetime()?,
@@ -173,8 +194,10 @@ pub async fn read_after(db: &Db, after: Position, limit: i64) -> Result<Vec<Chan
                 action: cells.next()?.into_text()?,
                 count: cells.next()?.int()?,
             })
-        })
-        .collect())
+        })();
+        batch.changes.extend(change);
+    }
+    Ok(batch)
 }
 
 /// Where a new reader starts: after every change of the transactions that have ended, so it
@@ -216,8 +239,68 @@ pub async fn resumable(db: &Db, after: Position) -> Result<bool, StoreError> {
     Ok(after >= horizon(db).await?)
 }
 
-/// Forgets the changes made before `before`, and moves the horizon past them.
+/// The NOTIFY channel that wakes realtime readers of this schema on PostgreSQL.
+const NOTIFY_CHANNEL_SQL: &str = "'keel_changes:' || current_schema()";
+
+/// Tells every instance's readers that changes committed (PostgreSQL NOTIFY; nothing on
+/// SQLite, whose readers share the writer's process). Sent after the commit, coalesced by
+/// the caller, rather than in each write's transaction: a NOTIFY in a transaction takes a
+/// lock that serialises every commit of the cluster.
+pub async fn notify(db: &Db) -> Result<(), StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        db.query_primary(&db.portable(&format!("SELECT pg_notify({NOTIFY_CHANNEL_SQL}, '')"), vec![]))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A PostgreSQL connection listening for [`notify`] (`None` on SQLite). It reconnects by
+/// itself after a lost connection; notifications sent meanwhile are lost, so readers also
+/// read on a timer.
+pub async fn listener(db: &Db) -> Result<Option<ChangeListener>, StoreError> {
+    match db {
+        Db::Sqlite(_) => Ok(None),
+        Db::Postgres(pg) => {
+            let channel = db
+                .query_primary(&db.portable(&format!("SELECT {NOTIFY_CHANNEL_SQL}"), vec![]))
+                .await?
+                .first()
+                .and_then(|row| row[0].text().map(str::to_string))
+                .ok_or_else(|| StoreError::Other("no schema name".into()))?;
+            let mut listener = pg.listener().await?;
+            listener.listen(&channel).await?;
+            Ok(Some(ChangeListener(listener)))
+        }
+    }
+}
+
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl ChangeListener {
+    /// Waits for the next notification.
+    pub async fn recv(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}
+
+/// How many changes one pruning transaction forgets.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Forgets the changes made before `before`, and moves the horizon past them, in
+/// transactions of [`PRUNE_CHUNK`] rows (a long backlog never holds one long transaction).
 pub async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let dropped = prune_chunk(db, before).await?;
+        total += dropped;
+        if dropped < PRUNE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+async fn prune_chunk(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let mut tx = db.begin().await?;
     let xid = match db.dialect() {
         Dialect::Sqlite => "0",
@@ -225,8 +308,12 @@ pub async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
     };
     let dropped = tx
         .query(&tx.portable(
-            &format!("DELETE FROM keel_changes WHERE created_at < $1 RETURNING {xid}, seq"),
-            vec![SqlValue::Datetime(before)],
+            &format!(
+                "DELETE FROM keel_changes WHERE seq IN \
+                 (SELECT seq FROM keel_changes WHERE created_at < $1 ORDER BY created_at LIMIT $2) \
+                 RETURNING {xid}, seq"
+            ),
+            vec![SqlValue::Datetime(before), SqlValue::Int(PRUNE_CHUNK)],
         ))
         .await?;
     let newest = dropped.iter().cloned().filter_map(position_of).max();

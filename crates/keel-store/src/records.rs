@@ -133,8 +133,9 @@ async fn check_relations(tx: &mut Tx, builder: &Builder<'_>, relations: &[(Strin
     }
 }
 
-/// Writes the activity row of a write in its transaction; `count` is how many records a
-/// bulk write touched.
+/// Writes the activity row and the change-log row (what realtime streams read) of a write in
+/// its transaction; `count` is how many records a bulk write touched. Every record write
+/// passes here, so a stream sees every committed write and never a rolled-back one.
 pub async fn log_activity(
     tx: &mut Tx,
     scope: &WriteScope<'_>,
@@ -144,6 +145,7 @@ pub async fn log_activity(
     count: i64,
 ) -> Result<(), StoreError> {
     let (builder, actor, org) = (scope.builder, scope.actor, scope.org);
+    crate::changes::insert(tx, org, &builder.collection.name, record, action, count).await?;
     // Global collections have no org; their writes are the superuser's and are not logged per org.
     let Some(org) = org else { return Ok(()) };
     let mut params = vec![

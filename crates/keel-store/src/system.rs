@@ -803,3 +803,80 @@ pub async fn api_key_revoke(db: &Db, org: Uuid, id: Uuid) -> Result<Option<Strin
         .and_then(|row| row.into_iter().next())
         .and_then(|c| c.into_text()))
 }
+
+/// Of these sessions, the ones still valid (not revoked, not expired, their user not
+/// disabled), each with whether its user is the superuser: the re-check of open realtime
+/// streams, one statement for all of them.
+pub async fn sessions_valid(db: &Db, ids: &[Uuid]) -> Result<std::collections::HashMap<Uuid, bool>, StoreError> {
+    let mut valid = std::collections::HashMap::new();
+    for chunk in ids.chunks(1_000) {
+        let mut params = Params::default();
+        let at = params.bind(SqlValue::Datetime(now()));
+        let list: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let sql = params.sql(
+            db.dialect(),
+            &format!(
+                "SELECT s.id, u.superuser FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id \
+                 WHERE s.id IN ({}) AND s.revoked_at IS NULL AND s.expires_at > {at} AND u.disabled_at IS NULL",
+                list.join(", ")
+            ),
+        );
+        for row in db.query_primary(&sql).await? {
+            if let (Some(id), Some(superuser)) = (row[0].uuid(), row[1].bool()) {
+                valid.insert(id, superuser);
+            }
+        }
+    }
+    Ok(valid)
+}
+
+/// Of these API keys, the ones still valid (not revoked, not expired).
+pub async fn keys_valid(db: &Db, ids: &[Uuid]) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    let mut valid = std::collections::HashSet::new();
+    for chunk in ids.chunks(1_000) {
+        let mut params = Params::default();
+        let at = params.bind(SqlValue::Datetime(now()));
+        let list: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let sql = params.sql(
+            db.dialect(),
+            &format!(
+                "SELECT id FROM keel_api_keys WHERE id IN ({}) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {at})",
+                list.join(", ")
+            ),
+        );
+        valid.extend(db.query_primary(&sql).await?.iter().filter_map(|row| row[0].uuid()));
+    }
+    Ok(valid)
+}
+
+/// The current role of each of these users in each of these orgs, where they are members:
+/// `(org, user) -> role`.
+pub async fn roles_of(
+    db: &Db,
+    users: &[Uuid],
+    orgs: &[Uuid],
+) -> Result<std::collections::HashMap<(Uuid, Uuid), String>, StoreError> {
+    let mut roles = std::collections::HashMap::new();
+    if orgs.is_empty() {
+        return Ok(roles);
+    }
+    for chunk in users.chunks(1_000) {
+        let mut params = Params::default();
+        let users: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let orgs: Vec<String> = orgs.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let sql = params.sql(
+            db.dialect(),
+            &format!(
+                "SELECT org_id, user_id, role FROM keel_memberships WHERE user_id IN ({}) AND org_id IN ({})",
+                users.join(", "),
+                orgs.join(", ")
+            ),
+        );
+        for row in db.query_primary(&sql).await? {
+            if let (Some(org), Some(user), Some(role)) = (row[0].uuid(), row[1].uuid(), row[2].text()) {
+                roles.insert((org, user), role.to_string());
+            }
+        }
+    }
+    Ok(roles)
+}

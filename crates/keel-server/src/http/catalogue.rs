@@ -182,6 +182,36 @@ pub const METRICS: &[MetricDoc] = &[
         "Answers the response cache evicted to stay within limits.cache_max_bytes.",
     ),
     m(
+        "keel_realtime_streams",
+        "gauge",
+        &[],
+        "Realtime streams (SSE) open on this instance.",
+    ),
+    m(
+        "keel_realtime_events_sent_total",
+        "counter",
+        &[],
+        "Events queued to realtime streams.",
+    ),
+    m(
+        "keel_realtime_events_dropped_total",
+        "counter",
+        &[],
+        "Events a slow client's full buffer could not take; the client got `lost` and was disconnected.",
+    ),
+    m(
+        "keel_realtime_delivery_seconds",
+        "histogram",
+        &[],
+        "From a change's commit to its event being queued to the streams that see it.",
+    ),
+    m(
+        "keel_realtime_rule_statements_total",
+        "counter",
+        &[],
+        "Statements that decided which streams see a batch of changes (one per batch and shape, whatever the number of subscribers).",
+    ),
+    m(
         "keel_rate_limited_total",
         "counter",
         &["class", "store"],

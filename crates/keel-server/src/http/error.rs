@@ -306,6 +306,21 @@ pub const CODES: &[(&str, u16, &str)] = &[
         503,
         "The request ran past the server's request timeout.",
     ),
+    (
+        "too_many_streams",
+        503,
+        "This instance holds as many realtime streams as it may (in all, for this user or key, or for this address: `realtime.max_streams*`); retry after `Retry-After` seconds, or close a stream.",
+    ),
+    (
+        "realtime_disabled",
+        404,
+        "Realtime streams are turned off on this server (`realtime.enabled = false`).",
+    ),
+    (
+        "bad_event_id",
+        400,
+        "`Last-Event-ID` is not an event id this server sent (`XID-SEQ` on record streams, `done` on job streams).",
+    ),
     ("unavailable", 503, "A dependency is unavailable."),
     (
         "internal",

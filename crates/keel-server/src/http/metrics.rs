@@ -144,6 +144,13 @@ impl Metrics {
             .increment(increment);
     }
 
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+            .record(value);
+    }
+
     /// Sets a counter to a total kept elsewhere (it only ever grows).
     pub fn counter_total(&self, name: &'static str, labels: &[(&'static str, String)], total: u64) {
         let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();

@@ -34,6 +34,8 @@ pub struct Inner {
     pub shared: Arc<crate::http::shared::Shared>,
     /// The response cache of collections that declare `cache` (C1–C3).
     pub cache: Arc<crate::cache::ResponseCache>,
+    /// This instance's realtime streams (R1–R3).
+    pub realtime: crate::realtime::Realtime,
     /// IP lists, rate limits and concurrency caps (S4, S5).
     pub protection: crate::protect::Protection,
     /// `console.allow_ips`, in front of the console and the admin API.

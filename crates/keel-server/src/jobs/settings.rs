@@ -83,9 +83,11 @@ impl JobsSection {
         Ok(())
     }
 
-    /// The job runtime's settings, sending email through `smtp`.
-    pub fn runtime(&self, smtp: &SmtpSection) -> keel_jobs::JobsConfig {
+    /// The job runtime's settings, sending email through `smtp`, keeping the change log for
+    /// `change_retention`.
+    pub fn runtime(&self, smtp: &SmtpSection, change_retention: Duration) -> keel_jobs::JobsConfig {
         keel_jobs::JobsConfig {
+            change_retention,
             workers: self.workers,
             lease: Duration::from_secs(self.lease_seconds),
             poll_interval: Duration::from_millis(self.poll_interval_ms),

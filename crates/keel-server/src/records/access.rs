@@ -158,11 +158,13 @@ pub async fn resolve_write<'a>(
 }
 
 /// After a write committed with its triggered jobs: count them and wake this instance's
-/// workers (other instances hear of them through the database).
+/// workers (other instances hear of them through the database), and wake the realtime
+/// streams (the write's change-log row committed with it).
 pub fn triggered(state: &AppState, kinds: &[String], records: u64) {
     if records == 0 {
         return;
     }
+    state.realtime.written();
     for name in kinds {
         if let Some(kind) = state.schema.app.jobs.kind(name) {
             keel_jobs::Observer::enqueued(state.metrics.as_ref(), &kind.queue, &kind.name, records);

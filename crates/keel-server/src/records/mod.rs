@@ -112,6 +112,21 @@ fn check_expand(collection: &Collection, names: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// `fields=a,b`: the fields a read shows (the id always), or all of them.
+pub(crate) fn fields_param(collection: &Collection, raw: Option<&str>) -> ApiResult<Option<Vec<String>>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let names = names_list(Some(raw), 128, "fields")?;
+    check_fields(collection, &names)?;
+    Ok(Some(names))
+}
+
+/// `expand=a,b`: relations a read embeds.
+pub(crate) fn expand_param(state: &AppState, collection: &Collection, raw: Option<&str>) -> ApiResult<Vec<String>> {
+    let expand = names_list(raw, state.config.limits.max_expand, "expand")?;
+    check_expand(collection, &expand)?;
+    Ok(expand)
+}
+
 /// Parses the list parameters shared by lists and counts.
 pub(crate) fn list_spec(state: &AppState, target: &Target, params: &Params) -> ApiResult<ListSpec> {
     let collection = target.collection;
@@ -124,16 +139,8 @@ pub(crate) fn list_spec(state: &AppState, target: &Target, params: &Params) -> A
         Some(cursor) => Some(decode_cursor(&sort, cursor)?),
         None => None,
     };
-    let fields = match params.get("fields") {
-        Some(raw) => {
-            let names = names_list(Some(raw), 128, "fields")?;
-            check_fields(collection, &names)?;
-            Some(names)
-        }
-        None => None,
-    };
-    let expand = names_list(params.get("expand"), state.config.limits.max_expand, "expand")?;
-    check_expand(collection, &expand)?;
+    let fields = fields_param(collection, params.get("fields"))?;
+    let expand = expand_param(state, collection, params.get("expand"))?;
     let search = match params.get("q").map(str::trim).filter(|q| !q.is_empty()) {
         Some(_) if !collection.has_search() => {
             return Err(ApiError::new(
@@ -211,16 +218,8 @@ pub async fn get(
     let builder = target.builder(state);
     ensure_allowed(&builder, Action::View)?;
     let id = parse_id(id)?;
-    let expand = names_list(params.get("expand"), state.config.limits.max_expand, "expand")?;
-    check_expand(target.collection, &expand)?;
-    let fields = match params.get("fields") {
-        Some(raw) => {
-            let names = names_list(Some(raw), 128, "fields")?;
-            check_fields(target.collection, &names)?;
-            Some(names)
-        }
-        None => None,
-    };
+    let expand = expand_param(state, target.collection, params.get("expand"))?;
+    let fields = fields_param(target.collection, params.get("fields"))?;
     let json = records::get(&state.db, &builder, id, &expand, fields.as_deref())
         .await?
         .ok_or_else(ApiError::not_found)?;

@@ -7,4 +7,5 @@ pub mod jobs;
 pub mod oidc;
 pub mod ops;
 pub mod orgs;
+pub mod realtime;
 pub mod records;

@@ -24,6 +24,7 @@ mod oidc;
 mod ops;
 mod orgs;
 mod protect;
+mod realtime;
 mod records;
 mod redis;
 mod replicas;

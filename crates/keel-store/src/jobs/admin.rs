@@ -22,6 +22,21 @@ pub async fn job_get(db: &Db, id: i64) -> Result<Option<Job>, StoreError> {
     Ok(db.query_primary(&sql).await?.into_iter().next().map(job_of))
 }
 
+/// The jobs among `ids` that exist, read on the primary (realtime's job streams, one
+/// statement for every stream of an instance).
+pub async fn job_get_many(db: &Db, ids: &[i64]) -> Result<Vec<Job>, StoreError> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut params = Params::default();
+    let list: Vec<String> = ids.iter().map(|id| params.bind(SqlValue::Int(*id))).collect();
+    let sql = params.sql(
+        db.dialect(),
+        &format!("SELECT {JOB_COLUMNS} FROM keel_jobs WHERE id IN ({})", list.join(", ")),
+    );
+    Ok(db.query_primary(&sql).await?.into_iter().map(job_of).collect())
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
