@@ -360,6 +360,9 @@ pub fn document(app: &App) -> Value {
             format!("{base}/export"),
             json!({ "get": { "operationId": format!("export_{name}"), "tags": [name], "parameters": export_params, "responses": export_responses } }),
         );
+        let (collection_events, record_events) = event_paths(name, &base_params);
+        paths.insert(format!("{base}/events"), collection_events);
+        paths.insert(format!("{base}/{{id}}/events"), record_events);
     }
     system_paths(&mut paths, &mut schemas, app);
     // Every API route but the workers' is rate limited (429 with Retry-After), and any
@@ -725,6 +728,12 @@ fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, 
     }));
     let id = path_parameter("id", json!({ "type": "integer" }));
     paths.insert("/api/v1/jobs/{id}".into(), json!({ "get": { "operationId": "get_job", "tags": ["jobs"], "parameters": [id.clone()], "responses": job(&[401, 404]) } }));
+    paths.insert("/api/v1/jobs/{id}/events".into(), json!({ "get": {
+        "operationId": "job_events", "tags": ["jobs", "realtime"],
+        "summary": "Follow a job's state and progress (Server-Sent Events)",
+        "description": "Sends a `job` event (the job as `GET /jobs/{id}` returns it) when it changes; the final state is the last event, with id `done`, then `end`. A client that reconnects with `Last-Event-ID: done` gets 204 (an EventSource stops). Other closing events: `revoked`, `lost`, `shutdown` (see docs/REALTIME.md).",
+        "parameters": [id.clone(), last_event_id()],
+        "responses": stream_responses("the job's events", true) } }));
     paths.insert("/api/v1/jobs/{id}/cancel".into(), json!({ "post": { "operationId": "cancel_job", "tags": ["jobs"], "parameters": [id.clone()], "responses": job(&[401, 404, 409]) } }));
     paths.insert("/api/v1/admin/queues".into(), json!({ "get": { "operationId": "list_queues", "tags": ["jobs"], "responses": ok("200", "every queue's depth by state", &[401, 403]) } }));
     let queue = path_parameter("queue", json!({ "type": "string" }));
@@ -760,6 +769,59 @@ fn jobs_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, 
             "attempt": { "type": "integer" }, "result": {}, "error": { "type": "string" }, "retry": { "type": "boolean" },
             "lease_ms": { "type": "integer" }, "progress": {} } })),
         "responses": ok("200", "the job's state", &[400, 401, 404, 409]) } }));
+}
+
+/// The `Last-Event-ID` header a reconnecting client sends.
+fn last_event_id() -> Value {
+    json!({ "name": "Last-Event-ID", "in": "header", "required": false,
+        "description": "the id of the last event received: the stream resumes after it (400 `bad_event_id` if it is not an id Keel sent)",
+        "schema": { "type": "string", "maxLength": 64 } })
+}
+
+/// A stream's answers: 200 `text/event-stream`, and its refusals before any event.
+fn stream_responses(description: &str, done: bool) -> Map<String, Value> {
+    let mut responses = error_responses(&[400, 401, 403, 404, 503]);
+    responses.insert(
+        "200".into(),
+        json!({ "description": description, "content": { "text/event-stream": { "schema": { "type": "string" } } } }),
+    );
+    if done {
+        responses.insert("204".into(), json!({ "description": "the client already saw the job's final state" }));
+    }
+    responses
+}
+
+/// The realtime streams of a collection and of one of its records.
+fn event_paths(name: &str, base_params: &[Value]) -> (Value, Value) {
+    let events = "`created` and `updated` (data `{\"id\", \"record\"}`, the record as a list renders it), `deleted` (`{\"id\"}`), `bulk` (an import or bulk delete: reload); first `ready` (and `reset` when the client must reload); closing events `revoked`, `lost`, `shutdown`, `end`. Event ids are `XID-SEQ` positions; see docs/REALTIME.md.";
+    let fields = query_parameter("fields", "comma-separated fields to send", json!({ "type": "string" }));
+    let expand = query_parameter(
+        "expand",
+        "comma-separated relation fields to embed",
+        json!({ "type": "string" }),
+    );
+    let mut collection_params = base_params.to_vec();
+    collection_params.push(query_parameter(
+        "filter",
+        "only records matching this filter expression",
+        json!({ "type": "string", "maxLength": 4096 }),
+    ));
+    collection_params.push(fields.clone());
+    collection_params.push(expand.clone());
+    collection_params.push(last_event_id());
+    let mut record_params = base_params.to_vec();
+    record_params.push(path_parameter("id", json!({ "type": "string", "format": "uuid" })));
+    record_params.extend([fields, expand, last_event_id()]);
+    (
+        json!({ "get": { "operationId": format!("events_{name}"), "tags": [name, "realtime"],
+            "summary": format!("Follow changes to {name} (Server-Sent Events)"),
+            "description": format!("Every change to a record the caller may list and the filter matches, in commit order. {events}"),
+            "parameters": collection_params, "responses": stream_responses("the collection's events", false) } }),
+        json!({ "get": { "operationId": format!("record_events_{name}"), "tags": [name, "realtime"],
+            "summary": "Follow changes to one record (Server-Sent Events)",
+            "description": format!("Changes to one record the caller may view; its deletion ends the stream (`deleted`, then `end`). {events}"),
+            "parameters": record_params, "responses": stream_responses("the record's events", false) } }),
+    )
 }
 
 fn update_params_for_delete(item_params: &[Value]) -> Vec<Value> {
