@@ -10,6 +10,7 @@ mod harness;
 mod import;
 mod jobs;
 mod limits;
+mod realtime;
 mod records;
 mod scaleout;
 mod upload;
@@ -56,6 +57,9 @@ pub enum Scenario {
     /// Backup and restore of seed 000's year-2 data and files (O5), against pg_dump/pg_restore
     /// or a file copy.
     Backup(backup::BackupArgs),
+    /// Realtime (R3): N streams held while records are created at a steady rate: events per
+    /// second, write-to-event latency, CPU and memory per 1,000 streams, rule statements.
+    Realtime(realtime::RealtimeArgs),
     /// List and create on the pms `tasks` collection with N rows.
     Records {
         #[arg(long, default_value_t = 1_000_000)]
@@ -85,6 +89,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Scenario::Upload(args) => upload::run(args).await,
         Scenario::Limits(args) => limits::run(args).await,
         Scenario::Backup(args) => backup::run(args).await,
+        Scenario::Realtime(args) => realtime::run(args).await,
         Scenario::Records {
             rows,
             database_url,
