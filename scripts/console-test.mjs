@@ -222,6 +222,17 @@ if (bench) {
     const second = await page.locator('.results tbody tr:first-child td:first-child').textContent();
     if (first === second) throw new Error('the next page starts with the same record');
   });
+  await step('live-list', page, async () => {
+    // Another user's write reaches the open list through its realtime stream. The stream
+    // opens as the page loads: write until the notice shows.
+    const notice = page.locator('p.live', { hasText: /change/ });
+    for (let i = 0; i < 20 && !(await notice.isVisible()); i++) {
+      await api('PATCH', `/orgs/${setup.org}/${setup.collection}/${setup.record}`, { title: `Changed elsewhere ${i}` });
+      await notice.waitFor({ timeout: 500 }).catch(() => {});
+    }
+    await notice.waitFor();
+    await page.locator('p.live').getByRole('button', { name: 'Reload' }).waitFor();
+  });
   await step('record', page, async () => {
     await page.goto(`${setup.url}/_/#/orgs/${setup.org}/c/${setup.collection}/${setup.record}`);
     await page.getByLabel(/^title/).fill('Edited in the console');

@@ -71,14 +71,32 @@ function nav(current) {
 }
 
 let renderToken = 0;
-/** Stops timers of the previous screen: views register them with K.every. */
+/** Stops timers and streams of the previous screen: views register them with K.every and K.listen. */
 let timers = [];
+let streams = [];
 K.every = (ms, fn) => timers.push(setInterval(fn, ms));
+
+/**
+ * Follows a realtime stream (`/api/v1/...events`) while the screen is shown: `handlers` maps
+ * event names to functions of the parsed data. The browser reconnects and resumes by itself;
+ * an `end` or `revoked` event closes the stream.
+ */
+K.listen = function (path, handlers) {
+  const source = new EventSource(`/api/v1${path}`);
+  for (const [name, fn] of Object.entries(handlers)) {
+    source.addEventListener(name, (e) => fn(e.data ? JSON.parse(e.data) : null));
+  }
+  for (const name of ['end', 'revoked']) source.addEventListener(name, () => source.close());
+  streams.push(source);
+  return source;
+};
 
 async function render() {
   const token = ++renderToken;
   timers.forEach(clearInterval);
   timers = [];
+  streams.forEach((s) => s.close());
+  streams = [];
   const app = document.getElementById('app');
   if (!K.session) return;
   const { path, view, params } = parseHash();

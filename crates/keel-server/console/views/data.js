@@ -146,6 +146,7 @@ K.views.collection = async function (main, params) {
     location.hash = K.link(here, { filter: filter.value.trim(), sort: sort.value.trim(), q: q && q.value.trim() });
   } }, filter, sort, q, K.h('button.primary', { type: 'submit' }, 'Apply'));
   const results = K.h('div.results');
+  const live = K.h('p.live', { hidden: true });
   const exportLink = (format) => `/api/v1${base}/export?${new URLSearchParams(Object.entries({ format, filter: query.filter, sort: query.sort, q: query.q }).filter(([, v]) => v))}`;
   K.mount(main,
     K.h('div.page-head', K.h('h1', K.h('a.muted', { href: org ? `#/orgs/${encodeURIComponent(org)}` : '#/orgs' }, org || 'global'), ' / ', collection),
@@ -157,8 +158,18 @@ K.views.collection = async function (main, params) {
       (v) => K.link(here, { ...query, after: null, view: v === 'records' ? null : v })),
     query.view === 'import' && !spec.read_only ? K.importer(base, collection)
       : query.view === 'aggregate' ? K.aggregates(base, spec, query.filter)
-        : [form, results]);
+        : [form, live, results]);
   if (query.view === 'import' || query.view === 'aggregate') return;
+  // Live: changes to records this list could show, from the collection's stream.
+  let changes = 0;
+  const changed = () => {
+    changes += 1;
+    K.mount(live, `${changes} change${changes === 1 ? '' : 's'} since this page loaded · `, K.button('Reload', () => K.refresh(), '.link'));
+    live.hidden = false;
+  };
+  K.listen(`${base}/events${query.filter ? `?filter=${encodeURIComponent(query.filter)}` : ''}`, {
+    created: changed, updated: changed, deleted: changed, bulk: changed, reset: changed,
+  });
   // Long text and JSON stay in the record's view; the table shows the short fields.
   const columns = spec.fields.filter((f) => f.type !== 'json' && !(f.type === 'text' && f.max > 1000)).slice(0, 7);
   try {

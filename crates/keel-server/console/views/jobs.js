@@ -128,5 +128,11 @@ K.views.job = async function (main, { id }) {
     j.progress ? K.section('Progress', K.pre(j.progress)) : null,
     K.section('Payload', K.pre(j.payload)),
     j.result !== null && j.result !== undefined ? K.section('Result', K.pre(j.result)) : null);
-  if (!['completed', 'dead', 'cancelled'].includes(j.state)) K.every(2000, () => K.refresh());
+  // Live: the job's stream sends it whenever its state or progress changes.
+  if (!['completed', 'dead', 'cancelled'].includes(j.state)) {
+    const shown = JSON.stringify([j.state, j.attempt, j.progress]);
+    K.listen(`/jobs/${j.id}/events`, {
+      job: (next) => { if (JSON.stringify([next.state, next.attempt, next.progress]) !== shown) K.refresh(); },
+    });
+  }
 };

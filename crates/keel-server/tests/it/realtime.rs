@@ -30,6 +30,9 @@ rules.update = "role >= member"
 [collections.countries]
 global = true
 fields.code = { type = "text", required = true, max = 2 }
+
+[jobs.slow]
+enqueue_role = "member"
 "#;
 
 /// One server-sent event.
@@ -490,3 +493,72 @@ async fn bad_requests_before_any_event(backend: Backend) {
     );
 }
 both!(bad_requests_before_any_event);
+
+async fn job_streams_follow_state_and_progress(backend: Backend) {
+    let w = world(backend, |config| config.realtime.job_poll_ms = 20).await;
+    let app = &w.app;
+    let handler: keel_jobs::HandlerFn = std::sync::Arc::new(|context| {
+        Box::pin(async move {
+            for step in 1..=2 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = context.progress(json!({ "step": step })).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Some(json!({ "pages": 2 })))
+        })
+    });
+    app.state.jobs.register("slow", handler);
+    let enqueued = app
+        .post("/api/v1/orgs/acme/jobs", &w.member, json!({ "kind": "slow" }))
+        .await;
+    assert_eq!(enqueued.status, StatusCode::CREATED, "{}", enqueued.text);
+    let id = enqueued.body["id"].as_i64().unwrap();
+    let path = format!("/api/v1/jobs/{id}/events");
+    let mut stream = open(app, &path, &w.member, None).await;
+    // The owner (a manager of the org) may follow it too; a viewer may not.
+    let mut owner = open(app, &path, &w.owner, None).await;
+    let (_, viewer) = app.member(&w.owner, "acme", "viewer@live.test", "viewer").await;
+    assert_eq!(refused(app, &path, &viewer, None).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    app.state.jobs.start();
+    let mut states = vec![];
+    let mut steps = vec![];
+    let last = loop {
+        let event = stream.change().await;
+        assert_eq!(event.event, "job", "{event:?}");
+        states.push(event.data["state"].as_str().unwrap().to_string());
+        if let Some(step) = event.data["progress"]["step"].as_i64() {
+            steps.push(step);
+        }
+        if event.data["state"] == "completed" {
+            break event;
+        }
+    };
+    assert_eq!(states.first().map(String::as_str), Some("available"), "{states:?}");
+    assert!(states.contains(&"running".to_string()), "{states:?}");
+    assert!(steps.contains(&2), "progress seen: {steps:?}");
+    assert_eq!(last.id.as_deref(), Some("done"));
+    assert_eq!(last.data["result"]["pages"], 2);
+    let end = stream.change().await;
+    assert_eq!((end.event.as_str(), end.data["reason"].as_str()), ("end", Some("completed")));
+    assert!(stream.next_within(Duration::from_millis(200)).await.is_none());
+    loop {
+        let event = owner.change().await;
+        if event.event == "end" {
+            break;
+        }
+    }
+    // An EventSource reconnects with the final id: 204 stops it. Other ids are refused.
+    let again = request(app, &path, &w.member, Some("done")).await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        refused(app, &path, &w.member, Some("7-1")).await,
+        (StatusCode::BAD_REQUEST, "bad_event_id".into())
+    );
+    // A job already finished: one event, the final state, then the end.
+    let mut late = open(app, &path, &w.member, None).await;
+    let event = late.change().await;
+    assert_eq!((event.data["state"].as_str(), event.id.as_deref()), (Some("completed"), Some("done")));
+    assert_eq!(late.change().await.event, "end");
+    app.state.jobs.shutdown().await;
+}
+both!(job_streams_follow_state_and_progress);
