@@ -223,9 +223,11 @@ async fn delivery_rules_filters_and_rollback(backend: Backend) {
         .patch(&format!("{NOTES}/{own}"), &w.owner, json!({ "points": 5 }))
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
-    assert_eq!(app.delete(&format!("{NOTES}/{own}"), &w.owner).await.status, StatusCode::NO_CONTENT);
+    // (Waiting for the update's event first: a record deleted before its update's event is
+    // sent gets only `deleted`, see docs/REALTIME.md.)
     let event = mine.change().await;
     assert_eq!((event.event.as_str(), event.data["record"]["points"].as_i64()), ("updated", Some(5)));
+    assert_eq!(app.delete(&format!("{NOTES}/{own}"), &w.owner).await.status, StatusCode::NO_CONTENT);
     let event = mine.change().await;
     assert_eq!((event.event.as_str(), event.data["id"].as_str()), ("deleted", Some(own.as_str())));
     // Nothing of the rolled-back write, nothing else.
