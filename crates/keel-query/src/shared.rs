@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use keel_spec::Action;
 use uuid::Uuid;
 
+use crate::TExpr;
 use crate::check::{ColumnType, Frag, Param, RoleSource, SUBSCRIBER, SharedParams, compile_shared};
 use crate::render::column_json;
 use crate::stmt::Builder;
 use crate::value::{Sql, SqlValue};
-use crate::TExpr;
 
 /// A subscription compiled for shared checks. Subscriptions with an equal [`Shared::key`]
 /// share a statement; each brings its own [`Shared::row`].
@@ -162,10 +162,12 @@ impl Builder<'_> {
             }
             sql.push(")");
         }
-        sql.push(") SELECT ")
-            .push(SUBSCRIBER)
-            .push(".i, ")
-            .push(&column_json(self.dialect, &table, "id", ColumnType::Id));
+        sql.push(") SELECT ").push(SUBSCRIBER).push(".i, ").push(&column_json(
+            self.dialect,
+            &table,
+            "id",
+            ColumnType::Id,
+        ));
         if let Some(select) = &shared.select {
             sql.push(", ").push(select);
         }

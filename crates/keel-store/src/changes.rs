@@ -177,7 +177,9 @@ pub async fn read_batch(db: &Db, after: Position, limit: i64) -> Result<Batch, S
     let rows = db.query_primary(&sql).await?;
     let mut batch = Batch::default();
     for mut row in rows {
-        let ready = row.pop().and_then(|cell| cell.bool().or_else(|| cell.int().map(|i| i != 0)));
+        let ready = row
+            .pop()
+            .and_then(|cell| cell.bool().or_else(|| cell.int().map(|i| i != 0)));
         if ready != Some(true) {
             batch.held_back = true;
             break;

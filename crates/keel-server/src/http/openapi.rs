@@ -786,7 +786,10 @@ fn stream_responses(description: &str, done: bool) -> Map<String, Value> {
         json!({ "description": description, "content": { "text/event-stream": { "schema": { "type": "string" } } } }),
     );
     if done {
-        responses.insert("204".into(), json!({ "description": "the client already saw the job's final state" }));
+        responses.insert(
+            "204".into(),
+            json!({ "description": "the client already saw the job's final state" }),
+        );
     }
     responses
 }

@@ -35,7 +35,7 @@ pub struct Inner {
     /// The response cache of collections that declare `cache` (C1–C3).
     pub cache: Arc<crate::cache::ResponseCache>,
     /// This instance's realtime streams (R1–R3).
-    pub realtime: crate::realtime::Realtime,
+    pub realtime: crate::realtime::hub::Realtime,
     /// IP lists, rate limits and concurrency caps (S4, S5).
     pub protection: crate::protect::Protection,
     /// `console.allow_ips`, in front of the console and the admin API.

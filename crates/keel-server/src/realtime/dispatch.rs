@@ -14,7 +14,7 @@ use keel_store::changes::{self, Change, ChangeListener, Position};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Closing, Hub, Outgoing, Stream, TargetKey, Watch};
+use super::hub::{Closing, Hub, Outgoing, Stream, TargetKey, Watch};
 
 /// How soon to read again when committed changes wait behind PostgreSQL's fence.
 const HELD_BACK_RETRY: Duration = Duration::from_millis(5);
@@ -23,16 +23,22 @@ const MAX_PARAMS: usize = 30_000;
 /// The most subscriber rows in one statement.
 const MAX_ROWS: usize = 2_000;
 
+/// Starts this instance's background tasks once, with its first stream.
+pub(super) fn start(hub: &Arc<Hub>) {
+    hub.started.call_once(|| {
+        tokio::spawn(run(Arc::downgrade(hub)));
+        tokio::spawn(recheck(Arc::downgrade(hub)));
+        tokio::spawn(super::job_watch::poll(Arc::downgrade(hub)));
+    });
+}
+
 /// Reads the log when woken (a write here, a NOTIFY from another instance, a resuming
 /// stream) or on the timer, until the hub is gone.
 pub(super) async fn run(hub: Weak<Hub>) {
-    let Some((wake, poll, db)) = hub.upgrade().map(|h| {
-        (
-            h.wake.clone(),
-            Duration::from_millis(h.settings.poll_ms),
-            h.db.clone(),
-        )
-    }) else {
+    let Some((wake, poll, db)) = hub
+        .upgrade()
+        .map(|h| (h.wake.clone(), Duration::from_millis(h.settings.poll_ms), h.db.clone()))
+    else {
         return;
     };
     let mut listener: Option<ChangeListener> = None;
@@ -158,7 +164,9 @@ async fn catch_up(
     }
     while from < until {
         let mut read = changes::read_after(&hub.db, from, limit).await?;
-        let Some(last) = read.last().map(|c| c.position) else { break };
+        let Some(last) = read.last().map(|c| c.position) else {
+            break;
+        };
         read.retain(|c| c.position <= until);
         deliver(hub, &read, &targets).await?;
         from = last;
@@ -302,7 +310,9 @@ async fn visibility(
     let now = Utc::now();
     let mut plain = false;
     for members in shapes.values() {
-        let Watch::Records(first) = &members[0].watch else { continue };
+        let Watch::Records(first) = &members[0].watch else {
+            continue;
+        };
         let shared = &first.shared;
         plain |= shared.select.is_none();
         // Only the records some member follows: all of them unless every member follows one.
@@ -342,7 +352,9 @@ async fn visibility(
                     continue;
                 };
                 let json = cells.next().and_then(|c| c.into_text());
-                let Some(owners) = members_of.get(n * chunk + i as usize) else { continue };
+                let Some(owners) = members_of.get(n * chunk + i as usize) else {
+                    continue;
+                };
                 for owner in owners {
                     seen.by_stream.entry(*owner).or_default().insert(id, json.clone());
                 }
@@ -365,7 +377,9 @@ async fn visibility(
 
 /// The event a change makes for one stream, if the stream may see it.
 fn event_for(collection: &Collection, change: &Change, stream: &Stream, seen: &Seen) -> Option<Outgoing> {
-    let Watch::Records(watch) = &stream.watch else { return None };
+    let Watch::Records(watch) = &stream.watch else {
+        return None;
+    };
     let id = Some(change.position.to_string());
     match change.action.as_str() {
         action @ ("create" | "update") => {
@@ -420,7 +434,7 @@ fn project(collection: &Collection, json: &str, fields: Option<&[String]>) -> St
     out.push('{');
     let mut first = true;
     for (name, _) in keel_query::render::record_columns(collection) {
-        if name != "id" && !fields.iter().any(|f| *f == name) {
+        if name != "id" && !fields.contains(&name) {
             continue;
         }
         let Some(value) = record.get(&name) else { continue };
@@ -434,21 +448,6 @@ fn project(collection: &Collection, json: &str, fields: Option<&[String]>) -> St
     }
     out.push('}');
     out
-}
-
-/// Tells the other instances that changes committed: one NOTIFY for the writes of a few
-/// milliseconds, after their commits (see `keel_store::changes::notify`).
-pub(super) async fn tell_others(hub: Weak<Hub>) {
-    let Some(tell) = hub.upgrade().map(|h| h.tell.clone()) else { return };
-    loop {
-        tell.notified().await;
-        let Some(db) = hub.upgrade().map(|h| h.db.clone()) else { return };
-        if let Err(error) = changes::notify(&db).await {
-            tracing::warn!(%error, "realtime: telling other instances failed; they read on their timer");
-        }
-        drop(db);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Checks open streams' access again: one statement each for sessions, API keys and
@@ -517,9 +516,10 @@ pub(super) async fn recheck_once(hub: &Arc<Hub>) -> Result<(), keel_store::Store
             let (org, user) = (who.org?, who.user?);
             match roles.get(&(org, user)) {
                 None => Some(("membership_removed", "you are no longer a member of this org")),
-                Some(role) if hub.schema.app.role_rank(role) != who.rank => {
-                    Some(("role_changed", "your role in this org changed; reconnect to follow with it"))
-                }
+                Some(role) if hub.schema.app.role_rank(role) != who.rank => Some((
+                    "role_changed",
+                    "your role in this org changed; reconnect to follow with it",
+                )),
                 Some(_) => None,
             }
         });

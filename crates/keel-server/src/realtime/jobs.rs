@@ -3,20 +3,17 @@
 //! the instance. A job's final state is the stream's last event (id `done`); an
 //! `EventSource` that reconnects with `Last-Event-ID: done` gets 204, which stops it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_store::changes::Position;
-use keel_store::jobs::{self, Job};
+use keel_store::jobs;
 use keel_store::system::Principal;
-use serde_json::json;
 
+use super::hub::{Start, Watch};
+use super::job_watch::offer;
 use super::stream::{enabled, respond, who_of_principal};
-use super::{Closing, Hub, Outgoing, Start, Stream, Watch};
 use crate::auth::roles::is_superuser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Params, org_access};
@@ -62,82 +59,7 @@ pub async fn open_job(
     }
     let hub = state.realtime.hub();
     let (registration, receiver) = hub.register(who, Watch::Job(id), Start::Fresh(Position::default()), false)?;
+    super::dispatch::start(hub);
     offer(hub, &registration.stream, &job);
     Ok(respond(state, registration, receiver))
-}
-
-/// Sends a job's state if it changed since the stream's last event; the final state ends
-/// the stream.
-fn offer(hub: &Hub, stream: &Stream, job: &Job) {
-    let Ok(json) = serde_json::to_string(job) else { return };
-    {
-        let mut last = stream.last.lock().expect("lock");
-        if last.as_deref() == Some(json.as_str()) {
-            return;
-        }
-        *last = Some(json.clone());
-    }
-    let done = job.state.is_final();
-    stream.send(
-        hub,
-        Outgoing {
-            id: done.then(|| "done".to_string()),
-            event: "job",
-            data: json,
-        },
-    );
-    if done {
-        stream.close(Closing {
-            event: "end",
-            data: json!({ "reason": job.state.as_str(), "message": "the job reached its final state" }),
-            retry: false,
-        });
-    }
-}
-
-/// Reads every streamed job each `realtime.job_poll_ms`, in one statement.
-pub(super) async fn poll(hub: Weak<Hub>) {
-    let Some(every) = hub.upgrade().map(|h| Duration::from_millis(h.settings.job_poll_ms)) else {
-        return;
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(hub) = hub.upgrade() else { return };
-        let streams: Vec<Arc<Stream>> = {
-            let registry = hub.registry.lock().expect("lock");
-            registry
-                .jobs
-                .iter()
-                .filter_map(|id| registry.streams.get(id).cloned())
-                .collect()
-        };
-        if streams.is_empty() {
-            continue;
-        }
-        let ids: Vec<i64> = streams
-            .iter()
-            .filter_map(|s| match s.watch {
-                Watch::Job(id) => Some(id),
-                Watch::Records(_) => None,
-            })
-            .collect();
-        let found: HashMap<i64, Job> = match jobs::job_get_many(&hub.db, &ids).await {
-            Ok(found) => found.into_iter().map(|job| (job.id, job)).collect(),
-            Err(error) => {
-                tracing::warn!(%error, "realtime: reading streamed jobs failed; trying again");
-                continue;
-            }
-        };
-        for stream in streams {
-            let Watch::Job(id) = stream.watch else { continue };
-            match found.get(&id) {
-                Some(job) => offer(&hub, &stream, job),
-                None => stream.close(Closing {
-                    event: "end",
-                    data: json!({ "reason": "gone", "message": "the job no longer exists" }),
-                    retry: false,
-                }),
-            }
-        }
-    }
 }

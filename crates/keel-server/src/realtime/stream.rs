@@ -16,7 +16,7 @@ use keel_store::system::Principal;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Outgoing, RecordWatch, Registration, Start, Watch, Who};
+use super::hub::{Outgoing, RecordWatch, Registration, Start, Watch, Who};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Params;
 use crate::http::state::AppState;
@@ -53,7 +53,11 @@ pub async fn open_records(
     let resume = last_event_id(headers)?;
     let target = records::resolve(state, principal, query.org, query.collection).await?;
     let builder = target.builder(state);
-    let action = if query.record.is_some() { Action::View } else { Action::List };
+    let action = if query.record.is_some() {
+        Action::View
+    } else {
+        Action::List
+    };
     ensure_allowed(&builder, action)?;
     let collection = target.collection;
     let filter = match params.get("filter").map(str::trim).filter(|f| !f.is_empty()) {
@@ -78,7 +82,7 @@ pub async fn open_records(
         keel_query::RoleSource::Rank(rank) => *rank,
         keel_query::RoleSource::Expression(_) => None,
     };
-    let watch = Watch::Records(RecordWatch {
+    let watch = Watch::Records(Box::new(RecordWatch {
         collection: collection.name.clone(),
         org: target.org,
         record,
@@ -86,11 +90,12 @@ pub async fn open_records(
         user: target.caller.context.user,
         rank,
         fields,
-    });
+    }));
     let who = who_of(principal, &target, ip);
     let (start, reset) = start_of(state, resume).await?;
     let hub = state.realtime.hub();
     let (registration, receiver) = hub.register(who, watch, start, reset)?;
+    super::dispatch::start(hub);
     Ok(respond(state, registration, receiver))
 }
 
@@ -99,7 +104,10 @@ pub(super) fn enabled(state: &AppState) -> ApiResult<()> {
     if state.config.realtime.enabled {
         Ok(())
     } else {
-        Err(ApiError::new("realtime_disabled", "realtime streams are turned off on this server"))
+        Err(ApiError::new(
+            "realtime_disabled",
+            "realtime streams are turned off on this server",
+        ))
     }
 }
 
@@ -203,7 +211,7 @@ impl Body {
         if self.done {
             return None;
         }
-        let stream: Arc<super::Stream> = self.registration.stream.clone();
+        let stream: Arc<super::hub::Stream> = self.registration.stream.clone();
         loop {
             let closing = stream.closing.lock().expect("lock").clone();
             if let Some(closing) = closing {
@@ -215,9 +223,7 @@ impl Body {
                     return Some(event_of(event));
                 }
                 self.done = true;
-                let mut event = Event::default()
-                    .event(closing.event)
-                    .data(closing.data.to_string());
+                let mut event = Event::default().event(closing.event).data(closing.data.to_string());
                 if closing.retry {
                     event = event.retry(self.retry);
                 }

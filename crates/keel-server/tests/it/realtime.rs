@@ -130,7 +130,9 @@ pub async fn open(app: &TestApp, path: &str, token: &str, last_event_id: Option<
 }
 
 async fn request(app: &TestApp, path: &str, token: &str, last_event_id: Option<&str>) -> axum::response::Response {
-    let mut builder = Request::builder().uri(path).header("authorization", format!("Bearer {token}"));
+    let mut builder = Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"));
     if let Some(id) = last_event_id {
         builder = builder.header("last-event-id", id);
     }
@@ -193,7 +195,11 @@ async fn delivery_rules_filters_and_rollback(backend: Backend) {
         .create(NOTES, &w.owner, json!({ "title": "the owner's", "status": "closed" }))
         .await;
     let own = app
-        .create(NOTES, &w.member, json!({ "title": "the member's", "owner": w.member_id }))
+        .create(
+            NOTES,
+            &w.member,
+            json!({ "title": "the member's", "owner": w.member_id }),
+        )
         .await;
     // A write whose create rule fails after the insert rolls back, change row included.
     let failed = app
@@ -202,7 +208,10 @@ async fn delivery_rules_filters_and_rollback(backend: Backend) {
     assert_eq!(failed.status, StatusCode::FORBIDDEN, "{}", failed.text);
 
     let first = all.change().await;
-    assert_eq!((first.event.as_str(), first.data["id"].as_str()), ("created", Some(theirs.as_str())));
+    assert_eq!(
+        (first.event.as_str(), first.data["id"].as_str()),
+        ("created", Some(theirs.as_str()))
+    );
     assert_eq!(first.data["record"]["title"], "the owner's");
     let second = all.change().await;
     assert_eq!(second.data["id"].as_str(), Some(own.as_str()));
@@ -226,10 +235,19 @@ async fn delivery_rules_filters_and_rollback(backend: Backend) {
     // (Waiting for the update's event first: a record deleted before its update's event is
     // sent gets only `deleted`, see docs/REALTIME.md.)
     let event = mine.change().await;
-    assert_eq!((event.event.as_str(), event.data["record"]["points"].as_i64()), ("updated", Some(5)));
-    assert_eq!(app.delete(&format!("{NOTES}/{own}"), &w.owner).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        (event.event.as_str(), event.data["record"]["points"].as_i64()),
+        ("updated", Some(5))
+    );
+    assert_eq!(
+        app.delete(&format!("{NOTES}/{own}"), &w.owner).await.status,
+        StatusCode::NO_CONTENT
+    );
     let event = mine.change().await;
-    assert_eq!((event.event.as_str(), event.data["id"].as_str()), ("deleted", Some(own.as_str())));
+    assert_eq!(
+        (event.event.as_str(), event.data["id"].as_str()),
+        ("deleted", Some(own.as_str()))
+    );
     // Nothing of the rolled-back write, nothing else.
     assert!(all.change().await.event == "updated");
     assert!(all.change().await.event == "deleted");
@@ -240,23 +258,35 @@ async fn delivery_rules_filters_and_rollback(backend: Backend) {
     let note = app.create(NOTES, &w.owner, json!({ "title": "watched" })).await;
     let other = app.create(NOTES, &w.owner, json!({ "title": "other" })).await;
     let mut one = open(app, &format!("{NOTES}/{note}/events?expand=owner"), &w.owner, None).await;
-    app.patch(&format!("{NOTES}/{other}"), &w.owner, json!({ "points": 1 })).await;
-    app.patch(&format!("{NOTES}/{note}"), &w.owner, json!({ "points": 2 })).await;
+    app.patch(&format!("{NOTES}/{other}"), &w.owner, json!({ "points": 1 }))
+        .await;
+    app.patch(&format!("{NOTES}/{note}"), &w.owner, json!({ "points": 2 }))
+        .await;
     let event = one.change().await;
-    assert_eq!((event.data["id"].as_str(), event.data["record"]["points"].as_i64()), (Some(note.as_str()), Some(2)));
+    assert_eq!(
+        (event.data["id"].as_str(), event.data["record"]["points"].as_i64()),
+        (Some(note.as_str()), Some(2))
+    );
     app.delete(&format!("{NOTES}/{note}"), &w.owner).await;
     assert_eq!(one.change().await.event, "deleted");
     let end = one.change().await;
-    assert_eq!((end.event.as_str(), end.data["reason"].as_str()), ("end", Some("deleted")));
+    assert_eq!(
+        (end.event.as_str(), end.data["reason"].as_str()),
+        ("end", Some("deleted"))
+    );
     assert!(one.next_within(Duration::from_millis(200)).await.is_none());
 
     // Global collections stream too (the superuser writes them).
     let mut global = open(app, "/api/v1/global/countries/events", &w.member, None).await;
     let (superuser_id, superuser) = app.signup("root@live.test").await;
     app.make_superuser(&superuser_id).await;
-    app.create("/api/v1/global/countries", &superuser, json!({ "code": "NZ" })).await;
+    app.create("/api/v1/global/countries", &superuser, json!({ "code": "NZ" }))
+        .await;
     let event = global.change().await;
-    assert_eq!((event.event.as_str(), event.data["record"]["code"].as_str()), ("created", Some("NZ")));
+    assert_eq!(
+        (event.event.as_str(), event.data["record"]["code"].as_str()),
+        ("created", Some("NZ"))
+    );
 }
 both!(delivery_rules_filters_and_rollback);
 
@@ -322,7 +352,10 @@ async fn two_instances(backend: Backend) {
     let other = w.app.sibling().await;
     let mut stream = open(&other, &format!("{NOTES}/events"), &w.owner, None).await;
     let ready = stream.next().await;
-    let note = w.app.create(NOTES, &w.owner, json!({ "title": "from the first" })).await;
+    let note = w
+        .app
+        .create(NOTES, &w.owner, json!({ "title": "from the first" }))
+        .await;
     let event = stream.change().await;
     assert_eq!(event.data["id"].as_str(), Some(note.as_str()));
     drop(stream);
@@ -392,12 +425,21 @@ async fn revocation_ends_streams(backend: Backend) {
         .await;
     assert_eq!(removed.status, StatusCode::NO_CONTENT, "{}", removed.text);
     let event = member.change().await;
-    assert_eq!((event.event.as_str(), event.data["reason"].as_str()), ("revoked", Some("membership_removed")));
-    assert!(member.next_within(Duration::from_millis(200)).await.is_none(), "the stream ended");
+    assert_eq!(
+        (event.event.as_str(), event.data["reason"].as_str()),
+        ("revoked", Some("membership_removed"))
+    );
+    assert!(
+        member.next_within(Duration::from_millis(200)).await.is_none(),
+        "the stream ended"
+    );
     let logout = app.post("/api/v1/auth/logout", &viewer, json!({})).await;
     assert!(logout.status.is_success(), "{}", logout.text);
     let event = signed_out.change().await;
-    assert_eq!((event.event.as_str(), event.data["reason"].as_str()), ("revoked", Some("session_revoked")));
+    assert_eq!(
+        (event.event.as_str(), event.data["reason"].as_str()),
+        ("revoked", Some("session_revoked"))
+    );
     // A revoked token cannot open a stream again.
     assert_eq!(
         refused(app, &format!("{NOTES}/events"), &viewer, None).await.0,
@@ -418,7 +460,10 @@ async fn slow_consumer_limits_and_shutdown(backend: Backend) {
     let mut second = open(app, &path, &w.owner, None).await;
     // A third stream for the same user: refused before it opens.
     let (status, code) = refused(app, &path, &w.owner, None).await;
-    assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams")
+    );
     // `slow` reads nothing while 20 changes arrive: its buffer of 8 fills, it is cut off.
     // `second` keeps up and gets all 20.
     for i in 0..20 {
@@ -451,7 +496,10 @@ async fn slow_consumer_limits_and_shutdown(backend: Backend) {
     assert_eq!(event.event, "shutdown");
     assert!(event.retry);
     let (status, code) = refused(app, &path, &w.member, None).await;
-    assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams")
+    );
 }
 both!(slow_consumer_limits_and_shutdown);
 
@@ -463,17 +511,72 @@ async fn bad_requests_before_any_event(backend: Backend) {
     let note = app.create(NOTES, &w.owner, json!({ "title": "x" })).await;
     let list = app.get(&format!("{NOTES}?filter=nope%20%3D%201"), &w.owner).await;
     let cases: Vec<(String, &str, StatusCode, &str)> = vec![
-        (format!("{NOTES}/events?filter=nope%20%3D%201"), &w.owner, list.status, list.code()),
-        (format!("{NOTES}/events?fields=nope"), &w.owner, StatusCode::BAD_REQUEST, "unknown_field"),
-        (format!("{NOTES}/events?expand=title"), &w.owner, StatusCode::BAD_REQUEST, "invalid_query"),
-        (format!("{NOTES}/events?sort=title"), &w.owner, StatusCode::BAD_REQUEST, "invalid_query"),
-        ("/api/v1/orgs/acme/nothing/events".into(), &w.owner, StatusCode::NOT_FOUND, "collection_not_found"),
-        ("/api/v1/orgs/-/notes/events".into(), &w.owner, StatusCode::BAD_REQUEST, "bad_request"),
-        (format!("/api/v1/orgs/elsewhere/notes/{note}/events"), &stranger, StatusCode::NOT_FOUND, "not_found"),
-        (format!("{NOTES}/{note}/events"), &stranger, StatusCode::NOT_FOUND, "not_found"),
-        (format!("{NOTES}/not-an-id/events"), &w.owner, StatusCode::NOT_FOUND, "not_found"),
-        (format!("{NOTES}/events"), "not-a-token", StatusCode::UNAUTHORIZED, "unauthenticated"),
-        ("/api/v1/jobs/1/events".into(), &w.owner, StatusCode::NOT_FOUND, "not_found"),
+        (
+            format!("{NOTES}/events?filter=nope%20%3D%201"),
+            &w.owner,
+            list.status,
+            list.code(),
+        ),
+        (
+            format!("{NOTES}/events?fields=nope"),
+            &w.owner,
+            StatusCode::BAD_REQUEST,
+            "unknown_field",
+        ),
+        (
+            format!("{NOTES}/events?expand=title"),
+            &w.owner,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{NOTES}/events?sort=title"),
+            &w.owner,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/api/v1/orgs/acme/nothing/events".into(),
+            &w.owner,
+            StatusCode::NOT_FOUND,
+            "collection_not_found",
+        ),
+        (
+            "/api/v1/orgs/-/notes/events".into(),
+            &w.owner,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("/api/v1/orgs/elsewhere/notes/{note}/events"),
+            &stranger,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("{NOTES}/{note}/events"),
+            &stranger,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("{NOTES}/not-an-id/events"),
+            &w.owner,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("{NOTES}/events"),
+            "not-a-token",
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "/api/v1/jobs/1/events".into(),
+            &w.owner,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
     ];
     assert_eq!(list.status, StatusCode::BAD_REQUEST);
     for (path, token, status, code) in cases {
@@ -520,7 +623,10 @@ async fn job_streams_follow_state_and_progress(backend: Backend) {
     // The owner (a manager of the org) may follow it too; a viewer may not.
     let mut owner = open(app, &path, &w.owner, None).await;
     let (_, viewer) = app.member(&w.owner, "acme", "viewer@live.test", "viewer").await;
-    assert_eq!(refused(app, &path, &viewer, None).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(
+        refused(app, &path, &viewer, None).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
     app.state.jobs.start();
     let mut states = vec![];
     let mut steps = vec![];
@@ -541,7 +647,10 @@ async fn job_streams_follow_state_and_progress(backend: Backend) {
     assert_eq!(last.id.as_deref(), Some("done"));
     assert_eq!(last.data["result"]["pages"], 2);
     let end = stream.change().await;
-    assert_eq!((end.event.as_str(), end.data["reason"].as_str()), ("end", Some("completed")));
+    assert_eq!(
+        (end.event.as_str(), end.data["reason"].as_str()),
+        ("end", Some("completed"))
+    );
     assert!(stream.next_within(Duration::from_millis(200)).await.is_none());
     loop {
         let event = owner.change().await;
@@ -559,7 +668,10 @@ async fn job_streams_follow_state_and_progress(backend: Backend) {
     // A job already finished: one event, the final state, then the end.
     let mut late = open(app, &path, &w.member, None).await;
     let event = late.change().await;
-    assert_eq!((event.data["state"].as_str(), event.id.as_deref()), (Some("completed"), Some("done")));
+    assert_eq!(
+        (event.data["state"].as_str(), event.id.as_deref()),
+        (Some("completed"), Some("done"))
+    );
     assert_eq!(late.change().await.event, "end");
     app.state.jobs.shutdown().await;
 }

@@ -28,8 +28,8 @@ mod settle;
 mod worker_keys;
 
 pub use admin::{
-    JobFilter, QueueDepth, QueueStats, Retention, job_cancel, job_delete, job_get, job_get_many, job_list, job_prune, job_retry,
-    queue_pause, queue_retry_dead, queue_stats,
+    JobFilter, QueueDepth, QueueStats, Retention, job_cancel, job_delete, job_get, job_get_many, job_list, job_prune,
+    job_retry, queue_pause, queue_retry_dead, queue_stats,
 };
 pub use claim::{ClaimParams, Claimed, job_claim, queue_ensure};
 pub use enqueue::{Enqueued, job_enqueue, job_insert, job_insert_many, job_insert_many_tx, job_notify};

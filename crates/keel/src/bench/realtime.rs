@@ -127,7 +127,13 @@ struct Tally {
 }
 
 /// Opens one stream and counts its create events until the connection ends.
-async fn subscribe(peer: Peer, address: SocketAddr, token: String, tally: Arc<Tally>, ready: Arc<AtomicU64>) -> Result<()> {
+async fn subscribe(
+    peer: Peer,
+    address: SocketAddr,
+    token: String,
+    tally: Arc<Tally>,
+    ready: Arc<AtomicU64>,
+) -> Result<()> {
     let mut stream = TcpStream::connect(address).await?;
     let request = match peer {
         Peer::Keel => format!(
@@ -178,7 +184,9 @@ async fn subscribe(peer: Peer, address: SocketAddr, token: String, tally: Arc<Ta
             ready.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let Some(data) = line.strip_prefix("data:") else { continue };
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
         if !data.trim_start().starts_with(marker) {
             continue;
         }
@@ -205,7 +213,11 @@ struct Target {
 }
 
 pub async fn run(args: RealtimeArgs) -> Result<()> {
-    let backend = if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" };
+    let backend = if args.database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let mut runs = vec![];
     for round in 1..=args.rounds {
         let keel = keel_target(&args).await?;
@@ -233,12 +245,17 @@ pub async fn run(args: RealtimeArgs) -> Result<()> {
             run.delivered,
             run.expected,
             100.0 * run.delivered as f64 / run.expected.max(1) as f64,
-            if run.failed > 0 { format!(", {} writes failed", run.failed) } else { String::new() },
+            if run.failed > 0 {
+                format!(", {} writes failed", run.failed)
+            } else {
+                String::new()
+            },
             run.delivered as f64 / run.seconds,
             ms(0.5),
             ms(0.99),
             run.latency.max() as f64 / 1000.0,
-            run.statements.map_or("one check per subscriber".to_string(), |s| format!("{s:.2}")),
+            run.statements
+                .map_or("one check per subscriber".to_string(), |s| format!("{s:.2}")),
             100.0 * run.cpu_writing / run.seconds,
             1000.0 * run.cpu_writing / run.writes.max(1) as f64,
             100.0 * run.cpu_idle / 5.0 / per_thousand,
@@ -329,7 +346,14 @@ async fn pocketbase_target(args: &RealtimeArgs, binary: &std::path::Path) -> Res
     let dir = data_dir.to_string_lossy().to_string();
     eprintln!("bench realtime: PocketBase, {} users", args.subscribers);
     let status = tokio::process::Command::new(binary)
-        .args(["superuser", "upsert", "root@bench.keel", "bench-root-password", "--dir", &dir])
+        .args([
+            "superuser",
+            "upsert",
+            "root@bench.keel",
+            "bench-root-password",
+            "--dir",
+            &dir,
+        ])
         .current_dir(&data_dir)
         .stdout(std::process::Stdio::null())
         .status()
@@ -340,7 +364,14 @@ async fn pocketbase_target(args: &RealtimeArgs, binary: &std::path::Path) -> Res
     let start = || -> Result<(tokio::process::Child, SocketAddr)> {
         let port = super::harness::free_port()?;
         let child = tokio::process::Command::new(binary)
-            .args(["serve", "--http", &format!("127.0.0.1:{port}"), "--dir", &dir, "--automigrate=false"])
+            .args([
+                "serve",
+                "--http",
+                &format!("127.0.0.1:{port}"),
+                "--dir",
+                &dir,
+                "--automigrate=false",
+            ])
             .args(["--migrationsDir", &format!("{dir}/pb_migrations")])
             .current_dir(&dir)
             .stdout(std::process::Stdio::null())
@@ -361,7 +392,11 @@ async fn pocketbase_target(args: &RealtimeArgs, binary: &std::path::Path) -> Res
         }
         bail!("pocketbase did not start")
     };
-    let send = |address: SocketAddr, method: &'static str, path: String, token: Option<String>, body: serde_json::Value| async move {
+    let send = |address: SocketAddr,
+                method: &'static str,
+                path: String,
+                token: Option<String>,
+                body: serde_json::Value| async move {
         let mut c = Connection::connect(address).await?;
         let (status, answer) = c
             .send(method, &path, token.as_deref(), Some(body.to_string().as_bytes()))
@@ -446,7 +481,10 @@ async fn pocketbase_target(args: &RealtimeArgs, binary: &std::path::Path) -> Res
             )
             .await?;
         if status != 200 {
-            bail!("impersonating {id} failed: {status} {}", String::from_utf8_lossy(&answer));
+            bail!(
+                "impersonating {id} failed: {status} {}",
+                String::from_utf8_lossy(&answer)
+            );
         }
         let answer: serde_json::Value = serde_json::from_slice(&answer)?;
         tokens.push(answer["token"].as_str().unwrap_or_default().to_string());
@@ -486,7 +524,13 @@ async fn measure(args: &RealtimeArgs, target: Target, name: String) -> Result<Fi
     let streams = tokens.len();
     let mut readers = Vec::with_capacity(streams);
     for token in tokens {
-        readers.push(tokio::spawn(subscribe(peer, address, token, tally.clone(), ready.clone())));
+        readers.push(tokio::spawn(subscribe(
+            peer,
+            address,
+            token,
+            tally.clone(),
+            ready.clone(),
+        )));
         // Open in waves so the listen backlog never overflows.
         if readers.len() % 500 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -495,7 +539,10 @@ async fn measure(args: &RealtimeArgs, target: Target, name: String) -> Result<Fi
     let deadline = Instant::now() + Duration::from_secs(180);
     while (ready.load(Ordering::Relaxed) as usize) < streams {
         if Instant::now() > deadline {
-            bail!("{name}: only {} of {streams} streams opened", ready.load(Ordering::Relaxed));
+            bail!(
+                "{name}: only {} of {streams} streams opened",
+                ready.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -536,7 +583,9 @@ async fn measure(args: &RealtimeArgs, target: Target, name: String) -> Result<Fi
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_end, rss_peak) = process_usage(pid);
     let statements = match statements_before {
-        Some(before) => Some((metric(address, "keel_realtime_rule_statements_total").await? - before) / writes.max(1) as f64),
+        Some(before) => {
+            Some((metric(address, "keel_realtime_rule_statements_total").await? - before) / writes.max(1) as f64)
+        }
         None => None,
     };
     server.kill().await.ok();
