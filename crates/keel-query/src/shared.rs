@@ -172,15 +172,6 @@ impl Builder<'_> {
             sql.push(", ").push(select);
         }
         sql.push(" FROM ").push(SUBSCRIBER).push(" CROSS JOIN ").push(&table);
-        let mut listed = Sql::new(self.dialect);
-        listed.push(&table).push(".\"id\" IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                listed.push(", ");
-            }
-            listed.bind(SqlValue::Uuid(*id));
-        }
-        listed.push(")");
         let rule = match &shared.condition {
             None => Frag::Const(true),
             Some(text) => {
@@ -189,7 +180,7 @@ impl Builder<'_> {
                 Frag::Sql(condition)
             }
         };
-        self.where_clause(&mut sql, rule, vec![listed]);
+        self.where_clause(&mut sql, rule, vec![self.ids_in(ids)]);
         sql
     }
 }

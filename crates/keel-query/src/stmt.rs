@@ -454,6 +454,20 @@ impl<'a> Builder<'a> {
         sql
     }
 
+    /// `<table>.id IN (…)` with every id bound.
+    pub(crate) fn ids_in(&self, ids: &[Uuid]) -> Sql {
+        let mut listed = Sql::new(self.dialect);
+        listed.push(&self.table()).push(".\"id\" IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                listed.push(", ");
+            }
+            listed.bind(SqlValue::Uuid(*id));
+        }
+        listed.push(")");
+        listed
+    }
+
     /// The records among `ids` that are in scope and pass the rule of `action`: each row is
     /// the id then the record's JSON (a bulk write's rule check and trigger payloads).
     pub fn by_ids(&self, ids: &[Uuid], action: Action) -> Sql {
@@ -467,16 +481,7 @@ impl<'a> Builder<'a> {
             &record_pairs(self.dialect, self.collection, &table, None),
         ));
         self.from(&mut sql);
-        let mut listed = Sql::new(self.dialect);
-        listed.push(&table).push(".\"id\" IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                listed.push(", ");
-            }
-            listed.bind(SqlValue::Uuid(*id));
-        }
-        listed.push(")");
-        self.where_clause(&mut sql, self.rule(action), vec![listed]);
+        self.where_clause(&mut sql, self.rule(action), vec![self.ids_in(ids)]);
         sql
     }
 

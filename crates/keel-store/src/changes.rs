@@ -260,20 +260,7 @@ pub async fn notify(db: &Db) -> Result<(), StoreError> {
 /// itself after a lost connection; notifications sent meanwhile are lost, so readers also
 /// read on a timer.
 pub async fn listener(db: &Db) -> Result<Option<ChangeListener>, StoreError> {
-    match db {
-        Db::Sqlite(_) => Ok(None),
-        Db::Postgres(pg) => {
-            let channel = db
-                .query_primary(&db.portable(&format!("SELECT {NOTIFY_CHANNEL_SQL}"), vec![]))
-                .await?
-                .first()
-                .and_then(|row| row[0].text().map(str::to_string))
-                .ok_or_else(|| StoreError::Other("no schema name".into()))?;
-            let mut listener = pg.listener().await?;
-            listener.listen(&channel).await?;
-            Ok(Some(ChangeListener(listener)))
-        }
-    }
+    Ok(db.listen(NOTIFY_CHANNEL_SQL).await?.map(ChangeListener))
 }
 
 pub struct ChangeListener(sqlx::postgres::PgListener);

@@ -84,6 +84,23 @@ impl Db {
         portable(self.dialect(), text, params)
     }
 
+    /// A dedicated PostgreSQL connection listening on the channel that `channel_sql` names
+    /// (an SQL expression, e.g. `'keel_jobs:' || current_schema()`); `None` on SQLite.
+    pub async fn listen(&self, channel_sql: &str) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        let Db::Postgres(pg) = self else {
+            return Ok(None);
+        };
+        let channel = self
+            .query_primary(&self.portable(&format!("SELECT {channel_sql}"), vec![]))
+            .await?
+            .first()
+            .and_then(|row| row[0].text().map(str::to_string))
+            .ok_or_else(|| StoreError::Other("no schema name".into()))?;
+        let mut listener = pg.listener().await?;
+        listener.listen(&channel).await?;
+        Ok(Some(listener))
+    }
+
     /// A read, on a reader (SQLite) or any pooled connection (PostgreSQL).
     pub async fn query(&self, sql: &Sql) -> Result<Vec<Row>, StoreError> {
         let started = Instant::now();

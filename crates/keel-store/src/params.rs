@@ -27,6 +27,14 @@ impl Params {
         self.bind(value.map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())))
     }
 
+    /// Binds every id; the placeholders joined by commas, for `IN (…)`.
+    pub(crate) fn uuids(&mut self, ids: &[Uuid]) -> String {
+        ids.iter()
+            .map(|id| self.bind(SqlValue::Uuid(*id)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub(crate) fn sql(self, dialect: Dialect, text: &str) -> Sql {
         portable(dialect, text, self.0)
     }

@@ -812,13 +812,12 @@ pub async fn sessions_valid(db: &Db, ids: &[Uuid]) -> Result<std::collections::H
     for chunk in ids.chunks(1_000) {
         let mut params = Params::default();
         let at = params.bind(SqlValue::Datetime(now()));
-        let list: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let list = params.uuids(chunk);
         let sql = params.sql(
             db.dialect(),
             &format!(
                 "SELECT s.id, u.superuser FROM keel_sessions s JOIN keel_users u ON u.id = s.user_id \
-                 WHERE s.id IN ({}) AND s.revoked_at IS NULL AND s.expires_at > {at} AND u.disabled_at IS NULL",
-                list.join(", ")
+                 WHERE s.id IN ({list}) AND s.revoked_at IS NULL AND s.expires_at > {at} AND u.disabled_at IS NULL"
             ),
         );
         for row in db.query_primary(&sql).await? {
@@ -836,12 +835,11 @@ pub async fn keys_valid(db: &Db, ids: &[Uuid]) -> Result<std::collections::HashS
     for chunk in ids.chunks(1_000) {
         let mut params = Params::default();
         let at = params.bind(SqlValue::Datetime(now()));
-        let list: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let list = params.uuids(chunk);
         let sql = params.sql(
             db.dialect(),
             &format!(
-                "SELECT id FROM keel_api_keys WHERE id IN ({}) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {at})",
-                list.join(", ")
+                "SELECT id FROM keel_api_keys WHERE id IN ({list}) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {at})"
             ),
         );
         valid.extend(db.query_primary(&sql).await?.iter().filter_map(|row| row[0].uuid()));
@@ -862,14 +860,12 @@ pub async fn roles_of(
     }
     for chunk in users.chunks(1_000) {
         let mut params = Params::default();
-        let users: Vec<String> = chunk.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
-        let orgs: Vec<String> = orgs.iter().map(|id| params.bind(SqlValue::Uuid(*id))).collect();
+        let users = params.uuids(chunk);
+        let orgs = params.uuids(orgs);
         let sql = params.sql(
             db.dialect(),
             &format!(
-                "SELECT org_id, user_id, role FROM keel_memberships WHERE user_id IN ({}) AND org_id IN ({})",
-                users.join(", "),
-                orgs.join(", ")
+                "SELECT org_id, user_id, role FROM keel_memberships WHERE user_id IN ({users}) AND org_id IN ({orgs})"
             ),
         );
         for row in db.query_primary(&sql).await? {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use keel_query::{Mode, check_expr};
@@ -195,7 +195,6 @@ pub(super) fn respond(state: &AppState, registration: Registration, receiver: mp
     // Proxies that buffer responses (nginx) would hold events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
-    *response.status_mut() = StatusCode::OK;
     response
 }
 

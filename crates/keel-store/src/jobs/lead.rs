@@ -96,20 +96,7 @@ pub async fn clock_now(db: &Db) -> Result<DateTime<Utc>, StoreError> {
 
 /// A PostgreSQL connection listening for enqueues (`None` on SQLite).
 pub async fn job_listener(db: &Db) -> Result<Option<JobListener>, StoreError> {
-    match db {
-        Db::Sqlite(_) => Ok(None),
-        Db::Postgres(pg) => {
-            let channel = db
-                .query_primary(&db.portable(&format!("SELECT {NOTIFY_CHANNEL_SQL}"), vec![]))
-                .await?
-                .first()
-                .and_then(|row| row[0].text().map(str::to_string))
-                .ok_or_else(|| StoreError::Other("no schema name".into()))?;
-            let mut listener = pg.listener().await?;
-            listener.listen(&channel).await?;
-            Ok(Some(JobListener(listener)))
-        }
-    }
+    Ok(db.listen(NOTIFY_CHANNEL_SQL).await?.map(JobListener))
 }
 
 /// Wakes on enqueues; reconnects by itself after a lost connection (notifications sent
